@@ -1,0 +1,80 @@
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from models.workstation.export import export_model, onnxruntime_parity, sha256_file
+from models.workstation.mae import MAE, MAEConfig, MAEDAYGraph, PRESETS, sincos_pos_embed_2d
+from models.workstation.masks import schedule
+
+
+@pytest.mark.parametrize("output", ["reconstruction", "anomaly_map"])
+def test_export_parity_with_onnxruntime_and_manifest(tmp_path, output):
+    torch.manual_seed(0)
+    mae = MAE(PRESETS["fixture"])
+    out = export_model(mae, tmp_path / "m", "m", output=output, n_masks=8)
+    manifest = (out / "manifest.toml").read_text()
+    assert f'graph_sha256 = "{sha256_file(out / "m.onnx")}"' in manifest
+    assert re.search(r"^keep = 49$", manifest, re.M)
+    assert f'kind = "{output}"' in manifest
+    image = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    for n in (1, 8, 5):  # the exported N is symbolic
+        keep = schedule("random", n, 49, 196, n)
+        assert onnxruntime_parity(out / "m.onnx", MAEDAYGraph(mae, output), image, keep) <= 1e-4
+
+
+def test_masked_patches_are_reconstructed_from_context_only():
+    torch.manual_seed(0)
+    mae = MAE(PRESETS["fixture"]).eval()
+    image = torch.randn(1, 3, 224, 224)
+    keep = torch.from_numpy(schedule("random", 2, 49, 196, 0))
+    with torch.no_grad():
+        base = mae(image, keep)
+        # Change a patch hidden by mask 0 but visible in mask 1.
+        hidden0 = sorted(set(range(196)) - set(keep[0].tolist()) & set(keep[1].tolist()))[0]
+        r, c = divmod(hidden0, 14)
+        changed = image.clone()
+        changed[:, :, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] += 5.0
+        after = mae(changed, keep)
+    assert torch.equal(base[0], after[0]), "mask 0 saw a patch it should not"
+    assert not torch.equal(base[1], after[1])
+
+
+def test_sincos_positions_are_fixed_and_distinct():
+    emb = sincos_pos_embed_2d(64, 14)
+    assert emb.shape == (197, 64) and np.all(emb[0] == 0)
+    assert len({tuple(np.round(r, 6)) for r in emb[1:]}) == 196
+
+
+def official_key_shapes(cfg: MAEConfig) -> dict:
+    """The facebookresearch/mae `mae_vit_*` state_dict layout, written out by hand."""
+    d, dd, p, L = cfg.embed_dim, cfg.decoder_embed_dim, cfg.patch_size, cfg.num_patches
+    keys = {"cls_token": (1, 1, d), "pos_embed": (1, L + 1, d),
+            "patch_embed.proj.weight": (d, 3, p, p), "patch_embed.proj.bias": (d,),
+            "norm.weight": (d,), "norm.bias": (d,), "mask_token": (1, 1, dd),
+            "decoder_pos_embed": (1, L + 1, dd), "decoder_embed.weight": (dd, d),
+            "decoder_embed.bias": (dd,), "decoder_norm.weight": (dd,), "decoder_norm.bias": (dd,),
+            "decoder_pred.weight": (p * p * 3, dd), "decoder_pred.bias": (p * p * 3,)}
+    for prefix, depth, w in (("blocks", cfg.depth, d), ("decoder_blocks", cfg.decoder_depth, dd)):
+        h = int(w * cfg.mlp_ratio)
+        for i in range(depth):
+            b = f"{prefix}.{i}."
+            keys.update({b + "norm1.weight": (w,), b + "norm1.bias": (w,),
+                         b + "attn.qkv.weight": (3 * w, w), b + "attn.qkv.bias": (3 * w,),
+                         b + "attn.proj.weight": (w, w), b + "attn.proj.bias": (w,),
+                         b + "norm2.weight": (w,), b + "norm2.bias": (w,),
+                         b + "mlp.fc1.weight": (h, w), b + "mlp.fc1.bias": (h,),
+                         b + "mlp.fc2.weight": (w, h), b + "mlp.fc2.bias": (w,)})
+    return keys
+
+
+def test_official_vit_base_checkpoint_layout_loads():
+    cfg = PRESETS["vit_base"]
+    want = official_key_shapes(cfg)
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(s, generator=gen) * 0.02 for k, s in want.items()}
+    mae = MAE(cfg)
+    assert {k: tuple(v.shape) for k, v in mae.state_dict().items()} == want
+    mae.load_state_dict({"model": state}["model"], strict=True)
+    assert torch.equal(mae.decoder_pred.weight, state["decoder_pred.weight"])

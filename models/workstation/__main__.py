@@ -1,0 +1,161 @@
+"""`python -m models.workstation <command>` (run from the repository root).
+
+Commands:
+  export   export an MAE (random init or a checkpoint) as a MAEDAY graph + manifest
+  fixture  rebuild the tiny test graphs and their torch / numpy reference outputs
+  samples  write the bundled sample frames (real photos from the scikit-image wheel)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import eq1
+from .export import IMAGENET_MEAN, IMAGENET_STD, export_model, onnxruntime_parity
+from .mae import MAE, MAEDAYGraph, PRESETS, count_params
+from .masks import schedule
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_checkpoint(mae: MAE, path: Path) -> None:
+    """Load an official facebookresearch/mae checkpoint (weights under `model`) or a plain
+    state_dict with the same key names. Fails loudly on a missing or mis-shaped key."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    missing, unexpected = mae.load_state_dict(state, strict=False)
+    if missing:
+        raise SystemExit(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}")
+    if unexpected:
+        print(f"warning: ignoring {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}",
+              file=sys.stderr)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    torch.manual_seed(args.seed)
+    mae = MAE(PRESETS[args.preset])
+    training = "random-init"
+    if args.checkpoint:
+        load_checkpoint(mae, Path(args.checkpoint))
+        training = f"checkpoint {Path(args.checkpoint).name}"
+    out = export_model(mae, Path(args.out), args.name, output=args.output, n_masks=args.masks,
+                       schedule_kind=args.schedule, training=training,
+                       description=args.description)
+    onnx_path = out / f"{args.name}.onnx"
+    image = np.random.default_rng(0).standard_normal((1, 3, mae.cfg.img_size, mae.cfg.img_size),
+                                                     dtype=np.float32)
+    keep = schedule("random", 4, round(mae.cfg.num_patches / 4), mae.cfg.num_patches, 1)
+    diff = onnxruntime_parity(onnx_path, MAEDAYGraph(mae, args.output), image, keep)
+    print(f"exported {onnx_path} ({count_params(mae) / 1e6:.2f} M params); "
+          f"onnxruntime vs torch max |diff| = {diff:.2e}")
+    if diff > 1e-4:
+        raise SystemExit(f"parity check failed: {diff:.2e} > 1e-4")
+
+
+def load_rgb_224(path: Path) -> np.ndarray:
+    """A 224x224 RGB image as floats in [0,1], [3, 224, 224]."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    if img.size != (224, 224):
+        raise SystemExit(f"{path}: fixture frames must be 224x224, got {img.size}")
+    return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def cmd_fixture(args: argparse.Namespace) -> None:
+    """Tiny random-weight graphs (both output kinds, same weights) + reference outputs."""
+    fixtures = REPO / "tests" / "fixtures"
+    ref = fixtures / "reference"
+    ref.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1234)
+    mae = MAE(PRESETS["fixture"])
+    # Random init leaves the tokens near zero; perturb every weight so the test graph
+    # exercises all of them (a bug that drops a bias would otherwise go unseen).
+    with torch.no_grad():
+        for p in mae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    for output, name in (("reconstruction", "fixture-recon"), ("anomaly_map", "fixture-map")):
+        export_model(mae, fixtures / name, name, output=output, n_masks=4,
+                     training="random-init (test fixture)",
+                     description="tiny random-weight MAE for tests; detects nothing")
+    frame = load_rgb_224(REPO / "models" / "samples" / "coffee-224.png")
+    mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
+    std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
+    image = ((frame - mean) / std)[None].astype(np.float32)
+    keep = schedule("random", 4, 49, 196, 0)
+    mae.eval()
+    with torch.no_grad():
+        recon = mae(torch.from_numpy(image), torch.from_numpy(keep)).numpy()
+    np.save(ref / "image.npy", image)
+    np.save(ref / "keep.npy", keep)
+    np.save(ref / "reconstruction.npy", recon)
+    np.save(ref / "anomaly_map.npy", eq1.anomaly_map(image, recon))
+    golden = {f"{kind}-n{n}-k{k}-l{l}-s{s}": schedule(kind, n, k, l, s).tolist()
+              for kind, n, k, l, s in [("random", 8, 49, 196, 0), ("random", 5, 49, 196, 42),
+                                       ("balanced", 8, 49, 196, 0), ("balanced", 6, 64, 256, 3)]}
+    (ref / "schedules.json").write_text(json.dumps(golden) + "\n")
+    for name in ("fixture-recon", "fixture-map"):
+        out = "reconstruction" if name == "fixture-recon" else "anomaly_map"
+        d = onnxruntime_parity(fixtures / name / f"{name}.onnx", MAEDAYGraph(mae, out), image, keep)
+        print(f"{name}: onnxruntime vs torch max |diff| = {d:.2e}")
+    print(f"wrote fixtures under {fixtures}")
+
+
+SAMPLES = {
+    # name: (scikit-image data file, crop box or None). Real photographs, public domain / CC0.
+    "coffee": "coffee.png",
+    "chelsea": "chelsea.png",
+    "camera": "camera.png",
+    "coins": "coins.png",
+}
+
+
+def cmd_samples(args: argparse.Namespace) -> None:
+    from PIL import Image
+    import skimage
+
+    src = Path(skimage.__file__).parent / "data"
+    out = REPO / "models" / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, file in SAMPLES.items():
+        img = Image.open(src / file)
+        img.thumbnail((400, 400), Image.LANCZOS)
+        img.save(out / f"{name}.png", optimize=True)
+    # A square 224 crop so the fixture reference needs no resize.
+    coffee = Image.open(src / "coffee.png").convert("RGB")
+    w, h = coffee.size
+    s = min(w, h)
+    coffee.crop(((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2)).resize(
+        (224, 224), Image.LANCZOS).save(out / "coffee-224.png", optimize=True)
+    print(f"wrote samples to {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m models.workstation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="export an MAE as graph + manifest")
+    e.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    e.add_argument("--checkpoint", help="official MAE checkpoint or state_dict (.pth)")
+    e.add_argument("--out", required=True, help="model folder to write")
+    e.add_argument("--name", required=True)
+    e.add_argument("--output", choices=["reconstruction", "anomaly_map"], default="reconstruction")
+    e.add_argument("--masks", type=int, default=32)
+    e.add_argument("--schedule", choices=["random", "balanced"], default="random")
+    e.add_argument("--seed", type=int, default=0, help="torch seed for random init")
+    e.add_argument("--description", default="")
+    e.set_defaults(fn=cmd_export)
+    sub.add_parser("fixture", help="rebuild tests/fixtures").set_defaults(fn=cmd_fixture)
+    sub.add_parser("samples", help="rebuild models/samples").set_defaults(fn=cmd_samples)
+    args = p.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+//! The Rust pipeline against independent references made by the workstation tooling
+//! (`python -m models.workstation fixture`): torch reconstructions, the numpy literal Eq. 1,
+//! and the Python port of the mask schedules.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use ndarray_npy::read_npy;
+
+use maeday_edge::detector::{Detector, DetectorOptions};
+use maeday_edge::engine::{Engine, EngineOptions, Precision, TractEngine};
+use maeday_edge::manifest::Model;
+use maeday_edge::preprocess::{load_image, Fit, Preprocessor};
+use maeday_edge::schedule::{MaskSchedule, ScheduleKind};
+use maeday_edge::scoring::{anomaly_map, anomaly_map_literal, gaussian_kernel};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn npy_f32(name: &str) -> Vec<f32> {
+    let a: ArrayD<f32> = read_npy(fixtures().join("reference").join(name)).unwrap();
+    a.iter().copied().collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn one_thread(precision: Precision) -> EngineOptions {
+    EngineOptions {
+        threads: 1,
+        precision,
+        f32_norms: true,
+    }
+}
+
+#[test]
+fn manifest_schedule_is_the_one_torch_used() {
+    let keep: ArrayD<i64> = read_npy(fixtures().join("reference/keep.npy")).unwrap();
+    let model = Model::open(fixtures().join("fixture-recon")).unwrap();
+    let schedule = model.manifest.schedule().unwrap();
+    assert_eq!(keep.shape(), &[schedule.masks, schedule.keep]);
+    assert_eq!(keep.iter().copied().collect::<Vec<_>>(), schedule.indices());
+}
+
+#[test]
+fn schedules_match_the_python_port_bit_for_bit() {
+    let text = std::fs::read_to_string(fixtures().join("reference/schedules.json")).unwrap();
+    let golden: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(golden.len(), 4);
+    for (key, masks) in golden {
+        // key: <kind>-n<N>-k<K>-l<L>-s<seed>
+        let parts: Vec<&str> = key.split('-').collect();
+        let num = |p: &str| p[1..].parse::<u64>().unwrap();
+        let kind: ScheduleKind = parts[0].parse().unwrap();
+        let s = MaskSchedule::generate(
+            kind,
+            num(parts[1]) as usize,
+            num(parts[2]) as usize,
+            num(parts[3]) as usize,
+            num(parts[4]),
+        )
+        .unwrap();
+        let want: Vec<i64> = masks
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()))
+            .collect();
+        assert_eq!(s.indices(), &want[..], "{key}");
+    }
+}
+
+#[test]
+fn tract_reconstruction_matches_torch() {
+    let model = Model::open(fixtures().join("fixture-recon")).unwrap();
+    let schedule = model.manifest.schedule().unwrap();
+    let image = npy_f32("image.npy");
+    let want = npy_f32("reconstruction.npy");
+    for threads in [1, 2, 3] {
+        let opts = EngineOptions {
+            threads,
+            ..one_thread(Precision::F32)
+        };
+        let mut engine = TractEngine::new(&model, &schedule, &opts).unwrap();
+        let mut out = Vec::new();
+        engine.run(&image, &mut out).unwrap();
+        let d = max_abs_diff(&out, &want);
+        assert!(
+            d <= 1e-4,
+            "threads {threads}: tract vs torch max |diff| {d}"
+        );
+        // Running again reuses the buffers and gives the same numbers.
+        let first = out.clone();
+        engine.run(&image, &mut out).unwrap();
+        assert_eq!(first, out);
+    }
+}
+
+#[test]
+fn eq1_in_rust_matches_the_numpy_literal_reference() {
+    let image = npy_f32("image.npy");
+    let recon = npy_f32("reconstruction.npy");
+    let want: ArrayD<f64> = read_npy(fixtures().join("reference/anomaly_map.npy")).unwrap();
+    assert_eq!(want.shape(), &[224, 224]);
+    let want: Vec<f32> = want.iter().map(|v| *v as f32).collect();
+    let k = gaussian_kernel(7, 1.4);
+    let fast = anomaly_map(&image, &recon, 224, &k).unwrap();
+    let literal = anomaly_map_literal(&image, &recon, 224, &k);
+    let scale = want.iter().copied().fold(0.0, f32::max);
+    assert!(scale > 0.1, "the reference map is degenerate (max {scale})");
+    assert!(
+        max_abs_diff(&fast.data, &want) <= 1e-5,
+        "fast vs numpy {}",
+        max_abs_diff(&fast.data, &want)
+    );
+    assert!(
+        max_abs_diff(&literal.data, &want) <= 1e-5,
+        "literal vs numpy {}",
+        max_abs_diff(&literal.data, &want)
+    );
+    assert!(max_abs_diff(&fast.data, &literal.data) <= 1e-5);
+}
+
+#[test]
+fn graph_with_folded_scoring_matches_numpy() {
+    let model = Model::open(fixtures().join("fixture-map")).unwrap();
+    let schedule = model.manifest.schedule().unwrap();
+    let mut engine = TractEngine::new(&model, &schedule, &one_thread(Precision::F32)).unwrap();
+    let mut out = Vec::new();
+    engine.run(&npy_f32("image.npy"), &mut out).unwrap();
+    let want: ArrayD<f64> = read_npy(fixtures().join("reference/anomaly_map.npy")).unwrap();
+    let want: Vec<f32> = want.iter().map(|v| *v as f32).collect();
+    let d = max_abs_diff(&out, &want);
+    assert!(d <= 1e-4, "in-graph Eq. 1 vs numpy max |diff| {d}");
+}
+
+#[test]
+fn detector_on_a_real_frame_reproduces_the_reference_end_to_end() {
+    let frame =
+        load_image(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples/coffee-224.png"))
+            .unwrap();
+    let want: ArrayD<f64> = read_npy(fixtures().join("reference/anomaly_map.npy")).unwrap();
+    let want: Vec<f32> = want.iter().map(|v| *v as f32).collect();
+    // Pre-processing of a 224x224 frame is exactly the normalisation torch saw.
+    let model = Model::open(fixtures().join("fixture-recon")).unwrap();
+    let pre = Preprocessor::new(&model.manifest.input, Fit::Squash).unwrap();
+    let placed = pre.place(&frame).unwrap();
+    let mut tensor = Vec::new();
+    pre.window_tensor(&placed.canvas, (0, 0), &mut tensor);
+    assert!(max_abs_diff(&tensor, &npy_f32("image.npy")) <= 1e-5);
+    for dir in ["fixture-recon", "fixture-map"] {
+        for threads in [1, 2] {
+            let model = Model::open(fixtures().join(dir)).unwrap();
+            let opts = DetectorOptions {
+                engine: EngineOptions {
+                    threads,
+                    ..one_thread(Precision::F32)
+                },
+                ..Default::default()
+            };
+            let mut det = Detector::new(model, &opts).unwrap();
+            let d = det.detect(&frame).unwrap();
+            assert_eq!((d.map.width, d.map.height, d.windows), (224, 224, 1));
+            let diff = max_abs_diff(&d.map.data, &want);
+            assert!(diff <= 1e-4, "{dir} x{threads}: map vs numpy {diff}");
+            let want_max = want.iter().copied().fold(f32::MIN, f32::max);
+            assert!((d.score - want_max).abs() <= 1e-4);
+        }
+    }
+}
+
+#[test]
+fn f16_plan_runs_and_stays_close_to_f32() {
+    let model = Model::open(fixtures().join("fixture-recon")).unwrap();
+    let schedule = model.manifest.schedule().unwrap();
+    let image = npy_f32("image.npy");
+    let want = npy_f32("reconstruction.npy");
+    for f32_norms in [true, false] {
+        let opts = EngineOptions {
+            threads: 1,
+            precision: Precision::F16,
+            f32_norms,
+        };
+        let mut engine = TractEngine::new(&model, &schedule, &opts).unwrap();
+        let mut out = Vec::new();
+        engine.run(&image, &mut out).unwrap();
+        let d = max_abs_diff(&out, &want);
+        let range = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+        // f16 keeps ~3 decimal digits; tract accumulates f16 matmuls in f16.
+        assert!(
+            d > 0.0 && d < 0.05 * range,
+            "f32_norms {f32_norms}: f16 vs torch {d} (range {range})"
+        );
+    }
+}
+
+#[test]
+fn tiling_a_wide_frame_stitches_a_full_resolution_map() {
+    let model = Model::open(fixtures().join("fixture-map")).unwrap();
+    let frame = image::DynamicImage::ImageRgb8(image::imageops::resize(
+        &load_image(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples/coffee.png"))
+            .unwrap()
+            .to_rgb8(),
+        600,
+        200,
+        image::imageops::FilterType::Triangle,
+    ));
+    let opts = DetectorOptions {
+        fit: "tile".parse().unwrap(),
+        engine: one_thread(Precision::F32),
+        ..Default::default()
+    };
+    let d = Detector::new(model, &opts).unwrap().detect(&frame).unwrap();
+    assert_eq!((d.map.width, d.map.height), (672, 224));
+    assert_eq!(d.windows, 4);
+    assert!(d.map.data.iter().all(|v| v.is_finite() && *v >= 0.0));
+    assert_eq!(d.score, d.map.data.iter().copied().fold(f32::MIN, f32::max));
+}
