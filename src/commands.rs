@@ -12,7 +12,7 @@ use crate::calibration::{calibrate, CalibrationRule};
 use crate::dataset::{list_images, Dataset};
 use crate::detector::{Detection, Detector, DetectorOptions};
 use crate::manifest::Model;
-use crate::metrics::{auroc, quantile};
+use crate::metrics::{auroc, label_regions, pro_auc, quantile};
 use crate::preprocess::load_image;
 use crate::render;
 use crate::scoring::AnomalyMap;
@@ -182,7 +182,8 @@ pub fn eval(
     let mut detector = Detector::new(model, opts)?;
     let pixel_metrics = data.has_masks();
     let (mut scores, mut labels, mut groups) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut pix_scores, mut pix_labels) = (Vec::new(), Vec::new());
+    let (mut pix_scores, mut pix_labels, mut pix_regions) = (Vec::new(), Vec::new(), Vec::new());
+    let mut next_region = 1u32;
     let mut failed = Vec::new();
     let mut latencies = Vec::new();
     let (mut t_pre, mut t_inf, mut t_score) = (0.0, 0.0, 0.0);
@@ -218,12 +219,15 @@ pub fn eval(
         labels.push(sample.anomalous);
         groups.push(sample.group.clone());
         if let Some(truth) = truth {
+            let (regions, next) = label_regions(&truth, det.map.width, det.map.height, next_region);
+            next_region = next;
             let stride = stride_for(det.map.data.len(), eo.pixel_budget);
             for y in (0..det.map.height).step_by(stride) {
                 for x in (0..det.map.width).step_by(stride) {
                     let i = y * det.map.width + x;
                     pix_scores.push(det.map.data[i]);
                     pix_labels.push(truth[i]);
+                    pix_regions.push(regions[i]);
                 }
             }
         }
@@ -239,6 +243,11 @@ pub fn eval(
     let image_auroc = auroc(&scores, &labels);
     let pixel_auroc = if pixel_metrics {
         auroc(&pix_scores, &pix_labels)
+    } else {
+        None
+    };
+    let pro = if pixel_metrics {
+        pro_auc(&pix_scores, &pix_regions, 0.3)
     } else {
         None
     };
@@ -283,6 +292,7 @@ pub fn eval(
         },
         "image_auroc": image_auroc,
         "pixel_auroc": pixel_auroc,
+        "pro_0_3": pro,
         "per_group": per_group,
         "timings": {
             "total_s": total_s,
@@ -331,6 +341,7 @@ pub fn eval_table(r: &serde_json::Value) -> String {
     );
     s += &format!("image AUROC  {}\n", f(&r["image_auroc"]));
     s += &format!("pixel AUROC  {}\n", f(&r["pixel_auroc"]));
+    s += &format!("PRO (0.3)    {}\n", f(&r["pro_0_3"]));
     if let Some(groups) = r["per_group"].as_object() {
         s += "per group (vs all normal images):\n";
         for (g, v) in groups {

@@ -239,8 +239,10 @@ fn eval_reads_mvtec_magnetic_tile_and_image_level_layouts() {
             assert!((0.0..=1.0).contains(&p));
             // Even a random-weight MAE reconstructs a flat magenta square badly.
             assert!(p > 0.5, "{layout}: pixel AUROC {p}");
+            let pro = r["pro_0_3"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&pro), "{layout}: PRO {pro}");
         } else {
-            assert!(r["pixel_auroc"].is_null());
+            assert!(r["pixel_auroc"].is_null() && r["pro_0_3"].is_null());
         }
     }
     // --limit picks per class, reproducibly.

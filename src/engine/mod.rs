@@ -4,10 +4,14 @@
 //! then, so the backend can plan once); after that [`Engine::run`] only moves numbers.
 //! tract is the backend today; an ONNX Runtime one will sit behind the same trait.
 
+#[cfg(feature = "ort")]
+mod onnxruntime;
 mod tract;
 
 use anyhow::{bail, Result};
 
+#[cfg(feature = "ort")]
+pub use self::onnxruntime::OrtEngine;
 pub use self::tract::TractEngine;
 use crate::manifest::OutputKind;
 
