@@ -313,6 +313,11 @@ pub fn eval(
 
 /// A readable summary of an eval report.
 pub fn eval_table(r: &serde_json::Value) -> String {
+    let ms = |v: &serde_json::Value| {
+        v.as_f64()
+            .map(|x| format!("{x:.1}"))
+            .unwrap_or_else(|| "n/a".into())
+    };
     let f = |v: &serde_json::Value| {
         v.as_f64()
             .map(|x| format!("{x:.4}"))
@@ -347,7 +352,7 @@ pub fn eval_table(r: &serde_json::Value) -> String {
         for (g, v) in groups {
             s += &format!(
                 "  {g:<28} {:>5} images  image AUROC {}\n",
-                v["count"],
+                v["count"].as_u64().unwrap_or(0),
                 f(&v["image_auroc"])
             );
         }
@@ -356,10 +361,10 @@ pub fn eval_table(r: &serde_json::Value) -> String {
     s += &format!(
         "time         {:.1} s total, {} ms/image mean (p50 {}, p95 {}); inference {} ms\n",
         t["total_s"].as_f64().unwrap_or(0.0),
-        f(&t["per_image_ms"]["mean"]),
-        f(&t["per_image_ms"]["p50"]),
-        f(&t["per_image_ms"]["p95"]),
-        f(&t["inference_ms_mean"])
+        ms(&t["per_image_ms"]["mean"]),
+        ms(&t["per_image_ms"]["p50"]),
+        ms(&t["per_image_ms"]["p95"]),
+        ms(&t["inference_ms_mean"])
     );
     s
 }
