@@ -295,26 +295,39 @@ fn bad_images_fail_clearly_without_stopping_the_batch() {
     ]);
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(
-        err.contains("cannot open image") && err.contains("missing.png"),
-        "{err}"
-    );
-    assert!(
-        err.contains("notes.txt") && err.contains("not an image in a supported format"),
-        "{err}"
-    );
-    assert!(
-        err.contains("fake.png") && err.contains("Invalid PNG signature"),
-        "{err}"
-    );
-    assert!(
-        err.contains("truncated.png") && err.contains("cannot decode"),
-        "{err}"
-    );
+    for (file, message) in [
+        ("missing.png", "cannot open image"),
+        ("notes.txt", "not an image in a supported format"),
+        ("fake.png", "Invalid PNG signature"),
+        ("truncated.png", "cannot decode"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("no error for {file}: {err}"));
+        assert!(line.contains(message), "{file}: {line}");
+    }
     assert!(err.contains("4 of 5 images could not be scored"), "{err}");
     // The good image in the same batch was still scored.
     assert_eq!(stdout(&o).lines().count(), 1);
     assert!(stdout(&o).contains("coins.png"));
+}
+
+/// After editing a model's graph, pin its new sha256 in the manifest.
+fn repin_graph_sha(model: &Path, graph: &Path) {
+    let sha = maeday_edge::manifest::sha256_file(graph).unwrap();
+    let path = model.join("manifest.toml");
+    let text = fs::read_to_string(&path).unwrap();
+    let old = text
+        .lines()
+        .find(|l| l.starts_with("graph_sha256"))
+        .unwrap()
+        .to_string();
+    fs::write(
+        &path,
+        text.replace(&old, &format!("graph_sha256 = \"{sha}\"")),
+    )
+    .unwrap();
 }
 
 fn edit_manifest(model: &Path, from: &str, to: &str) {
@@ -403,18 +416,7 @@ fn manifest_graph_mismatches_are_rejected_before_the_first_frame() {
     );
     // A corrupt graph whose hash was updated to match.
     fs::write(model.join("fixture-recon.onnx"), b"\x08\x07garbage").unwrap();
-    let sha = maeday_edge::manifest::sha256_file(&model.join("fixture-recon.onnx")).unwrap();
-    let text = fs::read_to_string(model.join("manifest.toml")).unwrap();
-    let old = text
-        .lines()
-        .find(|l| l.starts_with("graph_sha256"))
-        .unwrap()
-        .to_string();
-    fs::write(
-        model.join("manifest.toml"),
-        text.replace(&old, &format!("graph_sha256 = \"{sha}\"")),
-    )
-    .unwrap();
+    repin_graph_sha(&model, &model.join("fixture-recon.onnx"));
     let o = run(&["score", "--model", s(&model), s(&img)]);
     assert!(!o.status.success());
     assert!(
@@ -436,17 +438,8 @@ fn manifest_graph_mismatches_are_rejected_before_the_first_frame() {
     }
     assert_eq!(stripped, 5, "the exporter writes five maeday.* keys");
     fs::write(&graph, &edited).unwrap();
-    let sha = maeday_edge::manifest::sha256_file(&graph).unwrap();
-    let text = fs::read_to_string(model.join("manifest.toml")).unwrap();
-    let old = text
-        .lines()
-        .find(|l| l.starts_with("graph_sha256"))
-        .unwrap()
-        .to_string();
-    let text = text
-        .replace(&old, &format!("graph_sha256 = \"{sha}\""))
-        .replacen("patch_size = 16", "patch_size = 14", 1);
-    fs::write(model.join("manifest.toml"), text).unwrap();
+    repin_graph_sha(&model, &graph);
+    edit_manifest(&model, "patch_size = 16", "patch_size = 14");
     let o = Command::new(env!("CARGO_BIN_EXE_maeday-edge"))
         .args(["score", "--model", s(&model), s(&img)])
         .env("RUST_LOG", "warn")
