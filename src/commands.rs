@@ -251,9 +251,14 @@ pub fn eval(
     } else {
         None
     };
-    // Per defect group: that group's images against all normal images.
+    // Per group holding anomalous images: its images against all normal images.
     let mut per_group = serde_json::Map::new();
-    let mut names: Vec<&String> = groups.iter().collect();
+    let mut names: Vec<&String> = groups
+        .iter()
+        .zip(&labels)
+        .filter(|(_, l)| **l)
+        .map(|(g, _)| g)
+        .collect();
     names.sort();
     names.dedup();
     for g in names {
@@ -348,7 +353,7 @@ pub fn eval_table(r: &serde_json::Value) -> String {
     s += &format!("pixel AUROC  {}\n", f(&r["pixel_auroc"]));
     s += &format!("PRO (0.3)    {}\n", f(&r["pro_0_3"]));
     if let Some(groups) = r["per_group"].as_object() {
-        s += "per group (vs all normal images):\n";
+        s += "per group with anomalies (vs all normal images):\n";
         for (g, v) in groups {
             s += &format!(
                 "  {g:<28} {:>5} images  image AUROC {}\n",

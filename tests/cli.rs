@@ -232,6 +232,13 @@ fn eval_reads_mvtec_magnetic_tile_and_image_level_layouts() {
         assert_eq!(r["counts"]["anomalous"], 4);
         assert_eq!(r["counts"]["failed"], 0);
         let a = r["image_auroc"].as_f64().unwrap();
+        // Only groups holding anomalies are listed, each with a real AUROC.
+        let groups = r["per_group"].as_object().unwrap();
+        assert!(
+            !groups.is_empty() && groups.values().all(|g| g["image_auroc"].is_f64()),
+            "{groups:?}"
+        );
+        assert!(!groups.contains_key("MT_Free") && !groups.contains_key("widget/good"));
         assert!((0.0..=1.0).contains(&a));
         if pixels {
             assert!(r["counts"]["with_masks"].as_u64().unwrap() >= 4);
