@@ -227,3 +227,44 @@ fn tiling_a_wide_frame_stitches_a_full_resolution_map() {
     assert!(d.map.data.iter().all(|v| v.is_finite() && *v >= 0.0));
     assert_eq!(d.score, d.map.data.iter().copied().fold(f32::MIN, f32::max));
 }
+
+#[test]
+fn inputs_are_fed_in_the_order_the_graph_declares() {
+    use prost::Message;
+    // The same graph with `keep` declared before `image`.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("swapped");
+    std::fs::create_dir(&dir).unwrap();
+    let src = fixtures().join("fixture-recon");
+    let bytes = std::fs::read(src.join("fixture-recon.onnx")).unwrap();
+    let mut proto = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
+    proto.graph.as_mut().unwrap().input.swap(0, 1);
+    assert_eq!(proto.graph.as_ref().unwrap().input[0].name, "keep");
+    let graph = dir.join("fixture-recon.onnx");
+    std::fs::write(&graph, proto.encode_to_vec()).unwrap();
+    let sha = maeday_edge::manifest::sha256_file(&graph).unwrap();
+    let manifest = std::fs::read_to_string(src.join("manifest.toml")).unwrap();
+    let old = manifest
+        .lines()
+        .find(|l| l.starts_with("graph_sha256"))
+        .unwrap();
+    std::fs::write(
+        dir.join("manifest.toml"),
+        manifest.replace(old, &format!("graph_sha256 = \"{sha}\"")),
+    )
+    .unwrap();
+
+    let model = Model::open(&dir).unwrap();
+    let schedule = model.manifest.schedule().unwrap();
+    for threads in [1, 2] {
+        let opts = EngineOptions {
+            threads,
+            ..one_thread(Precision::F32)
+        };
+        let mut engine = TractEngine::new(&model, &schedule, &opts).unwrap();
+        let mut out = Vec::new();
+        engine.run(&npy_f32("image.npy"), &mut out).unwrap();
+        let d = max_abs_diff(&out, &npy_f32("reconstruction.npy"));
+        assert!(d <= 1e-4, "threads {threads}: {d}");
+    }
+}

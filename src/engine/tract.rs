@@ -16,6 +16,8 @@ struct Worker {
     state: TypedSimpleState,
     keep: Tensor,
     masks: usize,
+    /// Whether the graph declares `image` before `keep` (inputs go in declared order).
+    image_first: bool,
 }
 
 pub struct TractEngine {
@@ -92,6 +94,7 @@ impl TractEngine {
                 state: TypedSimpleState::new(&plan)?,
                 keep,
                 masks,
+                image_first: image_ix < keep_ix,
             });
         }
         let input_type = plans[0].1.model().input_fact(image_ix)?.datum_type;
@@ -381,12 +384,18 @@ impl TractEngine {
 }
 
 fn run_worker(worker: &mut Worker, image: &Tensor, out: &mut [f32]) -> Result<()> {
+    let (image, keep) = (
+        image.clone().into_tvalue(),
+        worker.keep.clone().into_tvalue(),
+    );
+    let inputs = if worker.image_first {
+        tvec![image, keep]
+    } else {
+        tvec![keep, image]
+    };
     let result = worker
         .state
-        .run(tvec![
-            image.clone().into_tvalue(),
-            worker.keep.clone().into_tvalue()
-        ])
+        .run(inputs)
         .context("tract failed to run the graph")?;
     let tensor = result[0].clone().into_tensor();
     let tensor = if tensor.datum_type() == DatumType::F32 {
