@@ -17,9 +17,7 @@ use maeday_edge::engine::{Engine, EngineOptions, Precision, TractEngine};
 use maeday_edge::manifest::Model;
 use maeday_edge::preprocess::{load_image, Fit, Preprocessor};
 use maeday_edge::schedule::{MaskSchedule, ScheduleKind};
-use maeday_edge::scoring::{
-    accumulate_squared_error, gaussian_filter, gaussian_kernel, AnomalyMap,
-};
+use maeday_edge::scoring::{anomaly_map_into, gaussian_kernel, AnomalyMap};
 
 const MASKS: [usize; 3] = [8, 16, 32];
 
@@ -163,10 +161,7 @@ fn stages(c: &mut Criterion) {
     let mut scratch = Vec::new();
     group.bench_function("scoring-n32", |b| {
         b.iter(|| {
-            map.data.fill(0.0);
-            accumulate_squared_error(&image, &recon, &mut map.data);
-            map.data.iter_mut().for_each(|v| *v /= 32.0);
-            gaussian_filter(&mut map, &kernel, &mut scratch);
+            anomaly_map_into(&image, &recon, &kernel, &mut map, &mut scratch).unwrap();
             map.max()
         })
     });
@@ -203,23 +198,16 @@ fn summary() {
             _ => {}
         }
     }
-    if let (Some(a), Some(b)) = (
-        mean_ms(&dir, "engine/tract-t1/32"),
-        mean_ms(&dir, &format!("engine/tract-t{t}/32")),
-    ) {
-        println!(
-            "tract N=32: 1 thread {a:.1} ms, {t} threads {b:.1} ms, speed-up {:.2}x",
-            a / b
-        );
-    }
-    if let (Some(a), Some(b)) = (
-        mean_ms(&dir, "engine/onnxruntime-t1/32"),
-        mean_ms(&dir, &format!("engine/onnxruntime-t{t}/32")),
-    ) {
-        println!(
-            "onnxruntime N=32: 1 thread {a:.1} ms, {t} threads {b:.1} ms, speed-up {:.2}x",
-            a / b
-        );
+    for engine in ["tract", "onnxruntime"] {
+        if let (Some(a), Some(b)) = (
+            mean_ms(&dir, &format!("engine/{engine}-t1/32")),
+            mean_ms(&dir, &format!("engine/{engine}-t{t}/32")),
+        ) {
+            println!(
+                "{engine} N=32: 1 thread {a:.1} ms, {t} threads {b:.1} ms, speed-up {:.2}x",
+                a / b
+            );
+        }
     }
     if let (Some(r), Some(m)) = (
         mean_ms(&dir, "detect-n32/reconstruction"),

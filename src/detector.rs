@@ -150,13 +150,13 @@ impl Detector {
 
             let t = Instant::now();
             match self.engine.output_kind() {
-                OutputKind::Reconstruction => {
-                    window.data.fill(0.0);
-                    scoring::accumulate_squared_error(&self.input, &self.output, &mut window.data);
-                    let inv = 1.0 / self.schedule.masks as f32;
-                    window.data.iter_mut().for_each(|v| *v *= inv);
-                    scoring::gaussian_filter(&mut window, &self.kernel, &mut self.scratch);
-                }
+                OutputKind::Reconstruction => scoring::anomaly_map_into(
+                    &self.input,
+                    &self.output,
+                    &self.kernel,
+                    &mut window,
+                    &mut self.scratch,
+                )?,
                 OutputKind::AnomalyMap => window.data.copy_from_slice(&self.output),
             }
             for y in 0..s {

@@ -119,24 +119,40 @@ pub fn anomaly_map(
     size: usize,
     kernel: &[f32],
 ) -> Result<AnomalyMap> {
-    let chw = 3 * size * size;
+    let mut map = AnomalyMap::zeros(size, size);
+    anomaly_map_into(image, recon, kernel, &mut map, &mut Vec::new())?;
+    Ok(map)
+}
+
+/// [`anomaly_map`] into a caller-owned map and filter scratch (no allocation once the
+/// buffers have grown): the form the per-frame path uses. The mask count is
+/// `recon.len() / (3 * map size)`.
+pub fn anomaly_map_into(
+    image: &[f32],
+    recon: &[f32],
+    kernel: &[f32],
+    map: &mut AnomalyMap,
+    scratch: &mut Vec<f32>,
+) -> Result<()> {
+    let (w, h) = (map.width, map.height);
+    let chw = 3 * w * h;
     ensure!(
         image.len() == chw,
-        "image has {} values, expected 3x{size}x{size}",
+        "image has {} values, expected 3x{h}x{w}",
         image.len()
     );
     ensure!(
         !recon.is_empty() && recon.len().is_multiple_of(chw),
-        "reconstruction has {} values, not a multiple of 3x{size}x{size}",
+        "reconstruction has {} values, not a multiple of 3x{h}x{w}",
         recon.len()
     );
     let masks = recon.len() / chw;
-    let mut map = AnomalyMap::zeros(size, size);
+    map.data.fill(0.0);
     accumulate_squared_error(image, recon, &mut map.data);
     let inv = 1.0 / masks as f32;
     map.data.iter_mut().for_each(|v| *v *= inv);
-    gaussian_filter(&mut map, kernel, &mut Vec::new());
-    Ok(map)
+    gaussian_filter(map, kernel, scratch);
+    Ok(())
 }
 
 /// Eq. 1 the literal way: filter every mask's every channel with the full 2-D kernel, sum

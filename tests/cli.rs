@@ -4,6 +4,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::repin_graph_sha;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -318,23 +321,6 @@ fn bad_images_fail_clearly_without_stopping_the_batch() {
     // The good image in the same batch was still scored.
     assert_eq!(stdout(&o).lines().count(), 1);
     assert!(stdout(&o).contains("coins.png"));
-}
-
-/// After editing a model's graph, pin its new sha256 in the manifest.
-fn repin_graph_sha(model: &Path, graph: &Path) {
-    let sha = maeday_edge::manifest::sha256_file(graph).unwrap();
-    let path = model.join("manifest.toml");
-    let text = fs::read_to_string(&path).unwrap();
-    let old = text
-        .lines()
-        .find(|l| l.starts_with("graph_sha256"))
-        .unwrap()
-        .to_string();
-    fs::write(
-        &path,
-        text.replace(&old, &format!("graph_sha256 = \"{sha}\"")),
-    )
-    .unwrap();
 }
 
 fn edit_manifest(model: &Path, from: &str, to: &str) {

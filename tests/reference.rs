@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use ndarray::ArrayD;
 use ndarray_npy::read_npy;
 
+mod common;
+
 use maeday_edge::detector::{Detector, DetectorOptions};
 use maeday_edge::engine::{Engine, EngineOptions, Precision, TractEngine};
 use maeday_edge::manifest::Model;
@@ -242,17 +244,8 @@ fn inputs_are_fed_in_the_order_the_graph_declares() {
     assert_eq!(proto.graph.as_ref().unwrap().input[0].name, "keep");
     let graph = dir.join("fixture-recon.onnx");
     std::fs::write(&graph, proto.encode_to_vec()).unwrap();
-    let sha = maeday_edge::manifest::sha256_file(&graph).unwrap();
-    let manifest = std::fs::read_to_string(src.join("manifest.toml")).unwrap();
-    let old = manifest
-        .lines()
-        .find(|l| l.starts_with("graph_sha256"))
-        .unwrap();
-    std::fs::write(
-        dir.join("manifest.toml"),
-        manifest.replace(old, &format!("graph_sha256 = \"{sha}\"")),
-    )
-    .unwrap();
+    std::fs::copy(src.join("manifest.toml"), dir.join("manifest.toml")).unwrap();
+    common::repin_graph_sha(&dir, &graph);
 
     let model = Model::open(&dir).unwrap();
     let schedule = model.manifest.schedule().unwrap();
