@@ -12,6 +12,6 @@ if [ ! -f "$map/manifest.toml" ]; then
   "$PYTHON" -m models.workstation export --preset tiny --seed 0 --output anomaly_map \
     --out "$map" --name default-map --masks 32 --description "bench twin of models/default" >/dev/null
 fi
-ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$("$PYTHON" -c 'import onnxruntime, glob, os; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*"))[0])')}
+ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$("$PYTHON" -m models.workstation ort-lib)}
 export ORT_DYLIB_PATH MAEDAY_BENCH_MAP_MODEL="$map"
 exec cargo bench --features ort --bench frame -- "$@"

@@ -182,7 +182,8 @@ pub fn eval(
     let mut detector = Detector::new(model, opts)?;
     let pixel_metrics = data.has_masks();
     let (mut scores, mut labels, mut groups) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut pix_scores, mut pix_labels, mut pix_regions) = (Vec::new(), Vec::new(), Vec::new());
+    // Per sampled pixel: its score and its ground-truth region (0 = normal pixel).
+    let (mut pix_scores, mut pix_regions) = (Vec::new(), Vec::new());
     let mut next_region = 1u32;
     let mut failed = Vec::new();
     let mut latencies = Vec::new();
@@ -226,7 +227,6 @@ pub fn eval(
                 for x in (0..det.map.width).step_by(stride) {
                     let i = y * det.map.width + x;
                     pix_scores.push(det.map.data[i]);
-                    pix_labels.push(truth[i]);
                     pix_regions.push(regions[i]);
                 }
             }
@@ -241,15 +241,14 @@ pub fn eval(
         );
     }
     let image_auroc = auroc(&scores, &labels);
-    let pixel_auroc = if pixel_metrics {
-        auroc(&pix_scores, &pix_labels)
+    let (pixel_auroc, pro) = if pixel_metrics {
+        let pix_labels: Vec<bool> = pix_regions.iter().map(|r| *r != 0).collect();
+        (
+            auroc(&pix_scores, &pix_labels),
+            pro_auc(&pix_scores, &pix_regions, 0.3),
+        )
     } else {
-        None
-    };
-    let pro = if pixel_metrics {
-        pro_auc(&pix_scores, &pix_regions, 0.3)
-    } else {
-        None
+        (None, None)
     };
     // Per group holding anomalous images: its images against all normal images.
     let mut per_group = serde_json::Map::new();

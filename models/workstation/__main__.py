@@ -4,6 +4,7 @@ Commands:
   export   export an MAE (random init or a checkpoint) as a MAEDAY graph + manifest
   fixture  rebuild the tiny test graphs and their torch / numpy reference outputs
   samples  write the bundled sample frames (real photos from the scikit-image wheel)
+  ort-lib  print the path of the ONNX Runtime library inside the onnxruntime wheel
 """
 
 from __future__ import annotations
@@ -136,6 +137,20 @@ def cmd_samples(args: argparse.Namespace) -> None:
     print(f"wrote samples to {out}")
 
 
+def cmd_ort_lib(args: argparse.Namespace) -> None:
+    """For ORT_DYLIB_PATH: the Rust `ort` feature loads this library at run time."""
+    import glob
+    import os
+
+    import onnxruntime
+
+    capi = os.path.join(os.path.dirname(onnxruntime.__file__), "capi")
+    libs = sorted(glob.glob(os.path.join(capi, "libonnxruntime.so*")))
+    if not libs:
+        raise SystemExit(f"no libonnxruntime.so* in {capi}")
+    print(libs[0])
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.workstation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     e.set_defaults(fn=cmd_export)
     sub.add_parser("fixture", help="rebuild tests/fixtures").set_defaults(fn=cmd_fixture)
     sub.add_parser("samples", help="rebuild models/samples").set_defaults(fn=cmd_samples)
+    sub.add_parser("ort-lib", help="print the onnxruntime library path").set_defaults(
+        fn=cmd_ort_lib)
     args = p.parse_args(argv)
     args.fn(args)
 
