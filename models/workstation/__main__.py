@@ -1,6 +1,8 @@
 """`python -m models.workstation <command>` (run from the repository root).
 
 Commands:
+  pretrain MAE pretraining on real images that are in no evaluation set
+  finetune few-shot LoRA finetune on good images, fold, export
   export   export an MAE (random init or a checkpoint) as a MAEDAY graph + manifest
   fixture  rebuild the tiny test graphs and their torch / numpy reference outputs
   samples  write the bundled sample frames (real photos from the scikit-image wheel)
@@ -38,25 +40,72 @@ def load_checkpoint(mae: MAE, path: Path) -> None:
               file=sys.stderr)
 
 
-def cmd_export(args: argparse.Namespace) -> None:
-    torch.manual_seed(args.seed)
-    mae = MAE(PRESETS[args.preset])
-    training = "random-init"
-    if args.checkpoint:
-        load_checkpoint(mae, Path(args.checkpoint))
-        training = f"checkpoint {Path(args.checkpoint).name}"
-    out = export_model(mae, Path(args.out), args.name, output=args.output, n_masks=args.masks,
-                       schedule_kind=args.schedule, training=training,
-                       description=args.description)
-    onnx_path = out / f"{args.name}.onnx"
+def export_checked(mae: MAE, out: Path, name: str, output: str, masks: int, schedule_kind: str,
+                   training: str, description: str) -> Path:
+    """Export graph + manifest, then prove onnxruntime computes what torch computes."""
+    out = export_model(mae, out, name, output=output, n_masks=masks,
+                       schedule_kind=schedule_kind, training=training, description=description)
+    onnx_path = out / f"{name}.onnx"
     image = np.random.default_rng(0).standard_normal((1, 3, mae.cfg.img_size, mae.cfg.img_size),
                                                      dtype=np.float32)
     keep = schedule("random", 4, round(mae.cfg.num_patches / 4), mae.cfg.num_patches, 1)
-    diff = onnxruntime_parity(onnx_path, MAEDAYGraph(mae, args.output), image, keep)
+    diff = onnxruntime_parity(onnx_path, MAEDAYGraph(mae, output), image, keep)
     print(f"exported {onnx_path} ({count_params(mae) / 1e6:.2f} M params); "
           f"onnxruntime vs torch max |diff| = {diff:.2e}")
     if diff > 1e-4:
         raise SystemExit(f"parity check failed: {diff:.2e} > 1e-4")
+    return onnx_path
+
+
+def mae_from_checkpoint(path: Path, preset: str | None) -> MAE:
+    """An MAE sized by the checkpoint's own config (ours) or by `preset` (official ones)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if preset is None:
+        if "config" not in state:
+            raise SystemExit(f"{path}: no config inside; name the architecture with --preset")
+        from .mae import MAEConfig
+
+        mae = MAE(MAEConfig(**state["config"]))
+    else:
+        mae = MAE(PRESETS[preset])
+    load_checkpoint(mae, path)
+    return mae
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    torch.manual_seed(args.seed)
+    training = "random-init"
+    if args.checkpoint:
+        mae = mae_from_checkpoint(Path(args.checkpoint), args.preset)
+        training = args.training or f"checkpoint {Path(args.checkpoint).name}"
+    else:
+        mae = MAE(PRESETS[args.preset or "tiny"])
+    export_checked(mae, Path(args.out), args.name, args.output, args.masks, args.schedule,
+                   training, args.description)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from .lora import FinetuneRecipe, finetune, magnetic_tile_shots
+
+    mae = mae_from_checkpoint(Path(args.checkpoint), args.preset)
+    if args.images:
+        shots = [Path(p) for p in args.images]
+    else:
+        shots = magnetic_tile_shots(Path(args.magnetic_tile), args.shots, args.shot_seed,
+                                    args.eval_limit, args.eval_seed)
+    print("shots:", *[str(p) for p in shots], sep="\n  ")
+    recipe = FinetuneRecipe(iterations=args.iterations, seed=args.seed)
+    summary = finetune(mae, shots, recipe)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "finetune.json").write_text(json.dumps(summary, indent=1) + "\n")
+    torch.save({"model": mae.state_dict(), "config": mae.cfg.to_dict(),
+                "finetune": summary}, out / "checkpoint.pth")
+    training = (f"{args.training_prefix}; LoRA r{recipe.rank} {len(shots)}-shot "
+                f"(shot seed {args.shot_seed}), {recipe.iterations} iterations, folded")
+    export_checked(mae, out, args.name, args.output, args.masks, "random", training,
+                   args.description or f"{len(shots)}-shot LoRA finetune of "
+                   f"{Path(args.checkpoint).parent.name}")
 
 
 def load_rgb_224(path: Path) -> np.ndarray:
@@ -137,6 +186,26 @@ def cmd_samples(args: argparse.Namespace) -> None:
     print(f"wrote samples to {out}")
 
 
+def default_training_images(textures: Path) -> list[Path]:
+    from . import data
+
+    if not textures.is_dir():
+        raise SystemExit(f"{textures}: no such folder (expected ../shared/data/textures)")
+    return data.list_images(textures) + data.skimage_photos()
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .train import PretrainRecipe, pretrain
+
+    recipe = PretrainRecipe(preset=args.preset, steps=args.steps, batch=args.batch, lr=args.lr,
+                            warmup=args.warmup, visible_weight=args.visible_weight,
+                            seed=args.seed, threads=args.threads)
+    images = default_training_images(Path(args.textures))
+    print(f"pretraining {args.preset} on {len(images)} images: {recipe}")
+    pretrain(recipe, images, Path(args.out), checkpoint_every=args.checkpoint_every)
+    print(f"wrote {Path(args.out) / 'checkpoint.pth'} and loss.csv")
+
+
 def cmd_ort_lib(args: argparse.Namespace) -> None:
     """For ORT_DYLIB_PATH: the Rust `ort` feature loads this library at run time."""
     import glob
@@ -156,8 +225,10 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export", help="export an MAE as graph + manifest")
-    e.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    e.add_argument("--preset", choices=sorted(PRESETS),
+                   help="architecture (default: the checkpoint's own config, else tiny)")
     e.add_argument("--checkpoint", help="official MAE checkpoint or state_dict (.pth)")
+    e.add_argument("--training", help="training note for the manifest")
     e.add_argument("--out", required=True, help="model folder to write")
     e.add_argument("--name", required=True)
     e.add_argument("--output", choices=["reconstruction", "anomaly_map"], default="reconstruction")
@@ -166,6 +237,38 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--seed", type=int, default=0, help="torch seed for random init")
     e.add_argument("--description", default="")
     e.set_defaults(fn=cmd_export)
+    f = sub.add_parser("finetune", help="few-shot LoRA finetune + fold + export")
+    f.add_argument("--checkpoint", required=True, help="pretrained checkpoint (.pth)")
+    f.add_argument("--preset", choices=sorted(PRESETS), help="for official checkpoints")
+    f.add_argument("--images", nargs="*", help="the good shots (default: from magnetic-tile)")
+    f.add_argument("--magnetic-tile", default=str(REPO.parent / "shared" / "data" / "magnetic-tile"))
+    f.add_argument("--shots", type=int, default=1)
+    f.add_argument("--shot-seed", type=int, default=0)
+    f.add_argument("--eval-limit", type=int, default=392,
+                   help="the eval command's --limit: those MT_Free images are never shots")
+    f.add_argument("--eval-seed", type=int, default=0, help="the eval command's --seed")
+    f.add_argument("--iterations", type=int, default=50)
+    f.add_argument("--seed", type=int, default=0, help="crops, masks and LoRA init")
+    f.add_argument("--out", required=True)
+    f.add_argument("--name", required=True)
+    f.add_argument("--output", choices=["reconstruction", "anomaly_map"], default="reconstruction")
+    f.add_argument("--masks", type=int, default=32)
+    f.add_argument("--training-prefix", default="MAE pretrained by `pretrain`")
+    f.add_argument("--description", default="")
+    f.set_defaults(fn=cmd_finetune)
+    t = sub.add_parser("pretrain", help="MAE pretraining (75%% masks, pixel targets)")
+    t.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    t.add_argument("--textures", default=str(REPO.parent / "shared" / "data" / "textures"))
+    t.add_argument("--out", required=True, help="folder for checkpoint.pth, loss.csv, recipe")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--visible-weight", type=float, default=0.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--checkpoint-every", type=int, default=200)
+    t.set_defaults(fn=cmd_pretrain)
     sub.add_parser("fixture", help="rebuild tests/fixtures").set_defaults(fn=cmd_fixture)
     sub.add_parser("samples", help="rebuild models/samples").set_defaults(fn=cmd_samples)
     sub.add_parser("ort-lib", help="print the onnxruntime library path").set_defaults(

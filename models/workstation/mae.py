@@ -102,6 +102,10 @@ class Attention(nn.Module):
         h = self.num_heads
         qkv = self.qkv(x).reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.training:
+            # The fused kernel (same maths) for training; export keeps the plain ops below.
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            return self.proj(out.transpose(1, 2).reshape(b, t, d))
         attn = (q @ k.transpose(-2, -1)) * self.scale
         attn = attn.softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(b, t, d))
