@@ -186,6 +186,7 @@ pub fn eval(
     let (mut pix_scores, mut pix_regions) = (Vec::new(), Vec::new());
     let mut next_region = 1u32;
     let mut failed = Vec::new();
+    let mut scored_paths = Vec::new();
     let mut latencies = Vec::new();
     let (mut t_pre, mut t_inf, mut t_score) = (0.0, 0.0, 0.0);
     let bar = progress(data.samples.len(), "eval");
@@ -217,6 +218,7 @@ pub fn eval(
         t_inf += det.times.inference.as_secs_f64() * 1e3;
         t_score += det.times.scoring.as_secs_f64() * 1e3;
         scores.push(det.score);
+        scored_paths.push(sample.image.display().to_string());
         labels.push(sample.anomalous);
         groups.push(sample.group.clone());
         if let Some(truth) = truth {
@@ -306,6 +308,13 @@ pub fn eval(
             "scoring_ms_mean": t_score / n,
         },
         "failed": failed,
+        // Every scored image: lets a later step prove which images were evaluated
+        // (e.g. that few-shot training images were not) and re-plot the scores.
+        "images": scored_paths.iter().zip(&scores).zip(labels.iter().zip(&groups))
+            .map(|((path, score), (anomalous, group))| json!({
+                "image": path, "score": score, "anomalous": anomalous, "group": group,
+            }))
+            .collect::<Vec<_>>(),
     });
     if let Some(path) = &eo.report {
         let text = serde_json::to_string_pretty(&report)?;

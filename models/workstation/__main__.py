@@ -206,6 +206,47 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'checkpoint.pth'} and loss.csv")
 
 
+def cmd_table(args: argparse.Namespace) -> None:
+    """Markdown table of the eval reports in a folder; few-shot seeds as mean ± std."""
+    import re
+    import statistics
+
+    folder = Path(args.folder)
+    reports = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    if not reports:
+        raise SystemExit(f"no eval reports in {folder}")
+    groups: dict[str, list[str]] = {}
+    for name in reports:
+        groups.setdefault(re.sub(r"-s\d+(-n\d+)$", r"\1", name), []).append(name)
+
+    def cell(names: list[str], key: str) -> str:
+        vals = [reports[n][key] for n in names if reports[n].get(key) is not None]
+        if not vals:
+            return "n/a"
+        if len(vals) == 1:
+            return f"{vals[0]:.3f}"
+        return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+
+    print("| run | images | N | schedule | image AUROC | pixel AUROC | PRO@0.3 | ms/frame |")
+    print("|---|---|---|---|---|---|---|---|")
+    for group, names in groups.items():
+        r = reports[names[0]]
+        kind, n = r["schedule"].split("-")[0], r["schedule"].split("-n")[1].split("-")[0]
+        ms = statistics.mean(reports[x]["timings"]["per_image_ms"]["mean"] for x in names)
+        label = group + (f" ({len(names)} seeds)" if len(names) > 1 else "")
+        print(f"| {label} | {r['counts']['scored']} | {n} | {kind} | {cell(names, 'image_auroc')} "
+              f"| {cell(names, 'pixel_auroc')} | {cell(names, 'pro_0_3')} | {ms:.0f} |")
+    # Prove the few-shot images were never evaluated.
+    for name, r in reports.items():
+        model_dir = folder / re.sub(r"-n\d+$", "", name)
+        ft = model_dir / "finetune.json"
+        if ft.is_file():
+            shots = {str(Path(p).resolve()) for p in json.loads(ft.read_text())["shots"]}
+            seen = {str(Path(i["image"]).resolve()) for i in r.get("images", [])}
+            if shots & seen:
+                raise SystemExit(f"{name}: few-shot images were evaluated: {shots & seen}")
+
+
 def cmd_ort_lib(args: argparse.Namespace) -> None:
     """For ORT_DYLIB_PATH: the Rust `ort` feature loads this library at run time."""
     import glob
@@ -269,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--checkpoint-every", type=int, default=200)
     t.set_defaults(fn=cmd_pretrain)
+    tb = sub.add_parser("table", help="markdown table of a folder of eval reports")
+    tb.add_argument("folder")
+    tb.set_defaults(fn=cmd_table)
     sub.add_parser("fixture", help="rebuild tests/fixtures").set_defaults(fn=cmd_fixture)
     sub.add_parser("samples", help="rebuild models/samples").set_defaults(fn=cmd_samples)
     sub.add_parser("ort-lib", help="print the onnxruntime library path").set_defaults(
