@@ -59,10 +59,11 @@ def test_lora_wraps_every_linear_and_folds_exactly():
     assert (folded - adapted).abs().max() <= 1e-5
 
 
-def test_finetune_changes_the_model_and_the_fold_matches(tmp_path):
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 1e-2), ("adamw", 1e-3)])
+def test_finetune_changes_the_model_and_the_fold_matches(tmp_path, optimizer, lr):
     mae = fixture_mae()
     before = {k: v.clone() for k, v in mae.state_dict().items()}
-    recipe = FinetuneRecipe(iterations=4, batch=4, threads=1)
+    recipe = FinetuneRecipe(iterations=4, batch=4, threads=1, optimizer=optimizer, lr=lr)
     summary = finetune(mae, [SAMPLES / "coins.png"], recipe, log=lambda *_: None)
     assert len(summary["losses"]) == 4 and all(np.isfinite(summary["losses"]))
     assert summary["fold_max_abs_diff"] <= 1e-4

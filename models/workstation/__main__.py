@@ -94,7 +94,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         shots = magnetic_tile_shots(Path(args.magnetic_tile), args.shots, args.shot_seed,
                                     args.eval_limit, args.eval_seed)
     print("shots:", *[str(p) for p in shots], sep="\n  ")
-    recipe = FinetuneRecipe(iterations=args.iterations, lr=args.lr, seed=args.seed)
+    recipe = FinetuneRecipe(iterations=args.iterations, lr=args.lr, optimizer=args.optimizer,
+                            seed=args.seed)
     summary = finetune(mae, shots, recipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     torch.save({"model": mae.state_dict(), "config": mae.cfg.to_dict(),
                 "finetune": summary}, out / "checkpoint.pth")
     training = (f"{args.training_prefix}; LoRA r{recipe.rank} {len(shots)}-shot "
-                f"(shot seed {args.shot_seed}), SGD lr {recipe.lr:g}, {recipe.iterations} "
+                f"(shot seed {args.shot_seed}), {recipe.optimizer} lr {recipe.lr:g}, {recipe.iterations} "
                 f"iterations, folded")
     export_checked(mae, out, args.name, args.output, args.masks, "random", training,
                    args.description or f"{len(shots)}-shot LoRA finetune of "
@@ -290,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="the eval command's --limit: those MT_Free images are never shots")
     f.add_argument("--eval-seed", type=int, default=0, help="the eval command's --seed")
     f.add_argument("--iterations", type=int, default=50)
-    f.add_argument("--lr", type=float, default=1e-2, help="SGD learning rate (paper: 1e-2)")
+    f.add_argument("--lr", type=float, default=1e-2, help="learning rate (paper: SGD 1e-2)")
+    f.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     f.add_argument("--seed", type=int, default=0, help="crops, masks and LoRA init")
     f.add_argument("--out", required=True)
     f.add_argument("--name", required=True)

@@ -84,6 +84,9 @@ class FinetuneRecipe:
     alpha: float = 32.0
     iterations: int = 50
     batch: int = 32
+    # "sgd" is the paper's; "adamw" (betas 0.9/0.999) is scale-free, which matters when
+    # the shots' errors (and so the gradients) are small, as on dark, low-contrast tiles.
+    optimizer: str = "sgd"
     lr: float = 1e-2
     momentum: float = 0.9
     weight_decay: float = 0.05
@@ -112,8 +115,13 @@ def finetune(mae: MAE, shots: list[Path], recipe: FinetuneRecipe, log=print) -> 
     keep_count = round(cfg.num_patches * (1 - recipe.mask_ratio))
     wrapped = add_lora(mae, recipe.rank, recipe.alpha)
     params = [p for p in mae.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                              weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    else:
+        raise SystemExit(f"unknown optimizer {recipe.optimizer!r} (sgd or adamw)")
     augment = data.Augment(cfg.img_size, scale=recipe.crop_scale,
                            max_rotation=recipe.max_rotation, jitter=0.0, gray=0.0)
     losses = []
