@@ -10,6 +10,7 @@
 
 pub mod calibration;
 pub mod commands;
+pub mod convert;
 pub mod dataset;
 pub mod detector;
 pub mod engine;
