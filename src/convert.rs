@@ -70,7 +70,10 @@ pub fn to_rgb(format: PixelFormat, width: u32, height: u32, used: &[u8]) -> Resu
             Ok(DynamicImage::ImageLuma8(gray).to_rgb8())
         }
         PixelFormat::Yuyv => {
-            ensure!(width % 2 == 0, "YUYV needs an even width, got {width}");
+            ensure!(
+                width.is_multiple_of(2),
+                "YUYV needs an even width, got {width}"
+            );
             ensure!(
                 used.len() >= 2 * pixels,
                 "truncated YUYV frame: {} bytes, {width}x{height} needs {}",
