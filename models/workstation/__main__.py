@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import eq1
-from .export import IMAGENET_MEAN, IMAGENET_STD, export_model, onnxruntime_parity
+from .export import export_model, onnxruntime_parity
 from .mae import MAE, MAEDAYGraph, PRESETS, count_params
 from .masks import schedule
 
@@ -86,6 +86,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from .lora import FinetuneRecipe, finetune, magnetic_tile_shots
+    from .train import save_checkpoint
 
     mae = mae_from_checkpoint(Path(args.checkpoint), args.preset)
     if args.images:
@@ -100,8 +101,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "finetune.json").write_text(json.dumps(summary, indent=1) + "\n")
-    torch.save({"model": mae.state_dict(), "config": mae.cfg.to_dict(),
-                "finetune": summary}, out / "checkpoint.pth")
+    save_checkpoint(out / "checkpoint.pth", mae, finetune=summary)
     training = (f"{args.training_prefix}; LoRA r{recipe.rank} {len(shots)}-shot "
                 f"(shot seed {args.shot_seed}), {recipe.optimizer} lr {recipe.lr:g}, {recipe.iterations} "
                 f"iterations, folded")
@@ -112,12 +112,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def load_rgb_224(path: Path) -> np.ndarray:
     """A 224x224 RGB image as floats in [0,1], [3, 224, 224]."""
-    from PIL import Image
+    from . import data
 
-    img = Image.open(path).convert("RGB")
+    img = data.load_rgb(path)
     if img.size != (224, 224):
         raise SystemExit(f"{path}: fixture frames must be 224x224, got {img.size}")
-    return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return data.to_array(img)
 
 
 def cmd_fixture(args: argparse.Namespace) -> None:
@@ -136,10 +136,10 @@ def cmd_fixture(args: argparse.Namespace) -> None:
         export_model(mae, fixtures / name, name, output=output, n_masks=4,
                      training="random-init (test fixture)",
                      description="tiny random-weight MAE for tests; detects nothing")
+    from . import data
+
     frame = load_rgb_224(REPO / "models" / "samples" / "coffee-224.png")
-    mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
-    std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
-    image = ((frame - mean) / std)[None].astype(np.float32)
+    image = data.normalise(frame)[None]
     keep = schedule("random", 4, 49, 196, 0)
     mae.eval()
     with torch.no_grad():

@@ -13,13 +13,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import data
 from .mae import MAE
 from .masks import SplitMix64
+from .train import random_keep, seeded
 
 
 class LoRALinear(nn.Module):
@@ -103,12 +103,8 @@ class FinetuneRecipe:
 def finetune(mae: MAE, shots: list[Path], recipe: FinetuneRecipe, log=print) -> dict:
     """LoRA-finetune `mae` in place on the good `shots`, loss on ALL patches; then fold.
     Returns a summary (loss curve, fold error)."""
-    torch.manual_seed(recipe.seed)
-    torch.set_num_threads(recipe.threads)
-    rng = np.random.default_rng(recipe.seed)
-    gen = torch.Generator().manual_seed(recipe.seed)
-    images = [data.load_rgb(p).resize((recipe.pre_size, recipe.pre_size), data.Image.BILINEAR,
-                                      reducing_gap=None) for p in shots]
+    rng, gen = seeded(recipe.seed, recipe.threads)
+    images = [data.square_resize(data.load_rgb(p), recipe.pre_size) for p in shots]
     if not images:
         raise SystemExit("finetune needs at least one good image")
     cfg = mae.cfg
@@ -130,8 +126,7 @@ def finetune(mae: MAE, shots: list[Path], recipe: FinetuneRecipe, log=print) -> 
     for it in range(recipe.iterations):
         # Copies of the shots, each with its own crop/rotation and its own random mask.
         imgs = torch.from_numpy(data.batch(images, augment, rng, recipe.batch))
-        keep = torch.rand(recipe.batch, cfg.num_patches, generator=gen).argsort(1)[:, :keep_count]
-        keep = keep.sort(1).values
+        keep = random_keep(recipe.batch, cfg.num_patches, keep_count, gen)
         pred = mae.decode(mae.encode(imgs, keep), keep)
         loss = ((pred - mae.patchify(imgs)) ** 2).mean()  # all patches
         opt.zero_grad(set_to_none=True)

@@ -68,19 +68,25 @@ def lr_at(step: int, recipe: PretrainRecipe) -> float:
     return recipe.lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def save_checkpoint(path: Path, mae: MAE, recipe, step: int, extra: dict | None = None) -> None:
+def save_checkpoint(path: Path, mae: MAE, **extra) -> None:
+    """Atomically write `{"model": state_dict, "config": ..., **extra}`: the official MAE
+    layout plus our architecture, so `export`/`finetune` need no --preset for it."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": mae.state_dict(), "config": mae.cfg.to_dict(),
-                "recipe": asdict(recipe), "step": step, **(extra or {})}, tmp)
+    torch.save({"model": mae.state_dict(), "config": mae.cfg.to_dict(), **extra}, tmp)
     tmp.replace(path)
+
+
+def seeded(seed: int, threads: int) -> tuple[np.random.Generator, torch.Generator]:
+    """Seed torch (init, dropout-free ops) and set its thread count; return the numpy
+    generator for data and the torch generator for masks, both from the same seed."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    return np.random.default_rng(seed), torch.Generator().manual_seed(seed)
 
 
 def pretrain(recipe: PretrainRecipe, image_paths: list[Path], out: Path,
              checkpoint_every: int = 200, log=print) -> MAE:
-    torch.manual_seed(recipe.seed)
-    torch.set_num_threads(recipe.threads)
-    rng = np.random.default_rng(recipe.seed)
-    gen = torch.Generator().manual_seed(recipe.seed)
+    rng, gen = seeded(recipe.seed, recipe.threads)
     out.mkdir(parents=True, exist_ok=True)
     images = [data.load_rgb(p) for p in image_paths]
     if not images:
@@ -122,8 +128,8 @@ def pretrain(recipe: PretrainRecipe, image_paths: list[Path], out: Path,
             log(f"step {step:5d}/{recipe.steps}  loss {loss.item():.4f}  hidden {hid:.4f}  "
                 f"visible {vis:.4f}  {elapsed / (step + 1):.2f} s/step")
         if (step + 1) % checkpoint_every == 0 or step == recipe.steps - 1:
-            save_checkpoint(out / "checkpoint.pth", mae, recipe, step + 1,
-                            {"seconds": elapsed})
+            save_checkpoint(out / "checkpoint.pth", mae, recipe=asdict(recipe), step=step + 1,
+                            seconds=elapsed)
     log_file.close()
     mae.eval()
     return mae
