@@ -116,6 +116,14 @@ impl Detector {
         })
     }
 
+    /// Change how frames are placed (cameras can differ); cheap when unchanged.
+    pub fn set_fit(&mut self, fit: Fit) -> Result<()> {
+        if self.pre.fit != fit {
+            self.pre = Preprocessor::new(&self.model.manifest.input, fit)?;
+        }
+        Ok(())
+    }
+
     pub fn thresholds(&self) -> Option<Thresholds> {
         self.model.manifest.thresholds
     }

@@ -7,16 +7,30 @@
 //! reconstructions -> anomaly map -> score) -> [`calibration`] / [`render`] (thresholds,
 //! masks, overlays). [`detector`] wires them together for one frame; [`manifest`] pins
 //! everything a model needs; [`dataset`] and [`metrics`] serve `eval`.
+//!
+//! The daemon (`run`): [`config`] -> [`source`] (V4L2 via [`convert`], or replay) ->
+//! [`pipeline`] (capture / inference / sink threads, newest-frame slots, latency stats) ->
+//! [`message`] (result payloads, masks) -> [`sink`] (console, files) and [`mqtt`] (QoS 1
+//! with the on-disk [`spool`] for store-and-forward); `broker` is the embedded broker.
 
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
 pub mod calibration;
 pub mod commands;
+pub mod config;
 pub mod convert;
 pub mod dataset;
 pub mod detector;
 pub mod engine;
 pub mod manifest;
+pub mod message;
 pub mod metrics;
+pub mod mqtt;
+pub mod pipeline;
 pub mod preprocess;
 pub mod render;
 pub mod schedule;
 pub mod scoring;
+pub mod sink;
+pub mod source;
+pub mod spool;

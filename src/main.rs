@@ -1,16 +1,20 @@
-//! `maeday-edge`: score frames, evaluate on datasets, calibrate thresholds.
+//! `maeday-edge`: the daemon (`run`), plus scoring, evaluation and calibration tools.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use maeday_edge::calibration::CalibrationRule;
 use maeday_edge::commands::{self, EvalOptions};
+use maeday_edge::config::Config;
 use maeday_edge::detector::DetectorOptions;
 use maeday_edge::engine::{EngineOptions, Precision};
 use maeday_edge::manifest::Model;
+use maeday_edge::pipeline::{self, RunOptions};
 use maeday_edge::preprocess::Fit;
 use maeday_edge::schedule::ScheduleKind;
 
@@ -27,6 +31,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The daemon: cameras -> MAEDAY -> MQTT / files / console, until the sources end,
+    /// --max-frames, or SIGTERM/SIGINT. Without --config: the built-in demo
+    /// (firmware-config/demo.toml: replayed sample frames, embedded broker, console).
+    Run {
+        /// Site config (TOML), e.g. firmware-config/conveyor.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Broker URL, overriding mqtt.url (mqtt://host:port or mqtts://host:port).
+        #[arg(long)]
+        mqtt_url: Option<String>,
+        /// Stop cleanly after this many scored frames.
+        #[arg(long)]
+        max_frames: Option<u64>,
+        /// Only check the config and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// A standalone MQTT broker (the embedded one), until SIGTERM/SIGINT.
+    #[cfg(feature = "embedded-broker")]
+    Broker {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1 << 20)]
+        max_payload_bytes: usize,
+    },
     /// Score images: one JSON line per image on stdout.
     Score {
         #[command(flatten)]
@@ -128,8 +157,50 @@ impl Common {
     }
 }
 
+/// SIGTERM and SIGINT set this flag; the pipeline stops cleanly when it sees it.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run {
+            config,
+            mqtt_url,
+            max_frames,
+            check,
+        } => {
+            let config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::demo()?,
+            };
+            if check {
+                println!("config ok: {} camera(s)", config.cameras.len());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let opts = RunOptions {
+                mqtt_url,
+                max_frames,
+                stop: stop_flag()?,
+            };
+            let summary = pipeline::run(config, opts)?;
+            println!("{}", pipeline::summary_line(&summary));
+        }
+        #[cfg(feature = "embedded-broker")]
+        Command::Broker {
+            listen,
+            max_payload_bytes,
+        } => {
+            let stop = stop_flag()?;
+            maeday_edge::broker::start(listen, max_payload_bytes)?;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         Command::Score {
             common,
             out,
@@ -185,7 +256,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(
+        // rumqttd logs routine broker traffic at ERROR level through `tracing`: keep it
+        // quiet unless asked for (RUST_LOG=rumqttd=info).
+        env_logger::Env::default().default_filter_or("info,rumqttd=off,tracing=off"),
+    )
+    .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -1,0 +1,608 @@
+//! The daemon's configuration: one TOML file (`firmware-config/<site>.toml`).
+//!
+//! Parsed with serde (unknown keys are errors, so a typo never silently falls back to a
+//! default), then [`Config::validate`]d: every error names the key, e.g.
+//! `camera[1].source.fps: must be > 0 (got -2)`. Relative paths are resolved against the
+//! folder of the config file, so a config works from any working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Deserialize;
+
+use crate::convert::PixelFormat;
+use crate::engine::Precision;
+use crate::manifest::Thresholds;
+use crate::preprocess::Fit;
+
+/// The built-in default (`maeday-edge run` without `--config`): `firmware-config/demo.toml`.
+pub const DEMO_TOML: &str = include_str!("../firmware-config/demo.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this device in MQTT topics: `maeday/<device_id>/...`.
+    pub device_id: String,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(rename = "camera")]
+    pub cameras: Vec<CameraConfig>,
+    #[serde(default)]
+    pub output: OutputConfig,
+    pub mqtt: Option<MqttConfig>,
+    /// Write every result as a JSON line (and masks as PNG) into a folder.
+    pub files: Option<FilesConfig>,
+    /// Log one line per frame (on by default: the sink a newcomer sees first).
+    #[serde(default = "yes")]
+    pub console: bool,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model folder; default: the bundled model.
+    pub path: Option<PathBuf>,
+    /// Override the manifest's mask count (fewer masks: faster, noisier).
+    pub masks: Option<usize>,
+    /// CPU threads for inference; default: all cores.
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub precision: PrecisionName,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionName {
+    #[default]
+    F32,
+    F16,
+}
+
+impl From<PrecisionName> for Precision {
+    fn from(p: PrecisionName) -> Precision {
+        match p {
+            PrecisionName::F32 => Precision::F32,
+            PrecisionName::F16 => Precision::F16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Names the camera in topics: `maeday/<device_id>/<name>/result`.
+    pub name: String,
+    pub source: SourceConfig,
+    /// Region of interest `[x, y, width, height]` in frame pixels; only it is scored.
+    pub roi: Option<[u32; 4]>,
+    /// How a frame is mapped onto the model's windows.
+    #[serde(default)]
+    pub fit: FitName,
+    /// With `fit = "tile"`: the fraction of a window shared with its neighbour.
+    #[serde(default = "default_overlap")]
+    pub tile_overlap: f32,
+    /// Per-camera thresholds; default: the model manifest's (set by `calibrate`).
+    pub thresholds: Option<Thresholds>,
+}
+
+fn default_overlap() -> f32 {
+    0.25
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FitName {
+    #[default]
+    Squash,
+    Letterbox,
+    Tile,
+}
+
+impl CameraConfig {
+    pub fn fit(&self) -> Fit {
+        match self.fit {
+            FitName::Squash => Fit::Squash,
+            FitName::Letterbox => Fit::Letterbox,
+            FitName::Tile => Fit::Tile {
+                overlap: self.tile_overlap,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Frames from files: a folder, a glob (`frames/*.png`) or an animated GIF.
+    Replay {
+        path: PathBuf,
+        /// Frames per second; 0 = as fast as the pipeline takes them (no frame dropped).
+        #[serde(default)]
+        fps: f64,
+        /// Start again at the first frame after the last.
+        #[serde(default, rename = "loop")]
+        looping: bool,
+    },
+    /// A V4L2 camera.
+    V4l2 {
+        #[serde(default = "default_device")]
+        device: PathBuf,
+        /// FourCC: MJPG, YUYV or GREY.
+        #[serde(default = "default_fourcc")]
+        format: String,
+        width: u32,
+        height: u32,
+        #[serde(default = "default_camera_fps")]
+        fps: u32,
+        /// Driver buffers (more: fewer drops under load, more latency).
+        #[serde(default = "default_buffers")]
+        buffers: u32,
+    },
+}
+
+fn default_device() -> PathBuf {
+    PathBuf::from("/dev/video0")
+}
+fn default_fourcc() -> String {
+    "MJPG".into()
+}
+fn default_camera_fps() -> u32 {
+    30
+}
+fn default_buffers() -> u32 {
+    4
+}
+
+/// What each frame publishes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// When to publish the binary mask PNG.
+    #[serde(default)]
+    pub mask: MaskPolicy,
+    /// At most this many masks per second per camera (0 = no limit).
+    #[serde(default = "default_mask_rate")]
+    pub mask_max_per_sec: f64,
+    /// Also publish a heatmap overlay PNG for every frame.
+    #[serde(default)]
+    pub heatmap: bool,
+    /// Seconds between `metrics` messages (0 = never).
+    #[serde(default = "default_metrics_interval")]
+    pub metrics_interval_s: f64,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            format: PayloadFormat::default(),
+            mask: MaskPolicy::default(),
+            mask_max_per_sec: default_mask_rate(),
+            heatmap: false,
+            metrics_interval_s: default_metrics_interval(),
+        }
+    }
+}
+
+fn default_mask_rate() -> f64 {
+    2.0
+}
+fn default_metrics_interval() -> f64 {
+    10.0
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    #[default]
+    Cbor,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskPolicy {
+    #[default]
+    Anomalous,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS).
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// Default: `maeday-<device_id>`.
+    pub client_id: Option<String>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+    /// Largest packet sent or accepted (rumqttc's own default, 10 KiB, is too small for masks).
+    #[serde(default = "default_max_packet")]
+    pub max_packet_bytes: usize,
+    /// Publishes awaiting their PUBACK at once.
+    #[serde(default = "default_inflight")]
+    pub max_inflight: usize,
+    /// Overridden by `$MAEDAY_MQTT_USERNAME` / `$MAEDAY_MQTT_PASSWORD`.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// Run an MQTT broker inside the daemon, listening here (e.g. "127.0.0.1:1883").
+    pub embedded_broker: Option<SocketAddr>,
+    /// Seconds to wait at shutdown for the broker to take what is queued (the rest stays
+    /// in the spool for the next start).
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_s: f64,
+}
+
+fn default_url() -> String {
+    "mqtt://127.0.0.1:1883".into()
+}
+fn default_keep_alive() -> u64 {
+    15
+}
+fn default_max_packet() -> usize {
+    1 << 20
+}
+fn default_inflight() -> usize {
+    32
+}
+fn default_grace() -> f64 {
+    5.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// PEM client certificate and key, for brokers that require mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Where results wait while the broker is unreachable (survives restarts).
+    #[serde(default = "default_spool_dir")]
+    pub dir: PathBuf,
+    /// Bound on the spooled payload bytes; when full the oldest are dropped (and counted).
+    #[serde(default = "default_spool_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: default_spool_dir(),
+            max_bytes: default_spool_bytes(),
+        }
+    }
+}
+
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("spool")
+}
+fn default_spool_bytes() -> u64 {
+    256 << 20
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Results waiting for the sinks; when full, inference waits (results are never dropped).
+    #[serde(default = "default_result_queue")]
+    pub result_queue: usize,
+    /// Seconds between camera reconnect attempts, doubling up to `reconnect_max_s`.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_s: f64,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_s: f64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            result_queue: default_result_queue(),
+            reconnect_min_s: default_reconnect_min(),
+            reconnect_max_s: default_reconnect_max(),
+        }
+    }
+}
+
+fn default_result_queue() -> usize {
+    16
+}
+fn default_reconnect_min() -> f64 {
+    0.5
+}
+fn default_reconnect_max() -> f64 {
+    30.0
+}
+
+impl Config {
+    /// Read, parse, resolve relative paths against the file's folder, validate.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// The built-in default: `demo.toml`, its paths resolved against `firmware-config/` in
+    /// the working directory, else in the source tree this binary was built from.
+    pub fn demo() -> Result<Config> {
+        let local = Path::new("firmware-config");
+        let base = if local.join("demo.toml").is_file() {
+            local.to_path_buf()
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config")
+        };
+        Config::parse(DEMO_TOML, &base).context("invalid built-in demo config")
+    }
+
+    pub fn parse(text: &str, base: &Path) -> Result<Config> {
+        let mut c: Config = toml::from_str(text)?;
+        c.resolve(base);
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = self.model.path.as_mut() {
+            fix(p);
+        }
+        for cam in &mut self.cameras {
+            if let SourceConfig::Replay { path, .. } = &mut cam.source {
+                fix(path);
+            }
+        }
+        if let Some(m) = self.mqtt.as_mut() {
+            fix(&mut m.spool.dir);
+            if let Some(t) = m.tls.as_mut() {
+                fix(&mut t.ca);
+                t.client_cert.as_mut().map(fix);
+                t.client_key.as_mut().map(fix);
+            }
+        }
+        if let Some(f) = self.files.as_mut() {
+            fix(&mut f.dir);
+        }
+    }
+
+    /// Check the values serde cannot: ranges, names, combinations. Errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        topic_level("device_id", &self.device_id)?;
+        ensure!(
+            !self.cameras.is_empty(),
+            "camera: at least one [[camera]] is needed"
+        );
+        if let Some(m) = self.model.masks {
+            ensure!(m > 0, "model.masks: must be at least 1");
+        }
+        if let Some(t) = self.model.threads {
+            ensure!(t > 0, "model.threads: must be at least 1");
+        }
+        for (i, cam) in self.cameras.iter().enumerate() {
+            let key = format!("camera[{i}]");
+            topic_level(&format!("{key}.name"), &cam.name)?;
+            if self.cameras[..i].iter().any(|c| c.name == cam.name) {
+                bail!("{key}.name: {:?} is used by another camera", cam.name);
+            }
+            if let Some([_, _, w, h]) = cam.roi {
+                ensure!(
+                    w >= 8 && h >= 8,
+                    "{key}.roi: width and height must be at least 8 (got {w}x{h})"
+                );
+            }
+            ensure!(
+                (0.0..0.9).contains(&cam.tile_overlap),
+                "{key}.tile_overlap: must be in [0, 0.9) (got {})",
+                cam.tile_overlap
+            );
+            if let Some(t) = cam.thresholds {
+                ensure!(
+                    t.image.is_finite() && t.pixel.is_finite() && t.image >= 0.0 && t.pixel >= 0.0,
+                    "{key}.thresholds: image and pixel must be finite and >= 0"
+                );
+            }
+            match &cam.source {
+                SourceConfig::Replay { fps, .. } => ensure!(
+                    fps.is_finite() && *fps >= 0.0,
+                    "{key}.source.fps: must be >= 0 (0 = as fast as possible), got {fps}"
+                ),
+                SourceConfig::V4l2 {
+                    format,
+                    width,
+                    height,
+                    fps,
+                    buffers,
+                    ..
+                } => {
+                    let code: [u8; 4] = format.as_bytes().try_into().map_err(|_| {
+                        anyhow::anyhow!("{key}.source.format: {format:?} is not a FourCC")
+                    })?;
+                    PixelFormat::from_fourcc(code)
+                        .with_context(|| format!("{key}.source.format"))?;
+                    ensure!(
+                        *width > 0 && *height > 0,
+                        "{key}.source: width and height must be > 0"
+                    );
+                    ensure!(*fps > 0, "{key}.source.fps: must be > 0");
+                    ensure!(
+                        (1..=32).contains(buffers),
+                        "{key}.source.buffers: must be 1..=32 (got {buffers})"
+                    );
+                }
+            }
+        }
+        let o = &self.output;
+        ensure!(
+            o.mask_max_per_sec.is_finite() && o.mask_max_per_sec >= 0.0,
+            "output.mask_max_per_sec: must be >= 0 (0 = no limit)"
+        );
+        ensure!(
+            o.metrics_interval_s.is_finite() && o.metrics_interval_s >= 0.0,
+            "output.metrics_interval_s: must be >= 0 (0 = never)"
+        );
+        if let Some(m) = &self.mqtt {
+            let url = url_with_client_id(&m.url, "probe");
+            rumqttc::MqttOptions::parse_url(url)
+                .map_err(|e| anyhow::anyhow!("mqtt.url: {:?} is not usable: {e}", m.url))?;
+            ensure!(
+                m.max_packet_bytes >= 1024,
+                "mqtt.max_packet_bytes: must be at least 1024 (got {})",
+                m.max_packet_bytes
+            );
+            ensure!(
+                (1..=u16::MAX as usize).contains(&m.max_inflight),
+                "mqtt.max_inflight: must be 1..=65535"
+            );
+            ensure!(m.keep_alive_s >= 5, "mqtt.keep_alive_s: must be at least 5");
+            ensure!(
+                m.spool.max_bytes >= 4096,
+                "mqtt.spool.max_bytes: must be at least 4096"
+            );
+            ensure!(
+                m.shutdown_grace_s.is_finite() && m.shutdown_grace_s >= 0.0,
+                "mqtt.shutdown_grace_s: must be >= 0"
+            );
+            if let Some(t) = &m.tls {
+                ensure!(
+                    t.client_cert.is_some() == t.client_key.is_some(),
+                    "mqtt.tls: client_cert and client_key go together"
+                );
+                ensure!(
+                    m.url.starts_with("mqtts://"),
+                    "mqtt.tls: is set but mqtt.url is not mqtts://"
+                );
+            }
+            #[cfg(not(feature = "embedded-broker"))]
+            ensure!(
+                m.embedded_broker.is_none(),
+                "mqtt.embedded_broker: this build has no embedded broker (feature embedded-broker)"
+            );
+        }
+        let p = &self.pipeline;
+        ensure!(
+            p.result_queue > 0,
+            "pipeline.result_queue: must be at least 1"
+        );
+        ensure!(
+            p.reconnect_min_s > 0.0 && p.reconnect_max_s >= p.reconnect_min_s,
+            "pipeline.reconnect_min_s/reconnect_max_s: need 0 < min <= max"
+        );
+        Ok(())
+    }
+}
+
+/// A name used as one MQTT topic level: no wildcards, no separators, not empty.
+fn topic_level(key: &str, value: &str) -> Result<()> {
+    ensure!(
+        !value.is_empty()
+            && value.len() <= 64
+            && !value.contains(['/', '+', '#', '\0'])
+            && !value.chars().any(char::is_whitespace),
+        "{key}: {value:?} must be 1-64 characters without '/', '+', '#' or spaces (it is an MQTT topic level)"
+    );
+    Ok(())
+}
+
+/// rumqttc's URL parser requires a client id; add ours unless the URL has one.
+pub fn url_with_client_id(url: &str, client_id: &str) -> String {
+    if url.contains("client_id=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&client_id={client_id}")
+    } else {
+        format!("{url}?client_id={client_id}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+device_id = "line-3"
+[[camera]]
+name = "top"
+source = { kind = "replay", path = "frames" }
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/maeday")).unwrap();
+        assert_eq!(c.cameras.len(), 1);
+        match &c.cameras[0].source {
+            SourceConfig::Replay { path, fps, looping } => {
+                assert_eq!(path, Path::new("/etc/maeday/frames"));
+                assert_eq!(*fps, 0.0);
+                assert!(!looping);
+            }
+            other => panic!("wrong source {other:?}"),
+        }
+        assert_eq!(c.output.format, PayloadFormat::Cbor);
+        assert!(c.console);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = |text: &str| {
+            format!(
+                "{:#}",
+                Config::parse(text, Path::new("/")).expect_err("must fail")
+            )
+        };
+        let e = bad(&MINIMAL.replace("\"frames\"", "\"frames\", fps = -2"));
+        assert!(e.contains("camera[0].source.fps"), "{e}");
+        let e = bad(&MINIMAL.replace("line-3", "line/3"));
+        assert!(e.contains("device_id"), "{e}");
+        let e = bad(&format!("{MINIMAL}\n[mqtt]\nmax_packet_bytes = 10\n"));
+        assert!(e.contains("mqtt.max_packet_bytes"), "{e}");
+        let e = bad(&format!("{MINIMAL}\n[mqtt]\nurl = \"http://x\"\n"));
+        assert!(e.contains("mqtt.url"), "{e}");
+        let e = bad(&MINIMAL.replace("name = \"top\"", "name = \"top\"\nfsp = 3"));
+        assert!(e.contains("fsp"), "{e}");
+        let v4l = r#"
+device_id = "d"
+[[camera]]
+name = "c"
+source = { kind = "v4l2", format = "H264", width = 640, height = 480 }
+"#;
+        let e = bad(v4l);
+        assert!(e.contains("camera[0].source.format"), "{e}");
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config");
+        for name in ["demo.toml", "conveyor.toml", "fod-cart.toml"] {
+            Config::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+        Config::demo().unwrap();
+    }
+}

@@ -1,0 +1,611 @@
+//! The daemon's frame pipeline: capture -> inference -> sinks, each on its own thread(s).
+//!
+//! ```text
+//!  camera 0 ─capture─▶ [slot] ─┐
+//!  camera 1 ─capture─▶ [slot] ─┼─▶ inference (one model) ─▶ [bounded queue] ─▶ sinks
+//!                              ┘                                             (console,
+//!                                                                              files, MQTT)
+//! ```
+//! - Each camera has a one-frame slot where the newest frame wins: when inference is
+//!   slower than the camera, the older waiting frame is dropped and counted, so capture
+//!   never blocks (a camera that is not read loses frames in the driver, and latency grows).
+//!   A replay without a frame rate instead waits for the slot, so every frame is scored.
+//! - Results are never dropped: the result queue is bounded and inference waits for the
+//!   sinks; the MQTT sink spools to disk when the broker is away.
+//! - SIGTERM/SIGINT (or `--max-frames`) set the stop flag: capture stops, the frame in
+//!   flight is finished and published, the sinks flush, the spool keeps what is left.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use heapless::HistoryBuf;
+use image::{DynamicImage, RgbImage};
+use serde::Serialize;
+
+use crate::commands::default_model_dir;
+use crate::config::{Config, PayloadFormat};
+use crate::detector::{Detector, DetectorOptions};
+use crate::engine::EngineOptions;
+use crate::manifest::Model;
+use crate::message::{self, FrameResult, LatencyMs, ResultPayload};
+use crate::metrics::quantile;
+use crate::sink::Sinks;
+use crate::source::{self, Next};
+
+/// A captured frame waiting for inference.
+pub struct Frame {
+    pub camera: usize,
+    pub seq: u64,
+    pub captured: SystemTime,
+    pub captured_at: Instant,
+    pub image: RgbImage,
+}
+
+/// One newest-frame-wins slot per camera.
+pub struct FrameSlots {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+struct SlotState {
+    frames: Vec<Option<Frame>>,
+    open: Vec<bool>,
+    dropped: Vec<u64>,
+}
+
+const WAKE: Duration = Duration::from_millis(50);
+
+impl FrameSlots {
+    pub fn new(cameras: usize) -> FrameSlots {
+        FrameSlots {
+            state: Mutex::new(SlotState {
+                frames: (0..cameras).map(|_| None).collect(),
+                open: vec![true; cameras],
+                dropped: vec![0; cameras],
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // A panicking thread cannot leave the slots inconsistent: every update is one store.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Put a frame in its camera's slot, replacing (and counting) a frame still waiting.
+    pub fn offer(&self, frame: Frame) {
+        let mut s = self.lock();
+        let cam = frame.camera;
+        if s.frames[cam].replace(frame).is_some() {
+            s.dropped[cam] += 1;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Wait until the camera's slot is free, then fill it (replays that score every frame).
+    /// Returns false when stopped first.
+    pub fn put_wait(&self, frame: Frame, stop: &AtomicBool) -> bool {
+        let mut s = self.lock();
+        while s.frames[frame.camera].is_some() {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, WAKE)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let cam = frame.camera;
+        s.frames[cam] = Some(frame);
+        self.changed.notify_all();
+        true
+    }
+
+    /// The camera will send no more frames.
+    pub fn close(&self, camera: usize) {
+        self.lock().open[camera] = false;
+        self.changed.notify_all();
+    }
+
+    /// The frame that has waited longest; `None` once every camera is closed and drained,
+    /// or when stopping.
+    pub fn take(&self, stop: &AtomicBool) -> Option<Frame> {
+        let mut s = self.lock();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let oldest = (0..s.frames.len())
+                .filter(|&i| s.frames[i].is_some())
+                .min_by_key(|&i| s.frames[i].as_ref().map(|f| f.captured_at));
+            if let Some(i) = oldest {
+                let f = s.frames[i].take();
+                self.changed.notify_all();
+                return f;
+            }
+            if s.open.iter().all(|o| !o) {
+                return None;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, WAKE)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.lock().frames.iter().filter(|f| f.is_some()).count()
+    }
+
+    pub fn dropped(&self) -> Vec<u64> {
+        self.lock().dropped.clone()
+    }
+}
+
+/// Recent latencies of one stage, in milliseconds.
+type Ring = HistoryBuf<f32, 512>;
+
+/// p50 and p95 of a stage over the recent frames, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f32,
+    pub p95: f32,
+}
+
+fn percentiles(r: &Ring) -> Percentiles {
+    let mut v: Vec<f32> = r.oldest_ordered().copied().collect();
+    Percentiles {
+        p50: quantile(&mut v, 0.5).unwrap_or(0.0),
+        p95: quantile(&mut v, 0.95).unwrap_or(0.0),
+    }
+}
+
+#[derive(Default)]
+struct Rings {
+    queue: Ring,
+    preprocess: Ring,
+    inference: Ring,
+    scoring: Ring,
+    /// Result ready -> handed to every sink (encoding, PNGs, spool or client).
+    publish: Ring,
+    /// Capture -> handed to every sink.
+    end_to_end: Ring,
+    /// End to end minus inference: what the runtime adds to the model.
+    overhead: Ring,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CameraStats {
+    pub name: String,
+    pub source: String,
+    /// Frames delivered by the source (including corrupt ones).
+    pub captured: u64,
+    pub scored: u64,
+    /// Dropped because a newer frame arrived before inference took this one.
+    pub dropped: u64,
+    /// Truncated or corrupt frames, skipped.
+    pub corrupt: u64,
+    /// Frames whose inference failed (logged), skipped.
+    pub failed: u64,
+}
+
+/// Counters and latencies shared by the pipeline threads.
+pub struct Stats {
+    started: Instant,
+    cameras: Mutex<Vec<CameraStats>>,
+    rings: Mutex<Rings>,
+    results_waiting: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageLatency {
+    pub queue: Percentiles,
+    pub preprocess: Percentiles,
+    pub inference: Percentiles,
+    pub scoring: Percentiles,
+    pub publish: Percentiles,
+    pub end_to_end: Percentiles,
+    pub overhead: Percentiles,
+}
+
+/// The `metrics` payload (and the summary `run` prints at exit).
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsPayload {
+    pub device_id: String,
+    pub uptime_s: f64,
+    /// Frames scored per second since start.
+    pub fps: f64,
+    pub cameras: Vec<CameraStats>,
+    /// Milliseconds, over the last 512 frames.
+    pub latency_ms: StageLatency,
+    /// `overhead.p50 / inference.p50`.
+    pub overhead_fraction: f64,
+    pub queues: QueueDepths,
+    pub mqtt: Option<crate::mqtt::MqttStats>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct QueueDepths {
+    /// Frames waiting in the newest-frame slots.
+    pub frames_waiting: usize,
+    /// Results waiting for the sinks.
+    pub results_waiting: u64,
+}
+
+impl Stats {
+    fn new(cameras: Vec<CameraStats>) -> Stats {
+        Stats {
+            started: Instant::now(),
+            cameras: Mutex::new(cameras),
+            rings: Mutex::new(Rings::default()),
+            results_waiting: AtomicU64::new(0),
+        }
+    }
+
+    fn camera<R>(&self, i: usize, f: impl FnOnce(&mut CameraStats) -> R) -> R {
+        f(&mut self.cameras.lock().unwrap_or_else(|e| e.into_inner())[i])
+    }
+
+    fn rings<R>(&self, f: impl FnOnce(&mut Rings) -> R) -> R {
+        f(&mut self.rings.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Called by the sink thread once a result has been handed to every sink.
+    pub fn published(&self, ready: Instant, captured_at: Instant, inference_ms: f64) {
+        let now = Instant::now();
+        let e2e = (now - captured_at).as_secs_f64() * 1e3;
+        self.rings(|r| {
+            r.publish.write(((now - ready).as_secs_f64() * 1e3) as f32);
+            r.end_to_end.write(e2e as f32);
+            r.overhead.write((e2e - inference_ms).max(0.0) as f32);
+        });
+        self.results_waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(
+        &self,
+        device_id: &str,
+        slots: &FrameSlots,
+        mqtt: Option<crate::mqtt::MqttStats>,
+    ) -> MetricsPayload {
+        let mut cameras = self
+            .cameras
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (c, d) in cameras.iter_mut().zip(slots.dropped()) {
+            c.dropped = d;
+        }
+        let latency = self.rings(|r| StageLatency {
+            queue: percentiles(&r.queue),
+            preprocess: percentiles(&r.preprocess),
+            inference: percentiles(&r.inference),
+            scoring: percentiles(&r.scoring),
+            publish: percentiles(&r.publish),
+            end_to_end: percentiles(&r.end_to_end),
+            overhead: percentiles(&r.overhead),
+        });
+        let uptime = self.started.elapsed().as_secs_f64();
+        let scored: u64 = cameras.iter().map(|c| c.scored).sum();
+        MetricsPayload {
+            device_id: device_id.to_string(),
+            uptime_s: uptime,
+            fps: scored as f64 / uptime.max(1e-9),
+            overhead_fraction: if latency.inference.p50 > 0.0 {
+                (latency.overhead.p50 / latency.inference.p50) as f64
+            } else {
+                0.0
+            },
+            cameras,
+            latency_ms: latency,
+            queues: QueueDepths {
+                frames_waiting: slots.waiting(),
+                results_waiting: self.results_waiting.load(Ordering::Relaxed),
+            },
+            mqtt,
+        }
+    }
+}
+
+/// What `run` takes besides the config file.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Overrides `mqtt.url`.
+    pub mqtt_url: Option<String>,
+    /// Stop cleanly after this many scored frames (all cameras together).
+    pub max_frames: Option<u64>,
+    /// Set by SIGTERM/SIGINT (or a test) to stop cleanly.
+    pub stop: Arc<AtomicBool>,
+}
+
+fn roi_of(frame: &RgbImage, roi: Option<[u32; 4]>) -> Result<[u32; 4]> {
+    let (w, h) = frame.dimensions();
+    let Some([x, y, rw, rh]) = roi else {
+        return Ok([0, 0, w, h]);
+    };
+    anyhow::ensure!(
+        x < w && y < h,
+        "roi starts at ({x}, {y}), outside the {w}x{h} frame"
+    );
+    Ok([x, y, rw.min(w - x), rh.min(h - y)])
+}
+
+fn capture_loop(
+    mut src: Box<dyn source::FrameSource>,
+    camera: usize,
+    slots: Arc<FrameSlots>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+) {
+    let every = src.wants_every_frame();
+    let mut seq = 0u64;
+    loop {
+        let next = src.next_frame();
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match next {
+            Next::Frame(image) => {
+                seq += 1;
+                stats.camera(camera, |c| c.captured += 1);
+                let frame = Frame {
+                    camera,
+                    seq,
+                    captured: SystemTime::now(),
+                    captured_at: Instant::now(),
+                    image,
+                };
+                if every {
+                    if !slots.put_wait(frame, &stop) {
+                        break;
+                    }
+                } else {
+                    slots.offer(frame);
+                }
+            }
+            Next::Corrupt(e) => {
+                seq += 1;
+                stats.camera(camera, |c| {
+                    c.captured += 1;
+                    c.corrupt += 1;
+                });
+                log::warn!("{}: frame {seq} skipped: {e:#}", src.describe());
+            }
+            Next::End => break,
+        }
+    }
+    slots.close(camera);
+}
+
+/// Run the daemon until the sources end, `max_frames` are scored, or `stop` is set.
+/// Returns the final metrics.
+pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
+    // rustls needs one process-wide crypto provider; ring cross-compiles without cmake.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let stop = opts.stop.clone();
+
+    let model_dir = config.model.path.clone().unwrap_or_else(default_model_dir);
+    let model = Model::open(&model_dir)?;
+    let mut engine = EngineOptions {
+        precision: config.model.precision.into(),
+        ..Default::default()
+    };
+    if let Some(t) = config.model.threads {
+        engine.threads = t;
+    }
+    let mut detector = Detector::new(
+        model,
+        &DetectorOptions {
+            fit: config.cameras[0].fit(),
+            engine,
+            masks: config.model.masks,
+            ..Default::default()
+        },
+    )?;
+
+    #[cfg(feature = "embedded-broker")]
+    if let Some(mqtt) = &config.mqtt {
+        if let Some(listen) = mqtt.embedded_broker {
+            crate::broker::start(listen, mqtt.max_packet_bytes)?;
+        }
+    }
+
+    let mut sources = Vec::new();
+    let mut camera_stats = Vec::new();
+    for cam in &config.cameras {
+        let src = source::open(&cam.source, &config.pipeline, stop.clone())
+            .with_context(|| format!("camera {:?}", cam.name))?;
+        log::info!("camera {:?}: {}", cam.name, src.describe());
+        camera_stats.push(CameraStats {
+            name: cam.name.clone(),
+            source: src.describe(),
+            ..Default::default()
+        });
+        sources.push(src);
+    }
+    let stats = Arc::new(Stats::new(camera_stats));
+    let slots = Arc::new(FrameSlots::new(config.cameras.len()));
+
+    let sinks = Sinks::open(&config, &detector, opts.mqtt_url.as_deref())?;
+    let (result_tx, result_rx) =
+        mpsc::sync_channel::<(FrameResult, Instant, Instant)>(config.pipeline.result_queue);
+    let sink_thread = {
+        let (stats, slots) = (stats.clone(), slots.clone());
+        let device = config.device_id.clone();
+        let interval = config.output.metrics_interval_s;
+        std::thread::Builder::new()
+            .name("sinks".into())
+            .spawn(move || sink_loop(sinks, result_rx, stats, slots, &device, interval))?
+    };
+
+    let mut captures: Vec<JoinHandle<()>> = Vec::new();
+    for (i, src) in sources.into_iter().enumerate() {
+        let (slots, stats, stop) = (slots.clone(), stats.clone(), stop.clone());
+        captures.push(
+            std::thread::Builder::new()
+                .name(format!("capture-{i}"))
+                .spawn(move || capture_loop(src, i, slots, stats, stop))?,
+        );
+    }
+
+    let result = inference_loop(&config, &opts, &mut detector, &slots, &stats, &result_tx);
+    // Whatever happened, stop capture and let the sinks drain and flush.
+    stop.store(true, Ordering::Relaxed);
+    drop(result_tx);
+    for c in captures {
+        let _ = c.join();
+    }
+    let mqtt_stats = sink_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sink thread panicked"))??;
+    result?;
+    Ok(stats.snapshot(&config.device_id, &slots, mqtt_stats))
+}
+
+fn inference_loop(
+    config: &Config,
+    opts: &RunOptions,
+    detector: &mut Detector,
+    slots: &FrameSlots,
+    stats: &Stats,
+    results: &SyncSender<(FrameResult, Instant, Instant)>,
+) -> Result<()> {
+    let sha = detector.model.manifest.graph_sha256.clone();
+    let schedule = detector.schedule.id();
+    let mut scored = 0u64;
+    if opts.max_frames == Some(0) {
+        // `--max-frames 0`: score nothing, only deliver what the spool holds.
+        return Ok(());
+    }
+    while let Some(frame) = slots.take(&opts.stop) {
+        let cam = &config.cameras[frame.camera];
+        let start = Instant::now();
+        let queue_ms = (start - frame.captured_at).as_secs_f64() * 1e3;
+        let attempt = (|| -> Result<_> {
+            detector.set_fit(cam.fit())?;
+            let roi = roi_of(&frame.image, cam.roi)?;
+            let crop = if roi == [0, 0, frame.image.width(), frame.image.height()] {
+                frame.image.clone()
+            } else {
+                image::imageops::crop_imm(&frame.image, roi[0], roi[1], roi[2], roi[3]).to_image()
+            };
+            let det = detector.detect(&DynamicImage::ImageRgb8(crop.clone()))?;
+            Ok((roi, crop, det))
+        })();
+        let (roi, crop, det) = match attempt {
+            Ok(v) => v,
+            Err(e) => {
+                stats.camera(frame.camera, |c| c.failed += 1);
+                log::error!("camera {:?} frame {}: {e:#}", cam.name, frame.seq);
+                continue;
+            }
+        };
+        let thresholds = cam.thresholds.or(detector.thresholds());
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let ready = Instant::now();
+        let latency = LatencyMs {
+            queue: queue_ms,
+            preprocess: ms(det.times.preprocess),
+            inference: ms(det.times.inference),
+            scoring: ms(det.times.scoring),
+            total: ms(ready - frame.captured_at),
+        };
+        stats.rings(|r| {
+            r.queue.write(latency.queue as f32);
+            r.preprocess.write(latency.preprocess as f32);
+            r.inference.write(latency.inference as f32);
+            r.scoring.write(latency.scoring as f32);
+        });
+        stats.camera(frame.camera, |c| c.scored += 1);
+        let payload = ResultPayload {
+            device_id: config.device_id.clone(),
+            camera: cam.name.clone(),
+            seq: frame.seq,
+            captured_unix_ms: message::unix_ms(frame.captured),
+            score: det.score,
+            image_threshold: thresholds.map(|t| t.image),
+            pixel_threshold: thresholds.map(|t| t.pixel),
+            anomalous: thresholds.map(|t| det.score > t.image),
+            blobs: thresholds
+                .map(|t| message::blobs(&det.map, t.pixel, roi))
+                .unwrap_or_default(),
+            frame_size: [frame.image.width(), frame.image.height()],
+            roi,
+            mask: false,
+            latency_ms: latency,
+            model_sha256: sha.clone(),
+            schedule: schedule.clone(),
+            windows: det.windows,
+        };
+        let result = FrameResult {
+            payload,
+            map: det.map,
+            roi_image: config.output.heatmap.then_some(crop),
+        };
+        stats.results_waiting.fetch_add(1, Ordering::Relaxed);
+        if results.send((result, ready, frame.captured_at)).is_err() {
+            anyhow::bail!("the sink thread stopped early");
+        }
+        scored += 1;
+        if opts.max_frames.is_some_and(|m| scored >= m) {
+            log::info!("{scored} frames scored (--max-frames): stopping");
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn sink_loop(
+    mut sinks: Sinks,
+    results: Receiver<(FrameResult, Instant, Instant)>,
+    stats: Arc<Stats>,
+    slots: Arc<FrameSlots>,
+    device_id: &str,
+    metrics_interval_s: f64,
+) -> Result<Option<crate::mqtt::MqttStats>> {
+    let interval = (metrics_interval_s > 0.0).then(|| Duration::from_secs_f64(metrics_interval_s));
+    let mut next_metrics = interval.map(|i| Instant::now() + i);
+    loop {
+        let wait = if sinks.has_mqtt() {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(100)
+        };
+        if sinks.can_accept() {
+            match results.recv_timeout(wait) {
+                Ok((mut r, ready, captured_at)) => {
+                    sinks.publish(&mut r)?;
+                    stats.published(ready, captured_at, r.payload.latency_ms.inference);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let metrics_asked = sinks.poll(Duration::from_millis(5))?;
+        let due = next_metrics.is_some_and(|t| Instant::now() >= t);
+        if due || metrics_asked {
+            let m = stats.snapshot(device_id, &slots, sinks.mqtt_stats());
+            sinks.metrics(&m)?;
+            if let (Some(i), true) = (interval, due) {
+                next_metrics = Some(Instant::now() + i);
+            }
+        }
+    }
+    sinks.close()
+}
+
+/// Encode the metrics like every other payload.
+pub fn encode_metrics(m: &MetricsPayload, format: PayloadFormat) -> Result<Vec<u8>> {
+    message::encode(m, format)
+}
+
+/// Print the final metrics as one JSON line (what `run` ends with).
+pub fn summary_line(m: &MetricsPayload) -> String {
+    serde_json::to_string(m).unwrap_or_default()
+}

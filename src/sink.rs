@@ -1,0 +1,308 @@
+//! Where results go: the console (one line per frame), a folder (JSON lines + mask PNGs)
+//! and MQTT. All run on the sink thread, in frame order.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::config::{Config, MaskPolicy, OutputConfig, PayloadFormat};
+use crate::detector::Detector;
+use crate::message::{self, FrameResult};
+use crate::mqtt::{MqttSink, MqttStats, Received, StatusMessages};
+use crate::pipeline::MetricsPayload;
+use crate::spool::Message;
+
+/// The retained `status` payload.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusPayload {
+    /// "online" or "offline".
+    pub state: &'static str,
+    pub device_id: String,
+    pub version: &'static str,
+    pub model: String,
+    pub model_sha256: String,
+    pub schedule: String,
+    pub engine: String,
+    pub cameras: Vec<String>,
+    /// Why offline: "shutdown" (clean stop) or "connection lost" (the Last Will).
+    pub reason: Option<&'static str>,
+}
+
+/// A folder sink: `results.jsonl` (one JSON result per line) and `masks/<camera>-<seq>.png`.
+struct FileSink {
+    dir: PathBuf,
+    lines: BufWriter<File>,
+}
+
+impl FileSink {
+    fn open(dir: PathBuf) -> Result<FileSink> {
+        fs::create_dir_all(dir.join("masks"))
+            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+        let path = dir.join("results.jsonl");
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(FileSink {
+            dir,
+            lines: BufWriter::new(file),
+        })
+    }
+}
+
+pub struct Sinks {
+    device_id: String,
+    output: OutputConfig,
+    console: bool,
+    files: Option<FileSink>,
+    mqtt: Option<MqttSink>,
+    commands: Option<mpsc::Receiver<Received>>,
+    grace: Duration,
+    last_mask: HashMap<String, Instant>,
+    status: StatusPayload,
+}
+
+impl Sinks {
+    pub fn open(config: &Config, detector: &Detector, mqtt_url: Option<&str>) -> Result<Sinks> {
+        let m = &detector.model.manifest;
+        let status = StatusPayload {
+            state: "online",
+            device_id: config.device_id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            model: m.name.clone(),
+            model_sha256: m.graph_sha256.clone(),
+            schedule: detector.schedule.id(),
+            engine: detector.engine_description(),
+            cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
+            reason: None,
+        };
+        let base = format!("maeday/{}", config.device_id);
+        let format = config.output.format;
+        let (mut mqtt, mut commands) = (None, None);
+        if let Some(cfg) = &config.mqtt {
+            let offline = StatusPayload {
+                state: "offline",
+                reason: Some("connection lost"),
+                ..status.clone()
+            };
+            let (tx, rx) = mpsc::channel();
+            mqtt = Some(MqttSink::new(
+                cfg,
+                mqtt_url,
+                &format!("maeday-{}", config.device_id),
+                StatusMessages {
+                    topic: format!("{base}/status"),
+                    online: message::encode(&status, format)?,
+                    offline: message::encode(&offline, format)?,
+                },
+                vec![format!("{base}/command")],
+                Some(tx),
+            )?);
+            commands = Some(rx);
+        }
+        Ok(Sinks {
+            device_id: config.device_id.clone(),
+            output: config.output.clone(),
+            console: config.console,
+            files: config
+                .files
+                .as_ref()
+                .map(|f| FileSink::open(f.dir.clone()))
+                .transpose()?,
+            grace: Duration::from_secs_f64(
+                config.mqtt.as_ref().map_or(0.0, |m| m.shutdown_grace_s),
+            ),
+            mqtt,
+            commands,
+            last_mask: HashMap::new(),
+            status,
+        })
+    }
+
+    pub fn has_mqtt(&self) -> bool {
+        self.mqtt.is_some()
+    }
+
+    pub fn can_accept(&self) -> bool {
+        self.mqtt.as_ref().is_none_or(|m| m.can_accept())
+    }
+
+    pub fn mqtt_stats(&self) -> Option<MqttStats> {
+        self.mqtt.as_ref().map(|m| m.stats())
+    }
+
+    /// Whether this frame's mask goes out (policy and per-camera rate limit).
+    fn wants_mask(&mut self, r: &FrameResult) -> bool {
+        let p = &r.payload;
+        let wanted = p.pixel_threshold.is_some()
+            && match self.output.mask {
+                MaskPolicy::Always => true,
+                MaskPolicy::Anomalous => p.anomalous == Some(true),
+                MaskPolicy::Never => false,
+            };
+        if !wanted {
+            return false;
+        }
+        let now = Instant::now();
+        let rate = self.output.mask_max_per_sec;
+        if rate > 0.0 {
+            if let Some(last) = self.last_mask.get(&p.camera) {
+                if now.duration_since(*last) < Duration::from_secs_f64(1.0 / rate) {
+                    return false;
+                }
+            }
+        }
+        self.last_mask.insert(p.camera.clone(), now);
+        true
+    }
+
+    /// Hand one result to every sink.
+    pub fn publish(&mut self, r: &mut FrameResult) -> Result<()> {
+        let mask = if self.wants_mask(r) {
+            let t = r.payload.pixel_threshold.expect("wants_mask checks it");
+            Some(message::mask_png(r, t)?)
+        } else {
+            None
+        };
+        r.payload.mask = mask.is_some();
+        let heatmap = if self.output.heatmap {
+            message::heatmap_png(r).transpose()?
+        } else {
+            None
+        };
+        let p = &r.payload;
+        if self.console {
+            let verdict = match p.anomalous {
+                Some(true) => "ANOMALOUS",
+                Some(false) => "ok",
+                None => "uncalibrated",
+            };
+            log::info!(
+                "{} #{:<5} score {:.4} {verdict:<12} blobs {:<2} {:.0} ms (model {:.0} ms)",
+                p.camera,
+                p.seq,
+                p.score,
+                p.blobs.len(),
+                p.latency_ms.total,
+                p.latency_ms.inference
+            );
+        }
+        if let Some(f) = self.files.as_mut() {
+            serde_json::to_writer(&mut f.lines, p)?;
+            f.lines.write_all(b"\n")?;
+            f.lines.flush()?;
+            if let Some(png) = &mask {
+                let path = f
+                    .dir
+                    .join("masks")
+                    .join(format!("{}-{}.png", p.camera, p.seq));
+                fs::write(&path, png)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
+        if self.mqtt.is_some() {
+            let topic = |what: &str| format!("maeday/{}/{}/{what}", self.device_id, p.camera);
+            let mut msgs = vec![Message {
+                topic: topic("result"),
+                payload: message::encode(p, self.output.format)?,
+            }];
+            if let Some(png) = mask {
+                msgs.push(Message {
+                    topic: topic("mask"),
+                    payload: png,
+                });
+            }
+            if let Some(png) = heatmap {
+                msgs.push(Message {
+                    topic: topic("heatmap"),
+                    payload: png,
+                });
+            }
+            if let Some(m) = self.mqtt.as_mut() {
+                m.submit(msgs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drive MQTT for a moment; true when a `metrics` command arrived.
+    pub fn poll(&mut self, wait: Duration) -> Result<bool> {
+        let Some(m) = self.mqtt.as_mut() else {
+            return Ok(false);
+        };
+        m.poll(wait)?;
+        let mut asked = false;
+        if let Some(rx) = &self.commands {
+            while let Ok(cmd) = rx.try_recv() {
+                match cmd.payload.as_slice() {
+                    b"metrics" => asked = true,
+                    other => log::warn!(
+                        "unknown command {:?} on {} (known: metrics)",
+                        String::from_utf8_lossy(other),
+                        cmd.topic
+                    ),
+                }
+            }
+        }
+        Ok(asked)
+    }
+
+    pub fn metrics(&mut self, m: &MetricsPayload) -> Result<()> {
+        if self.console {
+            let l = &m.latency_ms;
+            log::info!(
+                "metrics: {:.2} fps, model p50 {:.0} ms, end-to-end p50 {:.0} / p95 {:.0} ms, overhead {:.1}% of model, dropped {}, corrupt {}{}",
+                m.fps,
+                l.inference.p50,
+                l.end_to_end.p50,
+                l.end_to_end.p95,
+                100.0 * m.overhead_fraction,
+                m.cameras.iter().map(|c| c.dropped).sum::<u64>(),
+                m.cameras.iter().map(|c| c.corrupt).sum::<u64>(),
+                m.mqtt.map(|q| format!(", MQTT {} (spool {})", if q.connected { "up" } else { "down" }, q.spool_messages)).unwrap_or_default()
+            );
+        }
+        let topic = format!("maeday/{}/metrics", self.device_id);
+        let payload = message::encode(m, self.output.format)?;
+        if let Some(q) = self.mqtt.as_mut() {
+            q.publish_transient(&topic, payload, false);
+        }
+        Ok(())
+    }
+
+    /// Flush everything; MQTT gets its grace period, then says offline.
+    pub fn close(mut self) -> Result<Option<MqttStats>> {
+        if let Some(f) = self.files.as_mut() {
+            f.lines.flush()?;
+        }
+        let Some(mut m) = self.mqtt.take() else {
+            return Ok(None);
+        };
+        // A clean stop replaces the Last Will's reason with "shutdown".
+        m.set_offline_reason(message::encode(
+            &StatusPayload {
+                state: "offline",
+                reason: Some("shutdown"),
+                ..self.status.clone()
+            },
+            self.output.format,
+        )?);
+        Ok(Some(m.shutdown(self.grace)?))
+    }
+}
+
+impl PayloadFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            PayloadFormat::Cbor => "cbor",
+            PayloadFormat::Json => "json",
+        }
+    }
+}
