@@ -86,11 +86,12 @@ impl FrameSlots {
         self.changed.notify_all();
     }
 
-    /// Wait until the camera's slot is free, then fill it (replays that score every frame).
+    /// Wait until the camera's slot is free (replays that score every frame read their
+    /// next frame only then, so its capture time is when it could enter the pipeline).
     /// Returns false when stopped first.
-    pub fn put_wait(&self, frame: Frame, stop: &AtomicBool) -> bool {
+    pub fn wait_free(&self, camera: usize, stop: &AtomicBool) -> bool {
         let mut s = self.lock();
-        while s.frames[frame.camera].is_some() {
+        while s.frames[camera].is_some() {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
@@ -100,9 +101,6 @@ impl FrameSlots {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let cam = frame.camera;
-        s.frames[cam] = Some(frame);
-        self.changed.notify_all();
         true
     }
 
@@ -346,6 +344,9 @@ fn capture_loop(
     let every = src.wants_every_frame();
     let mut seq = 0u64;
     loop {
+        if every && !slots.wait_free(camera, &stop) {
+            break;
+        }
         let next = src.next_frame();
         if stop.load(Ordering::Relaxed) {
             break;
@@ -361,13 +362,8 @@ fn capture_loop(
                     captured_at: Instant::now(),
                     image,
                 };
-                if every {
-                    if !slots.put_wait(frame, &stop) {
-                        break;
-                    }
-                } else {
-                    slots.offer(frame);
-                }
+                // With `every`, the slot is free: nothing is replaced.
+                slots.offer(frame);
             }
             Next::Corrupt(e) => {
                 seq += 1;
@@ -608,4 +604,60 @@ pub fn encode_metrics(m: &MetricsPayload, format: PayloadFormat) -> Result<Vec<u
 /// Print the final metrics as one JSON line (what `run` ends with).
 pub fn summary_line(m: &MetricsPayload) -> String {
     serde_json::to_string(m).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(camera: usize, seq: u64) -> Frame {
+        Frame {
+            camera,
+            seq,
+            captured: SystemTime::now(),
+            captured_at: Instant::now(),
+            image: RgbImage::new(1, 1),
+        }
+    }
+
+    #[test]
+    fn newest_frame_wins_and_drops_are_counted() {
+        let slots = FrameSlots::new(2);
+        let stop = AtomicBool::new(false);
+        for seq in 1..=5 {
+            slots.offer(frame(0, seq));
+        }
+        slots.offer(frame(1, 1));
+        assert_eq!(slots.waiting(), 2);
+        assert_eq!(slots.dropped(), vec![4, 0]);
+        // The frame that has waited longest goes first: camera 0's newest (seq 5).
+        let f = slots.take(&stop).unwrap();
+        assert_eq!((f.camera, f.seq), (0, 5));
+        assert_eq!(slots.take(&stop).unwrap().camera, 1);
+        slots.close(0);
+        slots.close(1);
+        assert!(slots.take(&stop).is_none(), "closed and drained");
+    }
+
+    #[test]
+    fn capture_never_waits_on_a_busy_inference_and_stop_wakes_waiters() {
+        let slots = Arc::new(FrameSlots::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        // Nobody takes frames: offering still returns at once.
+        let t = Instant::now();
+        for seq in 1..=100 {
+            slots.offer(frame(0, seq));
+        }
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(slots.dropped(), vec![99]);
+        // A replay waiting for the slot is released by stop.
+        let waiter = {
+            let (slots, stop) = (slots.clone(), stop.clone());
+            std::thread::spawn(move || slots.wait_free(0, &stop))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::Relaxed);
+        assert!(!waiter.join().unwrap());
+        assert!(slots.take(&stop).is_none());
+    }
 }
