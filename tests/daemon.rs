@@ -292,13 +292,19 @@ fn replay_run_delivers_every_result_in_order_through_rumqttd() {
     replay_delivers_everything("127.0.0.1", port, "rumqttd-run");
 }
 
-/// Against Debian's mosquitto, which `.ci/run` starts on a loopback port.
+/// The environment tests/mosquitto.sh prints.
+fn mosquitto_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start mosquitto with `eval \"$(bash tests/mosquitto.sh DIR)\"` (.ci/run does)")
+    })
+}
+
+/// Against Debian's mosquitto (`.ci/run` starts it with tests/mosquitto.sh and runs the
+/// ignored tests).
 #[test]
+#[ignore = "needs mosquitto: run by .ci/run (tests/mosquitto.sh)"]
 fn replay_run_delivers_every_result_in_order_through_mosquitto() {
-    let Ok(url) = std::env::var("MAEDAY_TEST_MQTT_URL") else {
-        eprintln!("MAEDAY_TEST_MQTT_URL is not set (.ci/run sets it): not run here");
-        return;
-    };
+    let url = mosquitto_env("MAEDAY_TEST_MQTT_URL");
     let hostport = url.trim_start_matches("mqtt://");
     let (host, port) = hostport.rsplit_once(':').expect("mqtt://host:port");
     replay_delivers_everything(host, port.parse().unwrap(), "mosquitto-run");
@@ -634,4 +640,144 @@ fn bad_config_values_fail_clearly() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A camera faster than inference: the newest frame wins, drops are counted, the scored
+/// frames keep their order. Also: ROI, tiling and heatmaps come out at ROI size.
+#[test]
+fn fast_camera_drops_are_counted_and_roi_tiles_and_heatmaps_follow_the_roi() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 4 << 20).unwrap();
+    let device = "roi";
+    let (_c, inbox, _) = subscribe("127.0.0.1", port, &format!("maeday/{device}/#"));
+    let source = format!(
+        "{{ kind = \"replay\", path = \"{}\", fps = 200, loop = true }}\nroi = [100, 50, 300, 200]\nfit = \"tile\"",
+        conveyor_gif().display()
+    );
+    let extra = format!(
+        "[output]\nmask = \"always\"\nmask_max_per_sec = 0\nheatmap = true\nmetrics_interval_s = 0\n{}",
+        mqtt_section(&format!("mqtt://127.0.0.1:{port}"), &tmp.path().join("spool"), "")
+    );
+    let cfg = config(tmp.path(), device, &source, &extra);
+    let out = finish(
+        run_daemon(&["--config", cfg.to_str().unwrap(), "--max-frames", "4"]),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    let cam = &s["cameras"][0];
+    assert_eq!(cam["scored"], 4);
+    assert!(
+        cam["dropped"].as_u64().unwrap() > 0,
+        "a 200 fps replay must outrun 4 tiled frames: {s}"
+    );
+    // Every captured frame was scored, dropped, or still waiting when the run stopped.
+    let accounted = cam["scored"].as_u64().unwrap() + cam["dropped"].as_u64().unwrap();
+    assert!(
+        (0..=1).contains(&(cam["captured"].as_u64().unwrap() - accounted)),
+        "{s}"
+    );
+    inbox.wait_for("4 heatmaps", Duration::from_secs(10), |m| {
+        m.iter().filter(|(t, _)| t.ends_with("/heatmap")).count() == 4
+    });
+    let results = inbox.results();
+    let got = seqs(&results);
+    assert_eq!(got.len(), 4);
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+    assert!(got.last().unwrap() > &4, "no frame was skipped: {got:?}");
+    for r in &results {
+        assert_eq!(r["roi"], serde_json::json!([100, 50, 300, 200]));
+        // 300x200 tiled: the shorter side becomes 224, so two overlapping windows.
+        assert!(r["windows"].as_u64().unwrap() >= 2, "{r}");
+        for b in r["blobs"].as_array().unwrap() {
+            let [x, y, w, h] = [0, 1, 2, 3].map(|i| b["bbox"][i].as_u64().unwrap());
+            assert!(
+                x >= 100 && y >= 50 && x + w <= 400 && y + h <= 250,
+                "{b} outside the ROI"
+            );
+        }
+    }
+    for (topic, payload) in inbox.messages() {
+        if topic.ends_with("/mask") || topic.ends_with("/heatmap") {
+            let img = image::load_from_memory(&payload).unwrap();
+            assert_eq!((img.width(), img.height()), (300, 200), "{topic}");
+        }
+    }
+}
+
+/// TLS with a client certificate, against mosquitto's TLS listener (tests/mosquitto.sh);
+/// the subscriber reads the same broker on its plain listener.
+#[test]
+#[ignore = "needs mosquitto: run by .ci/run (tests/mosquitto.sh)"]
+fn tls_with_client_certificate_through_mosquitto() {
+    let plain = mosquitto_env("MAEDAY_TEST_MQTT_URL");
+    let tls = mosquitto_env("MAEDAY_TEST_MQTTS_URL");
+    let dir = mosquitto_env("MAEDAY_TEST_TLS_DIR");
+    let dir = PathBuf::from(dir);
+    let (host, port) = plain
+        .trim_start_matches("mqtt://")
+        .rsplit_once(':')
+        .unwrap();
+    let device = "tls";
+    let (_c, inbox, _) = subscribe(host, port.parse().unwrap(), &format!("maeday/{device}/#"));
+    let tmp = tempfile::tempdir().unwrap();
+    let source = format!(
+        "{{ kind = \"replay\", path = \"{}\" }}",
+        conveyor_gif().display()
+    );
+    let tls_section = format!(
+        "tls = {{ ca = \"{}\", client_cert = \"{}\", client_key = \"{}\" }}",
+        dir.join("ca.pem").display(),
+        dir.join("client.pem").display(),
+        dir.join("client.key").display()
+    );
+    let extra = format!(
+        "[output]\nmask = \"never\"\nmetrics_interval_s = 0\n{}",
+        mqtt_section(&tls, &tmp.path().join("spool"), &tls_section)
+    );
+    let cfg = config(tmp.path(), device, &source, &extra);
+    let out = finish(
+        run_daemon(&["--config", cfg.to_str().unwrap(), "--max-frames", "5"]),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary(&out)["mqtt"]["delivered"], 5);
+    inbox.wait_for("5 results over TLS", Duration::from_secs(10), |m| {
+        m.iter().filter(|(t, _)| t.ends_with("/result")).count() == 5
+    });
+    assert_eq!(seqs(&inbox.results()), [1, 2, 3, 4, 5]);
+
+    // Without the client certificate the broker refuses the daemon: nothing is delivered,
+    // everything is spooled.
+    let extra = format!(
+        "[output]\nmask = \"never\"\nmetrics_interval_s = 0\n{}",
+        mqtt_section(
+            &tls,
+            &tmp.path().join("spool2"),
+            &format!("tls = {{ ca = \"{}\" }}", dir.join("ca.pem").display())
+        )
+        .replace("shutdown_grace_s = 15", "shutdown_grace_s = 1")
+    );
+    let cfg = config(tmp.path(), device, &source, &extra);
+    let out = finish(
+        run_daemon(&["--config", cfg.to_str().unwrap(), "--max-frames", "2"]),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    assert_eq!(s["mqtt"]["delivered"], 0, "{s}");
+    assert_eq!(s["mqtt"]["spool_messages"], 2, "{s}");
 }
