@@ -38,6 +38,31 @@ pub struct Config {
     pub console: bool,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// Accept signed retrain bundles over MQTT (needs `[mqtt]`).
+    pub bundles: Option<BundlesConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundlesConfig {
+    /// Model slots, the active choice and partial transfers live here.
+    pub state_dir: PathBuf,
+    /// Public keys (hex files from `maeday-edge bundle keygen`) whose bundles are accepted.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Fleet groups: bundles sent to `maeday/fleet/<group>/bundle/chunk` are for us too.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default = "default_bundle_bytes")]
+    pub max_bundle_bytes: u64,
+    #[serde(default = "default_chunk_bytes")]
+    pub max_chunk_bytes: usize,
+}
+
+fn default_bundle_bytes() -> u64 {
+    256 << 20
+}
+fn default_chunk_bytes() -> usize {
+    256 << 10
 }
 
 fn yes() -> bool {
@@ -391,6 +416,10 @@ impl Config {
         if let Some(f) = self.files.as_mut() {
             fix(&mut f.dir);
         }
+        if let Some(b) = self.bundles.as_mut() {
+            fix(&mut b.state_dir);
+            b.trusted_keys.iter_mut().for_each(fix);
+        }
     }
 
     /// Check the values serde cannot: ranges, names, combinations. Errors name the key.
@@ -504,6 +533,27 @@ impl Config {
             ensure!(
                 m.embedded_broker.is_none(),
                 "mqtt.embedded_broker: this build has no embedded broker (feature embedded-broker)"
+            );
+        }
+        if let Some(b) = &self.bundles {
+            let Some(m) = &self.mqtt else {
+                bail!("bundles: needs an [mqtt] section (bundles arrive over MQTT)");
+            };
+            ensure!(
+                !b.trusted_keys.is_empty(),
+                "bundles.trusted_keys: at least one public key is needed"
+            );
+            for (i, g) in b.groups.iter().enumerate() {
+                topic_level(&format!("bundles.groups[{i}]"), g)?;
+            }
+            ensure!(
+                b.max_chunk_bytes >= 1024 && b.max_chunk_bytes + 4096 <= m.max_packet_bytes,
+                "bundles.max_chunk_bytes: must be at least 1024 and 4 KiB below mqtt.max_packet_bytes ({})",
+                m.max_packet_bytes
+            );
+            ensure!(
+                b.max_bundle_bytes >= b.max_chunk_bytes as u64,
+                "bundles.max_bundle_bytes: must be at least max_chunk_bytes"
             );
         }
         let p = &self.pipeline;

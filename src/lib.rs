@@ -15,6 +15,7 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod bundle;
 pub mod calibration;
 pub mod commands;
 pub mod config;

@@ -48,6 +48,11 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Retrain bundles: keys, packing, signing, verifying, sending to devices.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
     /// A standalone MQTT broker (the embedded one), until SIGTERM/SIGINT.
     #[cfg(feature = "embedded-broker")]
     Broker {
@@ -101,6 +106,134 @@ enum Command {
         #[arg(long, default_value_t = 0.1)]
         margin: f64,
     },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Make an ed25519 signing key: OUT.key (secret) and OUT.pub (for devices).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Pack a model (or only its settings) with golden frames into a signed bundle.
+    Pack {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Monotonic version: devices refuse anything at or below what they installed.
+        #[arg(long)]
+        version: u64,
+        /// Target device ids (repeatable).
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// Target fleet groups (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Frames the device must score like this runtime does here (repeatable).
+        #[arg(long)]
+        golden: Vec<PathBuf>,
+        /// Relative tolerance on golden scores.
+        #[arg(long, default_value_t = 0.01)]
+        tolerance: f32,
+        /// Leave the graph out: the device keeps its graph, takes the new manifest
+        /// (thresholds, schedule seed).
+        #[arg(long)]
+        settings_only: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Re-sign a bundle with another key.
+    Sign {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a bundle's signature and files against public keys.
+    Verify {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long = "trusted", required = true)]
+        trusted: Vec<PathBuf>,
+    },
+    /// Send a bundle over MQTT in chunks; with --device, wait for its verdict.
+    Send {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        mqtt_url: String,
+        #[arg(long, conflicts_with = "group")]
+        device: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long, default_value_t = 128 << 10)]
+        chunk_bytes: usize,
+        /// Seconds to wait for the device's verdict.
+        #[arg(long, default_value_t = 120)]
+        wait_s: u64,
+    },
+}
+
+fn bundle_command(c: BundleCommand) -> Result<ExitCode> {
+    use maeday_edge::bundle::cli;
+    match c {
+        BundleCommand::Keygen { out } => cli::keygen(&out)?,
+        BundleCommand::Pack {
+            model,
+            key,
+            version,
+            devices,
+            groups,
+            golden,
+            tolerance,
+            settings_only,
+            description,
+            out,
+        } => cli::pack(&cli::PackOptions {
+            model,
+            key,
+            version,
+            devices,
+            groups,
+            golden,
+            tolerance,
+            settings_only,
+            description,
+            out,
+        })?,
+        BundleCommand::Sign { bundle, key, out } => cli::sign(&bundle, &key, &out)?,
+        BundleCommand::Verify { bundle, trusted } => cli::verify(&bundle, &trusted)?,
+        BundleCommand::Send {
+            bundle,
+            mqtt_url,
+            device,
+            group,
+            chunk_bytes,
+            wait_s,
+        } => {
+            anyhow::ensure!(chunk_bytes >= 1024, "--chunk-bytes must be at least 1024");
+            let verdict = cli::send(&cli::SendOptions {
+                bundle,
+                mqtt_url,
+                device,
+                group,
+                chunk_bytes,
+                wait: std::time::Duration::from_secs(wait_s),
+            })?;
+            if let Some(v) = verdict {
+                println!("{v}");
+                if v["state"] != "installed" {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -190,6 +323,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let summary = pipeline::run(config, opts)?;
             println!("{}", pipeline::summary_line(&summary));
         }
+        Command::Bundle { command } => return bundle_command(command),
         #[cfg(feature = "embedded-broker")]
         Command::Broker {
             listen,

@@ -26,6 +26,8 @@ use heapless::HistoryBuf;
 use image::{DynamicImage, RgbImage};
 use serde::Serialize;
 
+use crate::bundle::install::{Installer, InstallerInput, InstallerSettings, Slots, Swap};
+use crate::bundle::read_public_key;
 use crate::commands::default_model_dir;
 use crate::config::{Config, PayloadFormat};
 use crate::detector::{Detector, DetectorOptions};
@@ -386,7 +388,15 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let stop = opts.stop.clone();
 
-    let model_dir = config.model.path.clone().unwrap_or_else(default_model_dir);
+    let factory = config.model.path.clone().unwrap_or_else(default_model_dir);
+    // With bundles, the installed (active) slot serves, if it is usable.
+    let model_slots = match &config.bundles {
+        Some(b) => Some(Slots::open(&b.state_dir)?),
+        None => None,
+    };
+    let model_dir = model_slots
+        .as_ref()
+        .map_or(factory.clone(), |s| s.startup_model(&factory));
     let model = Model::open(&model_dir)?;
     let mut engine = EngineOptions {
         precision: config.model.precision.into(),
@@ -395,15 +405,13 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     if let Some(t) = config.model.threads {
         engine.threads = t;
     }
-    let mut detector = Detector::new(
-        model,
-        &DetectorOptions {
-            fit: config.cameras[0].fit(),
-            engine,
-            masks: config.model.masks,
-            ..Default::default()
-        },
-    )?;
+    let detector_options = DetectorOptions {
+        fit: config.cameras[0].fit(),
+        engine,
+        masks: config.model.masks,
+        ..Default::default()
+    };
+    let mut detector = Detector::new(model.clone(), &detector_options)?;
 
     #[cfg(feature = "embedded-broker")]
     if let Some(mqtt) = &config.mqtt {
@@ -428,7 +436,41 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let stats = Arc::new(Stats::new(camera_stats));
     let slots = Arc::new(FrameSlots::new(config.cameras.len()));
 
-    let sinks = Sinks::open(&config, &detector, opts.mqtt_url.as_deref())?;
+    // The installer: its own thread, fed chunks and commands by the sink thread, reporting
+    // through it, handing loaded detectors to the inference thread.
+    let (swap_tx, swap_rx) = mpsc::channel::<Swap>();
+    let mut bundle_link = None;
+    let mut installer_thread = None;
+    if let (Some(b), Some(model_slots)) = (&config.bundles, model_slots) {
+        let trusted = b
+            .trusted_keys
+            .iter()
+            .map(|p| read_public_key(p))
+            .collect::<Result<Vec<_>>>()
+            .context("bundles.trusted_keys")?;
+        let settings = InstallerSettings {
+            device_id: config.device_id.clone(),
+            groups: b.groups.clone(),
+            trusted,
+            max_bundle_bytes: b.max_bundle_bytes,
+            max_chunk_bytes: b.max_chunk_bytes,
+            state_dir: b.state_dir.clone(),
+            serving: detector_options.clone(),
+            format: config.output.format,
+        };
+        let (out_tx, out_rx) = mpsc::channel();
+        let (in_tx, in_rx) = mpsc::channel::<InstallerInput>();
+        let installer = Installer::new(settings, model_slots, model, out_tx, swap_tx.clone())?;
+        installer_thread = Some(
+            std::thread::Builder::new()
+                .name("installer".into())
+                .spawn(move || installer.run(in_rx))?,
+        );
+        bundle_link = Some((in_tx, out_rx));
+    }
+    drop(swap_tx);
+
+    let sinks = Sinks::open(&config, &detector, opts.mqtt_url.as_deref(), bundle_link)?;
     let (result_tx, result_rx) =
         mpsc::sync_channel::<(FrameResult, Instant, Instant)>(config.pipeline.result_queue);
     let sink_thread = {
@@ -450,7 +492,15 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         );
     }
 
-    let result = inference_loop(&config, &opts, &mut detector, &slots, &stats, &result_tx);
+    let result = inference_loop(
+        &config,
+        &opts,
+        &mut detector,
+        &swap_rx,
+        &slots,
+        &stats,
+        &result_tx,
+    );
     // Whatever happened, stop capture and let the sinks drain and flush.
     stop.store(true, Ordering::Relaxed);
     drop(result_tx);
@@ -460,6 +510,12 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let mqtt_stats = sink_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the sink thread panicked"))??;
+    // The sink thread held the installer's input: it ends once that is gone. An install
+    // that is still loading is abandoned (nothing was persisted for it yet, or all of it).
+    drop(swap_rx);
+    if let Some(t) = installer_thread {
+        let _ = t.join();
+    }
     result?;
     Ok(stats.snapshot(&config.device_id, &slots, mqtt_stats))
 }
@@ -468,18 +524,31 @@ fn inference_loop(
     config: &Config,
     opts: &RunOptions,
     detector: &mut Detector,
+    swaps: &Receiver<Swap>,
     slots: &FrameSlots,
     stats: &Stats,
     results: &SyncSender<(FrameResult, Instant, Instant)>,
 ) -> Result<()> {
-    let sha = detector.model.manifest.graph_sha256.clone();
-    let schedule = detector.schedule.id();
+    let mut sha = detector.model.manifest.graph_sha256.clone();
+    let mut schedule = detector.schedule.id();
     let mut scored = 0u64;
     if opts.max_frames == Some(0) {
         // `--max-frames 0`: score nothing, only deliver what the spool holds.
         return Ok(());
     }
     while let Some(frame) = slots.take(&opts.stop) {
+        // A new model from the installer: switch between two frames.
+        while let Ok(swap) = swaps.try_recv() {
+            *detector = swap.detector;
+            sha = detector.model.manifest.graph_sha256.clone();
+            schedule = detector.schedule.id();
+            log::info!(
+                "now serving bundle v{} ({}, {})",
+                swap.version,
+                detector.model.dir.display(),
+                schedule
+            );
+        }
         let cam = &config.cameras[frame.camera];
         let start = Instant::now();
         let queue_ms = (start - frame.captured_at).as_secs_f64() * 1e3;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::bundle::install::InstallerInput;
 use crate::config::{Config, MaskPolicy, OutputConfig, PayloadFormat};
 use crate::detector::Detector;
 use crate::message::{self, FrameResult};
@@ -64,13 +65,20 @@ pub struct Sinks {
     files: Option<FileSink>,
     mqtt: Option<MqttSink>,
     commands: Option<mpsc::Receiver<Received>>,
+    /// To the bundle installer (chunks, rollback) and back (its status messages).
+    installer: Option<(mpsc::Sender<InstallerInput>, mpsc::Receiver<Message>)>,
     grace: Duration,
     last_mask: HashMap<String, Instant>,
     status: StatusPayload,
 }
 
 impl Sinks {
-    pub fn open(config: &Config, detector: &Detector, mqtt_url: Option<&str>) -> Result<Sinks> {
+    pub fn open(
+        config: &Config,
+        detector: &Detector,
+        mqtt_url: Option<&str>,
+        installer: Option<(mpsc::Sender<InstallerInput>, mpsc::Receiver<Message>)>,
+    ) -> Result<Sinks> {
         let m = &detector.model.manifest;
         let status = StatusPayload {
             state: "online",
@@ -85,6 +93,13 @@ impl Sinks {
         };
         let base = format!("maeday/{}", config.device_id);
         let format = config.output.format;
+        let mut subscriptions = vec![format!("{base}/command")];
+        if let Some(b) = &config.bundles {
+            subscriptions.push(format!("{base}/bundle/chunk"));
+            for g in &b.groups {
+                subscriptions.push(format!("maeday/fleet/{g}/bundle/chunk"));
+            }
+        }
         let (mut mqtt, mut commands) = (None, None);
         if let Some(cfg) = &config.mqtt {
             let offline = StatusPayload {
@@ -102,7 +117,7 @@ impl Sinks {
                     online: message::encode(&status, format)?,
                     offline: message::encode(&offline, format)?,
                 },
-                vec![format!("{base}/command")],
+                subscriptions,
                 Some(tx),
             )?);
             commands = Some(rx);
@@ -121,6 +136,7 @@ impl Sinks {
             ),
             mqtt,
             commands,
+            installer,
             last_mask: HashMap::new(),
             status,
         })
@@ -240,15 +256,32 @@ impl Sinks {
         m.poll(wait)?;
         let mut asked = false;
         if let Some(rx) = &self.commands {
-            while let Ok(cmd) = rx.try_recv() {
-                match cmd.payload.as_slice() {
+            while let Ok(msg) = rx.try_recv() {
+                let to_installer = |input: InstallerInput| match &self.installer {
+                    Some((tx, _)) => {
+                        let _ = tx.send(input);
+                    }
+                    None => log::warn!("{}: bundles are not enabled (no [bundles])", msg.topic),
+                };
+                if msg.topic.ends_with("/bundle/chunk") {
+                    to_installer(InstallerInput::Chunk(msg.payload));
+                    continue;
+                }
+                match msg.payload.as_slice() {
                     b"metrics" => asked = true,
+                    b"rollback" => to_installer(InstallerInput::Rollback),
                     other => log::warn!(
-                        "unknown command {:?} on {} (known: metrics)",
+                        "unknown command {:?} on {} (known: metrics, rollback)",
                         String::from_utf8_lossy(other),
-                        cmd.topic
+                        msg.topic
                     ),
                 }
+            }
+        }
+        if let Some((_, rx)) = &self.installer {
+            let out: Vec<Message> = rx.try_iter().collect();
+            for m in out {
+                m_publish(self.mqtt.as_mut(), m);
             }
         }
         Ok(asked)
@@ -282,6 +315,8 @@ impl Sinks {
         if let Some(f) = self.files.as_mut() {
             f.lines.flush()?;
         }
+        // Stop the installer (it ends when its input closes).
+        self.installer = None;
         let Some(mut m) = self.mqtt.take() else {
             return Ok(None);
         };
@@ -295,6 +330,12 @@ impl Sinks {
             self.output.format,
         )?);
         Ok(Some(m.shutdown(self.grace)?))
+    }
+}
+
+fn m_publish(mqtt: Option<&mut MqttSink>, m: Message) {
+    if let Some(q) = mqtt {
+        q.publish_transient(&m.topic, m.payload, false);
     }
 }
 

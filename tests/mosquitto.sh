@@ -6,6 +6,8 @@
 set -euo pipefail
 dir=${1:?usage: tests/mosquitto.sh DIR}
 mkdir -p "$dir"
+# mosquitto drops root privileges to its own user: it must be able to enter the folder.
+chmod 0755 "$dir"
 cd "$dir"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 plain=$(free_port)

@@ -1,0 +1,512 @@
+//! Installing a verified bundle: A/B model slots, a background load, golden frames, an
+//! atomic switch, a persisted choice, rollback.
+//!
+//! On disk, under the state folder:
+//! - `slots/a/`, `slots/b/`: complete model folders (`manifest.toml`, graph, `bundle.toml`);
+//! - `active.toml`: which slot serves, the previous one (for `rollback`), and the highest
+//!   version ever installed (downgrades are refused). Written to a temporary file, synced,
+//!   then renamed over the old one: a `kill -9` at any moment leaves either the old or the
+//!   new choice, and the chosen slot is always complete (it is synced and renamed into place
+//!   before `active.toml` names it).
+//!
+//! The install runs on its own thread while the current model keeps serving; only the final
+//! hand-over of the loaded detector reaches the inference thread, which takes it between two
+//! frames.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use super::transfer::{Assembler, Chunk, Progress};
+use super::{reject, Abi, Bundle, Rejection};
+use crate::detector::{Detector, DetectorOptions};
+use crate::manifest::Model;
+use crate::preprocess::Fit;
+use crate::spool::Message;
+
+/// What `active.toml` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SlotState {
+    /// "a" or "b"; none until the first bundle is installed (the factory model serves).
+    pub active: Option<String>,
+    pub previous: Option<String>,
+    pub active_version: u64,
+    pub previous_version: u64,
+    /// The highest bundle version ever installed: anything at or below it is a downgrade.
+    pub highest_version: u64,
+}
+
+pub struct Slots {
+    dir: PathBuf,
+    pub state: SlotState,
+}
+
+/// Tests crash the process at a named install step (`MAEDAY_CRASH_AT=<step>`) to check
+/// that a `kill -9` there leaves a device that restarts on a valid model.
+fn crash_point(step: &str) {
+    if std::env::var("MAEDAY_CRASH_AT").is_ok_and(|s| s == step) {
+        log::error!("MAEDAY_CRASH_AT={step}: aborting (test hook)");
+        std::process::abort();
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+impl Slots {
+    pub fn open(state_dir: &Path) -> Result<Slots> {
+        fs::create_dir_all(state_dir.join("slots"))
+            .with_context(|| format!("cannot create {}", state_dir.display()))?;
+        let path = state_dir.join("active.toml");
+        let state = match fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("corrupt {} (fix or remove it)", path.display()))?,
+            Err(_) => SlotState::default(),
+        };
+        Ok(Slots {
+            dir: state_dir.to_path_buf(),
+            state,
+        })
+    }
+
+    pub fn slot_dir(&self, slot: &str) -> PathBuf {
+        self.dir.join("slots").join(slot)
+    }
+
+    /// The model to start on: the active slot, else the previous one, else the factory model.
+    pub fn startup_model(&self, factory: &Path) -> PathBuf {
+        for (what, slot) in [
+            ("active", &self.state.active),
+            ("previous", &self.state.previous),
+        ] {
+            if let Some(s) = slot {
+                let dir = self.slot_dir(s);
+                match Model::open(&dir) {
+                    Ok(_) => {
+                        log::info!("starting on the {what} slot {s} ({})", dir.display());
+                        return dir;
+                    }
+                    Err(e) => log::error!("{what} slot {s} is not usable: {e:#}"),
+                }
+            }
+        }
+        factory.to_path_buf()
+    }
+
+    fn inactive(&self) -> &'static str {
+        if self.state.active.as_deref() == Some("a") {
+            "b"
+        } else {
+            "a"
+        }
+    }
+
+    /// Write the bundle's model into the inactive slot (complete and synced before it is
+    /// renamed into place). A settings-only bundle takes the graph of the serving model.
+    pub fn stage(
+        &mut self,
+        bundle: &Bundle,
+        serving: &Model,
+    ) -> Result<(String, PathBuf), Rejection> {
+        let slot = self.inactive().to_string();
+        let dir = self.slot_dir(&slot);
+        let tmp = self.dir.join("slots").join(format!("{slot}.tmp"));
+        let io = |e: anyhow::Error| reject("install-failed", format!("{e:#}"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| io(e.into()))?;
+        let manifest = bundle
+            .files
+            .get("model/manifest.toml")
+            .ok_or_else(|| reject("invalid-model", "no model/manifest.toml in the bundle"))?;
+        let m: crate::manifest::Manifest = toml::from_str(&String::from_utf8_lossy(manifest))
+            .map_err(|e| reject("invalid-model", format!("model/manifest.toml: {e}")))?;
+        let graph_path = format!("model/{}", m.graph);
+        let graph_in_bundle = bundle.files.contains_key(&graph_path);
+        for (path, data) in &bundle.files {
+            if let Some(rel) = path.strip_prefix("model/") {
+                if rel.contains('/') {
+                    return Err(reject(
+                        "invalid-model",
+                        format!("{path}: nested folders are not allowed"),
+                    ));
+                }
+                write_synced(&tmp.join(rel), data).map_err(|e| io(e.into()))?;
+            }
+        }
+        if !graph_in_bundle {
+            // Settings only: same graph as now, or it cannot be installed.
+            if !serving
+                .manifest
+                .graph_sha256
+                .eq_ignore_ascii_case(&m.graph_sha256)
+            {
+                return Err(reject(
+                    "invalid-model",
+                    "settings-only bundle for a graph this device does not run",
+                ));
+            }
+            fs::copy(serving.graph_path(), tmp.join(&m.graph)).map_err(|e| io(e.into()))?;
+            if let Ok(f) = fs::File::open(tmp.join(&m.graph)) {
+                let _ = f.sync_all();
+            }
+        }
+        write_synced(&tmp.join(super::MANIFEST), &bundle.manifest_bytes)
+            .map_err(|e| io(e.into()))?;
+        sync_dir(&tmp);
+        crash_point("staged");
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&tmp, &dir).map_err(|e| io(e.into()))?;
+        sync_dir(&self.dir.join("slots"));
+        crash_point("renamed");
+        Ok((slot, dir))
+    }
+
+    /// Make `slot` the active one (atomically), the old active the previous one.
+    pub fn activate(&mut self, slot: &str, version: u64) -> Result<()> {
+        let mut next = self.state.clone();
+        if next.active.as_deref() != Some(slot) {
+            next.previous = next.active.take();
+            next.previous_version = next.active_version;
+        }
+        next.active = Some(slot.to_string());
+        next.active_version = version;
+        next.highest_version = next.highest_version.max(version);
+        self.persist(next)
+    }
+
+    /// Swap active and previous (rollback), keeping the highest version.
+    pub fn swap(&mut self) -> Result<()> {
+        let mut next = self.state.clone();
+        std::mem::swap(&mut next.active, &mut next.previous);
+        std::mem::swap(&mut next.active_version, &mut next.previous_version);
+        self.persist(next)
+    }
+
+    fn persist(&mut self, next: SlotState) -> Result<()> {
+        let path = self.dir.join("active.toml");
+        let tmp = self.dir.join("active.toml.tmp");
+        write_synced(&tmp, toml::to_string(&next)?.as_bytes())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        crash_point("before-activate");
+        fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
+        sync_dir(&self.dir);
+        self.state = next;
+        Ok(())
+    }
+}
+
+/// What the installer thread is asked to do.
+pub enum InstallerInput {
+    /// A message on a bundle chunk topic.
+    Chunk(Vec<u8>),
+    Rollback,
+}
+
+/// A loaded detector for the inference thread to switch to between two frames.
+pub struct Swap {
+    pub detector: Detector,
+    pub version: u64,
+}
+
+/// The `bundle/status` payload.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BundleStatus {
+    /// `receiving`, `chunk-rejected` (one chunk refused; the transfer goes on), `installed`,
+    /// `rejected` (the bundle; with `reason`), `rolled-back`.
+    pub state: &'static str,
+    pub bundle_sha256: String,
+    pub version: Option<u64>,
+    pub received: Option<u32>,
+    pub count: Option<u32>,
+    /// Up to 64 chunk indexes still missing (a sender re-sends them).
+    pub missing: Vec<u32>,
+    pub reason: Option<&'static str>,
+    pub detail: Option<String>,
+    /// Milliseconds from the complete bundle to the switch.
+    pub install_ms: Option<f64>,
+}
+
+pub struct InstallerSettings {
+    pub device_id: String,
+    pub groups: Vec<String>,
+    pub trusted: Vec<VerifyingKey>,
+    pub max_bundle_bytes: u64,
+    pub max_chunk_bytes: usize,
+    pub state_dir: PathBuf,
+    /// How serving detectors are built (device overrides such as the mask count).
+    pub serving: DetectorOptions,
+    pub format: crate::config::PayloadFormat,
+}
+
+pub struct Installer {
+    s: InstallerSettings,
+    slots: Slots,
+    assembler: Assembler,
+    /// The model serving now (what a settings-only bundle builds on; its ABI is the device's).
+    serving: Model,
+    status_topic: String,
+    outbox: Sender<Message>,
+    swaps: Sender<Swap>,
+}
+
+impl Installer {
+    pub fn new(
+        s: InstallerSettings,
+        slots: Slots,
+        serving: Model,
+        outbox: Sender<Message>,
+        swaps: Sender<Swap>,
+    ) -> Result<Installer> {
+        let assembler = Assembler::new(
+            &s.state_dir.join("incoming"),
+            s.max_chunk_bytes,
+            s.max_bundle_bytes,
+        )?;
+        Ok(Installer {
+            status_topic: format!("maeday/{}/bundle/status", s.device_id),
+            s,
+            slots,
+            assembler,
+            serving,
+            outbox,
+            swaps,
+        })
+    }
+
+    fn status(&self, st: &BundleStatus) {
+        match crate::message::encode(st, self.s.format) {
+            Ok(payload) => {
+                let _ = self.outbox.send(Message {
+                    topic: self.status_topic.clone(),
+                    payload,
+                });
+            }
+            Err(e) => log::error!("cannot encode the bundle status: {e:#}"),
+        }
+    }
+
+    /// Serve requests until the sender side closes.
+    pub fn run(mut self, inputs: Receiver<InstallerInput>) {
+        for input in inputs {
+            match input {
+                InstallerInput::Chunk(bytes) => self.on_chunk(&bytes),
+                InstallerInput::Rollback => self.rollback(),
+            }
+        }
+    }
+
+    fn on_chunk(&mut self, bytes: &[u8]) {
+        let chunk = match Chunk::decode(bytes) {
+            Ok(c) => c,
+            Err(r) => return self.rejected("", None, &r),
+        };
+        let sha = chunk.bundle_sha256.clone();
+        match self.assembler.add(&chunk) {
+            Ok(Progress::Receiving { received, count }) => {
+                // Report every chunk for small transfers, every 5% for large ones.
+                let step = (count / 20).max(1);
+                if received % step == 0 || received + 1 == count {
+                    self.status(&BundleStatus {
+                        state: "receiving",
+                        bundle_sha256: sha.clone(),
+                        received: Some(received),
+                        count: Some(count),
+                        missing: self.assembler.missing(&sha, count, 64),
+                        ..Default::default()
+                    });
+                }
+            }
+            Ok(Progress::Complete(bundle)) => {
+                let started = Instant::now();
+                let result = self.install(&bundle);
+                self.assembler.discard(&sha);
+                match result {
+                    Ok(version) => {
+                        let ms = started.elapsed().as_secs_f64() * 1e3;
+                        log::info!("bundle v{version} installed in {ms:.0} ms");
+                        self.status(&BundleStatus {
+                            state: "installed",
+                            bundle_sha256: sha,
+                            version: Some(version),
+                            install_ms: Some(ms),
+                            ..Default::default()
+                        });
+                    }
+                    Err(r) => {
+                        let version = Bundle::parse(&bundle, self.s.max_bundle_bytes)
+                            .ok()
+                            .map(|b| b.manifest.version);
+                        self.rejected(&sha, version, &r)
+                    }
+                }
+            }
+            Err(r) => {
+                // One bad chunk does not end the transfer: a good copy may still come.
+                log::warn!("bundle {sha}: chunk {} refused: {r}", chunk.index);
+                self.status(&BundleStatus {
+                    state: "chunk-rejected",
+                    bundle_sha256: sha,
+                    reason: Some(r.reason),
+                    detail: Some(r.detail),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    fn rejected(&self, sha: &str, version: Option<u64>, r: &Rejection) {
+        log::warn!("bundle {sha} rejected: {r}; the current model keeps serving");
+        self.status(&BundleStatus {
+            state: "rejected",
+            bundle_sha256: sha.to_string(),
+            version,
+            reason: Some(r.reason),
+            detail: Some(r.detail.clone()),
+            ..Default::default()
+        });
+    }
+
+    /// Verify, stage, load, check golden frames, hand over, persist. Any failure leaves
+    /// the serving model and the persisted choice untouched.
+    pub fn install(&mut self, bytes: &[u8]) -> Result<u64, Rejection> {
+        let bundle = Bundle::parse(bytes, self.s.max_bundle_bytes)?;
+        bundle.verify(&self.s.trusted)?;
+        let m = &bundle.manifest;
+        if !bundle.targets(&self.s.device_id, &self.s.groups) {
+            return Err(reject(
+                "not-for-this-device",
+                format!(
+                    "targets {:?}, this is {} in {:?}",
+                    m.target, self.s.device_id, self.s.groups
+                ),
+            ));
+        }
+        if m.version <= self.slots.state.highest_version {
+            return Err(reject(
+                "downgrade",
+                format!(
+                    "version {} is not above the installed {}",
+                    m.version, self.slots.state.highest_version
+                ),
+            ));
+        }
+        let device_abi = Abi::of(&self.serving.manifest);
+        if m.abi != device_abi {
+            return Err(reject(
+                "wrong-abi",
+                format!("bundle {:?}, device {:?}", m.abi, device_abi),
+            ));
+        }
+        crash_point("verified");
+        let (slot, dir) = self.slots.stage(&bundle, &self.serving)?;
+        let model = Model::open(&dir).map_err(|e| reject("invalid-model", format!("{e:#}")))?;
+        if Abi::of(&model.manifest) != m.abi {
+            return Err(reject(
+                "wrong-abi",
+                "the model manifest disagrees with the bundle's ABI",
+            ));
+        }
+        let detector = self.golden_check(&bundle, model.clone())?;
+        crash_point("golden-checked");
+        self.swaps
+            .send(Swap {
+                detector,
+                version: m.version,
+            })
+            .map_err(|_| reject("install-failed", "the inference thread has stopped"))?;
+        crash_point("switched");
+        self.slots
+            .activate(&slot, m.version)
+            .map_err(|e| reject("install-failed", format!("{e:#}")))?;
+        self.serving = model;
+        Ok(m.version)
+    }
+
+    /// Load the staged model (in the background: the serving one keeps running), score the
+    /// golden frames exactly as the workstation did (squash, the manifest's schedule), and
+    /// return the detector to serve with.
+    fn golden_check(&self, bundle: &Bundle, model: Model) -> Result<Detector, Rejection> {
+        let m = &bundle.manifest;
+        let load =
+            |e: anyhow::Error| reject("invalid-model", format!("cannot load the graph: {e:#}"));
+        let golden_opts = DetectorOptions {
+            fit: Fit::Squash,
+            engine: self.s.serving.engine.clone(),
+            ..Default::default()
+        };
+        let mut golden = Detector::new(model.clone(), &golden_opts).map_err(load)?;
+        for g in &m.golden {
+            let data = &bundle.files[&g.file];
+            let frame = image::load_from_memory(data)
+                .map_err(|e| reject("corrupt", format!("golden frame {}: {e}", g.file)))?;
+            let got = golden
+                .detect(&frame)
+                .map_err(|e| reject("invalid-model", format!("golden frame {}: {e:#}", g.file)))?
+                .score;
+            let tol = m.golden_tolerance.abs() * g.score.abs() + 1e-6;
+            if !got.is_finite() || (got - g.score).abs() > tol {
+                return Err(reject(
+                    "golden-mismatch",
+                    format!("{}: score {got}, expected {} ± {tol}", g.file, g.score),
+                ));
+            }
+        }
+        let same = self.s.serving.masks.is_none()
+            && self.s.serving.schedule.is_none()
+            && self.s.serving.seed.is_none();
+        if same {
+            Ok(golden)
+        } else {
+            drop(golden);
+            Detector::new(model, &self.s.serving).map_err(load)
+        }
+    }
+
+    fn rollback(&mut self) {
+        let Some(prev) = self.slots.state.previous.clone() else {
+            return self.rejected(
+                "",
+                None,
+                &reject("install-failed", "no previous slot to roll back to"),
+            );
+        };
+        let result = (|| -> Result<u64, Rejection> {
+            let model = Model::open(self.slots.slot_dir(&prev))
+                .map_err(|e| reject("invalid-model", format!("previous slot: {e:#}")))?;
+            let detector = Detector::new(model.clone(), &self.s.serving)
+                .map_err(|e| reject("invalid-model", format!("{e:#}")))?;
+            let version = self.slots.state.previous_version;
+            self.swaps
+                .send(Swap { detector, version })
+                .map_err(|_| reject("install-failed", "the inference thread has stopped"))?;
+            self.slots
+                .swap()
+                .map_err(|e| reject("install-failed", format!("{e:#}")))?;
+            self.serving = model;
+            Ok(version)
+        })();
+        match result {
+            Ok(version) => self.status(&BundleStatus {
+                state: "rolled-back",
+                version: Some(version),
+                ..Default::default()
+            }),
+            Err(r) => self.rejected("", None, &r),
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! Retrain bundles end to end: the real daemon, a real broker (rumqttd), the real default
+//! model, bundles signed with real ed25519 keys and sent in chunks over MQTT.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use maeday_edge::bundle::transfer::split;
+use maeday_edge::bundle::{self, Abi, BundleManifest, GoldenFrame, Target};
+use maeday_edge::manifest::Model;
+use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_maeday-edge");
+
+/// The two tests each run a device and load models repeatedly: on a 2-core machine, run
+/// them one at a time so the frame-drop check measures the swap, not the other test.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The workstation side: a signing key and the model the bundles are made from.
+struct Workstation {
+    key: ed25519_dalek::SigningKey,
+    model: Model,
+    golden: Vec<u8>,
+    golden_score: f32,
+}
+
+impl Workstation {
+    fn new(dir: &Path) -> Workstation {
+        let key = bundle::generate_key().unwrap();
+        std::fs::write(
+            dir.join("trusted.pub"),
+            hex::encode(key.verifying_key().as_bytes()),
+        )
+        .unwrap();
+        let model = Model::open(repo().join("models/default")).unwrap();
+        let golden_path = repo().join("models/samples/coffee-224.png");
+        let golden = std::fs::read(&golden_path).unwrap();
+        // The expected score comes from this runtime, as `bundle pack` computes it.
+        let mut d =
+            maeday_edge::detector::Detector::new(model.clone(), &Default::default()).unwrap();
+        let golden_score = d
+            .detect(&image::load_from_memory(&golden).unwrap())
+            .unwrap()
+            .score;
+        Workstation {
+            key,
+            model,
+            golden,
+            golden_score,
+        }
+    }
+
+    /// A settings-only bundle that sets the image threshold (observable in every result).
+    fn bundle(
+        &self,
+        version: u64,
+        image_threshold: f32,
+    ) -> (BundleManifest, BTreeMap<String, Vec<u8>>) {
+        let text = std::fs::read_to_string(self.model.manifest_path()).unwrap();
+        let manifest = format!("{text}\n[thresholds]\nimage = {image_threshold}\npixel = 5.0\n");
+        let mut files = BTreeMap::new();
+        files.insert("model/manifest.toml".to_string(), manifest.into_bytes());
+        files.insert("golden/coffee.png".to_string(), self.golden.clone());
+        let m = BundleManifest {
+            format: bundle::FORMAT,
+            version,
+            description: "test".into(),
+            created_unix_s: 0,
+            key_id: String::new(),
+            target: Target {
+                devices: vec!["dev".into()],
+                groups: vec![],
+            },
+            abi: Abi::of(&self.model.manifest),
+            golden_tolerance: 0.01,
+            golden: vec![GoldenFrame {
+                file: "golden/coffee.png".into(),
+                score: self.golden_score,
+            }],
+            files: BTreeMap::new(),
+        };
+        (m, files)
+    }
+
+    fn pack(&self, version: u64, image_threshold: f32) -> Vec<u8> {
+        let (mut m, files) = self.bundle(version, image_threshold);
+        bundle::sign_and_pack(&mut m, &files, &self.key).unwrap()
+    }
+
+    fn pack_with(
+        &self,
+        version: u64,
+        edit: impl FnOnce(&mut BundleManifest, &mut BTreeMap<String, Vec<u8>>),
+        key: &ed25519_dalek::SigningKey,
+    ) -> Vec<u8> {
+        let (mut m, mut files) = self.bundle(version, 50.0);
+        edit(&mut m, &mut files);
+        bundle::sign_and_pack(&mut m, &files, key).unwrap()
+    }
+}
+
+type Inbox = Arc<Mutex<Vec<(Instant, String, Value)>>>;
+
+/// A subscriber to everything the device says, decoded (JSON payloads).
+fn watch(port: u16) -> (Client, Inbox) {
+    let mut opts = MqttOptions::new(format!("watch-{}", free_port()), "127.0.0.1", port);
+    opts.set_max_packet_size(8 << 20, 8 << 20);
+    let (client, mut conn) = Client::new(opts, 256);
+    client.subscribe("maeday/dev/#", QoS::AtLeastOnce).unwrap();
+    let inbox: Inbox = Arc::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let inbox = inbox.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        let _ = tx.send(());
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        if p.topic.ends_with("/chunk") {
+                            continue;
+                        }
+                        let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        inbox
+                            .lock()
+                            .unwrap()
+                            .push((Instant::now(), p.topic.clone(), v));
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+    }
+    rx.recv_timeout(Duration::from_secs(10)).expect("SUBACK");
+    (client, inbox)
+}
+
+fn device_config(dir: &Path, port: u16, fps: f64) -> PathBuf {
+    let text = format!(
+        r#"
+device_id = "dev"
+[model]
+masks = 2
+threads = 1
+[[camera]]
+name = "cam"
+source = {{ kind = "replay", path = "{}", fps = {fps}, loop = true }}
+[output]
+format = "json"
+metrics_interval_s = 0
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+spool = {{ dir = "{}" }}
+shutdown_grace_s = 5
+[bundles]
+state_dir = "{}"
+trusted_keys = ["{}"]
+max_chunk_bytes = 65536
+"#,
+        repo().join("models/samples/coins.png").display(),
+        dir.join("spool").display(),
+        dir.join("state").display(),
+        dir.join("trusted.pub").display()
+    );
+    let path = dir.join("device.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running device, killed if the test fails before stopping it.
+struct Device(Option<Child>);
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Device {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+}
+
+fn start_device(cfg: &Path, crash_at: Option<&str>, extra: &[&str]) -> Device {
+    let mut c = Command::new(BIN);
+    c.args(["run", "--config", cfg.to_str().unwrap()])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(step) = crash_at {
+        c.env("MAEDAY_CRASH_AT", step);
+    }
+    Device(Some(c.spawn().unwrap()))
+}
+
+fn wait_for(
+    inbox: &Inbox,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&str, &Value) -> bool,
+) -> Value {
+    wait_for_from(inbox, 0, what, timeout, f)
+}
+
+/// Like `wait_for`, over the messages from index `from` on.
+fn wait_for_from(
+    inbox: &Inbox,
+    from: usize,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&str, &Value) -> bool,
+) -> Value {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some((_, _, v)) = inbox.lock().unwrap()[from..]
+            .iter()
+            .find(|(_, t, v)| f(t, v))
+        {
+            return v.clone();
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Publish a bundle's chunks (optionally shuffled with duplicates) and wait for the verdict.
+fn send(client: &Client, inbox: &Inbox, bytes: &[u8], messy: bool) -> Value {
+    let mut chunks = split(bytes, 16 << 10);
+    if messy {
+        chunks.reverse();
+        let dup = chunks[chunks.len() / 2].clone();
+        chunks.insert(0, dup.clone());
+        chunks.push(dup);
+    }
+    let sha = chunks[0].bundle_sha256.clone();
+    let from = inbox.lock().unwrap().len();
+    for c in &chunks {
+        client
+            .publish(
+                "maeday/dev/bundle/chunk",
+                QoS::AtLeastOnce,
+                false,
+                c.encode(),
+            )
+            .unwrap();
+    }
+    wait_for_from(
+        inbox,
+        from,
+        "a bundle verdict",
+        Duration::from_secs(120),
+        |t, v| {
+            t.ends_with("/bundle/status")
+                && v["bundle_sha256"] == sha.as_str()
+                && (v["state"] == "installed" || v["state"] == "rejected")
+        },
+    )
+}
+
+/// The image threshold in the first result that arrives from now on (what the serving
+/// model says).
+fn latest_threshold(inbox: &Inbox) -> Value {
+    let n = inbox.lock().unwrap().len();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        {
+            let g = inbox.lock().unwrap();
+            if let Some((_, _, v)) = g[n..].iter().find(|(_, t, _)| t.ends_with("/result")) {
+                return v["image_threshold"].clone();
+            }
+        }
+        assert!(Instant::now() < until, "no new result");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until results come with `expected` as their image threshold (the frame in flight at
+/// a swap still comes from the old model).
+fn wait_threshold(inbox: &Inbox, expected: f64) {
+    wait_for(
+        inbox,
+        &format!("results with threshold {expected}"),
+        Duration::from_secs(30),
+        |t, v| t.ends_with("/result") && v["image_threshold"] == expected,
+    );
+}
+
+fn wait_threshold_after(inbox: &Inbox, n: usize, expected: f64) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        {
+            let g = inbox.lock().unwrap();
+            if g[n..]
+                .iter()
+                .any(|(_, t, v)| t.ends_with("/result") && v["image_threshold"] == expected)
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "no result with threshold {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop(mut device: Device) -> Output {
+    let mut child = device.0.take().expect("running");
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let until = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "device did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_reason() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = Workstation::new(tmp.path());
+    let port = free_port();
+    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
+    let (client, inbox) = watch(port);
+    let cfg = device_config(tmp.path(), port, 2.0);
+    let device = start_device(&cfg, None, &[]);
+    wait_for(
+        &inbox,
+        "the device online",
+        Duration::from_secs(60),
+        |t, v| t.ends_with("/status") && v["state"] == "online",
+    );
+    assert_eq!(
+        latest_threshold(&inbox),
+        Value::Null,
+        "factory model is uncalibrated"
+    );
+
+    // A good bundle, its chunks reversed and duplicated: installed, and the next results
+    // come from it.
+    let v = send(&client, &inbox, &ws.pack(2, 15.0), true);
+    assert_eq!(v["state"], "installed", "{v}");
+    wait_threshold(&inbox, 15.0);
+
+    let other = bundle::generate_key().unwrap();
+    let key = &ws.key;
+    let good = ws.pack(5, 30.0);
+    let mut bad_sig = good.clone();
+    {
+        // Flip one hex digit of the signature in place (same length, still hex).
+        let at = bad_sig
+            .windows(128)
+            .position(|w| w.iter().all(u8::is_ascii_hexdigit))
+            .unwrap();
+        bad_sig[at] = if bad_sig[at] == b'0' { b'1' } else { b'0' };
+    }
+    let mut tampered = good.clone();
+    {
+        // Change one byte of the golden PNG inside the archive (past its header block).
+        let png = tampered
+            .windows(8)
+            .position(|w| w == b"\x89PNG\r\n\x1a\n")
+            .unwrap();
+        tampered[png + 100] ^= 0x55;
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("tampered", tampered),
+        ("bad-signature", bad_sig),
+        ("unknown-key", ws.pack_with(6, |_, _| {}, &other)),
+        ("corrupt", good[..good.len() / 2].to_vec()),
+        ("downgrade", ws.pack(2, 40.0)),
+        ("wrong-abi", ws.pack_with(7, |m, _| m.abi.masks = 16, key)),
+        (
+            "golden-mismatch",
+            ws.pack_with(8, |m, _| m.golden[0].score *= 1.5, key),
+        ),
+        (
+            "not-for-this-device",
+            ws.pack_with(9, |m, _| m.target.devices = vec!["other".into()], key),
+        ),
+        (
+            "invalid-model",
+            ws.pack_with(
+                10,
+                |_, f| {
+                    f.insert(
+                        "model/manifest.toml".into(),
+                        b"format_version = 1\n".to_vec(),
+                    );
+                },
+                key,
+            ),
+        ),
+    ];
+    for (reason, bytes) in cases {
+        let v = send(&client, &inbox, &bytes, false);
+        assert_eq!(v["state"], "rejected", "{reason}: {v}");
+        assert_eq!(v["reason"], reason, "{v}");
+        assert!(v["detail"].as_str().unwrap().len() > 5, "{v}");
+        assert_eq!(
+            latest_threshold(&inbox),
+            15.0,
+            "after {reason} the old model must serve"
+        );
+    }
+    // A chunk that does not match its hash is refused on its own.
+    let mut chunk = split(&good, 16 << 10).remove(0);
+    chunk.data[0] ^= 1;
+    client
+        .publish(
+            "maeday/dev/bundle/chunk",
+            QoS::AtLeastOnce,
+            false,
+            chunk.encode(),
+        )
+        .unwrap();
+    let v = wait_for(
+        &inbox,
+        "the corrupt-chunk verdict",
+        Duration::from_secs(30),
+        |t, v| {
+            t.ends_with("/bundle/status")
+                && v["state"] == "chunk-rejected"
+                && v["reason"] == "corrupt"
+                && v["bundle_sha256"] == chunk.bundle_sha256.as_str()
+        },
+    );
+    assert!(v["detail"].as_str().unwrap().contains("hash"), "{v}");
+
+    // A second good bundle, then roll back to the first.
+    let v = send(&client, &inbox, &good, false);
+    assert_eq!(v["state"], "installed", "{v}");
+    wait_threshold(&inbox, 30.0);
+    let n = inbox.lock().unwrap().len();
+    client
+        .publish("maeday/dev/command", QoS::AtLeastOnce, false, "rollback")
+        .unwrap();
+    wait_for_from(
+        &inbox,
+        n,
+        "the rollback",
+        Duration::from_secs(60),
+        |t, v| t.ends_with("/bundle/status") && v["state"] == "rolled-back",
+    );
+    let n = inbox.lock().unwrap().len();
+    wait_threshold_after(&inbox, n, 15.0);
+
+    let out = stop(device);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    // No frame was dropped across three swaps and ten rejections, and none was lost.
+    assert_eq!(summary["cameras"][0]["dropped"], 0, "{summary}");
+    let g = inbox.lock().unwrap();
+    let results: Vec<(Instant, u64)> = g
+        .iter()
+        .filter(|(_, t, _)| t.ends_with("/result"))
+        .map(|(at, _, v)| (*at, v["seq"].as_u64().unwrap()))
+        .collect();
+    let seqs: Vec<u64> = results.iter().map(|r| r.1).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let gap = results.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
+    eprintln!(
+        "{} results at 2 fps across 3 swaps: 0 dropped, longest gap between results {:.0} ms",
+        seqs.len(),
+        gap.as_secs_f64() * 1e3
+    );
+}
+
+#[test]
+fn killed_at_each_install_step_the_device_restarts_on_a_valid_model() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let steps = [
+        "verified",
+        "staged",
+        "renamed",
+        "golden-checked",
+        "switched",
+        "before-activate",
+    ];
+    for step in steps {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workstation::new(tmp.path());
+        let port = free_port();
+        maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
+        let (client, inbox) = watch(port);
+        let cfg = device_config(tmp.path(), port, 10.0);
+        let mut device = start_device(&cfg, Some(step), &[]);
+        wait_for(
+            &inbox,
+            "the device online",
+            Duration::from_secs(60),
+            |t, v| t.ends_with("/status") && v["state"] == "online",
+        );
+        let bytes = ws.pack(2, 15.0);
+        for c in split(&bytes, 16 << 10) {
+            client
+                .publish(
+                    "maeday/dev/bundle/chunk",
+                    QoS::AtLeastOnce,
+                    false,
+                    c.encode(),
+                )
+                .unwrap();
+        }
+        let until = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = device.child().try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < until, "{step}: the device did not crash");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{step}: the crash hook did not fire");
+
+        // Restart: it must come up on a valid model (the factory one: nothing was activated).
+        let out = Command::new(BIN)
+            .args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--max-frames",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{step}: restart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
+                .unwrap();
+        assert_eq!(summary["cameras"][0]["scored"], 2, "{step}");
+        let active =
+            std::fs::read_to_string(tmp.path().join("state/active.toml")).unwrap_or_default();
+        assert!(
+            !active.contains("active = "),
+            "{step}: nothing may be active yet: {active}"
+        );
+
+        if step == "renamed" {
+            // The half-done install does not block a new one: re-send, it installs, and a
+            // restart serves it.
+            let from = inbox.lock().unwrap().len();
+            let device = start_device(&cfg, None, &[]);
+            wait_for_from(
+                &inbox,
+                from,
+                "the device online again",
+                Duration::from_secs(60),
+                |t, v| t.ends_with("/status") && v["state"] == "online",
+            );
+            let v = send(&client, &inbox, &bytes, false);
+            assert_eq!(v["state"], "installed", "{v}");
+            let out = stop(device);
+            assert!(out.status.success());
+            let n = inbox.lock().unwrap().len();
+            let out = Command::new(BIN)
+                .args([
+                    "run",
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "--max-frames",
+                    "2",
+                ])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let g = inbox.lock().unwrap();
+            let thresholds: Vec<Value> = g[n..]
+                .iter()
+                .filter(|(_, t, _)| t.ends_with("/result"))
+                .map(|(_, _, v)| v["image_threshold"].clone())
+                .collect();
+            assert!(!thresholds.is_empty());
+            assert!(thresholds.iter().all(|t| *t == 15.0), "{thresholds:?}");
+        }
+    }
+}
