@@ -154,6 +154,10 @@ fn watch(port: u16) -> (Client, Inbox) {
 }
 
 fn device_config(dir: &Path, port: u16, fps: f64) -> PathBuf {
+    device_config_with(dir, port, fps, "")
+}
+
+fn device_config_with(dir: &Path, port: u16, fps: f64, bundles_extra: &str) -> PathBuf {
     let text = format!(
         r#"
 device_id = "dev"
@@ -174,6 +178,7 @@ shutdown_grace_s = 5
 state_dir = "{}"
 trusted_keys = ["{}"]
 max_chunk_bytes = 65536
+{bundles_extra}
 "#,
         repo().join("models/samples/coins.png").display(),
         dir.join("spool").display(),
@@ -608,4 +613,195 @@ fn killed_at_each_install_step_the_device_restarts_on_a_valid_model() {
             assert!(thresholds.iter().all(|t| *t == 15.0), "{thresholds:?}");
         }
     }
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// The workstation CLI end to end: keygen, pack, verify, sign, send to a fleet group and
+/// to one device (waiting for its verdict).
+#[test]
+fn workstation_cli_packs_verifies_and_sends_to_a_group_and_a_device() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    assert!(cli(&["bundle", "keygen", "--out", &p("ws")])
+        .status
+        .success());
+    assert!(cli(&["bundle", "keygen", "--out", &p("rogue")])
+        .status
+        .success());
+    assert!(
+        !cli(&["bundle", "keygen", "--out", &p("ws")])
+            .status
+            .success(),
+        "overwrote a key"
+    );
+    std::fs::copy(tmp.path().join("ws.pub"), tmp.path().join("trusted.pub")).unwrap();
+
+    // A settings-only bundle for the fleet group.
+    let model = tmp.path().join("m");
+    std::fs::create_dir(&model).unwrap();
+    let default = repo().join("models/default");
+    for f in ["manifest.toml", "maeday-tiny-textures.onnx"] {
+        std::fs::copy(default.join(f), model.join(f)).unwrap();
+    }
+    let mut text = std::fs::read_to_string(model.join("manifest.toml")).unwrap();
+    text.push_str("\n[thresholds]\nimage = 12.0\npixel = 5.0\n");
+    std::fs::write(model.join("manifest.toml"), &text).unwrap();
+    let golden = repo().join("models/samples/coffee-224.png");
+    let key = p("ws.key");
+    let pack = |version: &str, target: &[&str], out: &str, settings_only: bool| {
+        let mut args = vec![
+            "bundle",
+            "pack",
+            "--model",
+            model.to_str().unwrap(),
+            "--key",
+            &key,
+            "--version",
+            version,
+            "--golden",
+            golden.to_str().unwrap(),
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(target);
+        if settings_only {
+            args.push("--settings-only");
+        }
+        let o = cli(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    pack("2", &["--group", "conveyors"], &p("v2.bundle"), true);
+    let ok = cli(&[
+        "bundle",
+        "verify",
+        "--bundle",
+        &p("v2.bundle"),
+        "--trusted",
+        &p("ws.pub"),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = cli(&[
+        "bundle",
+        "verify",
+        "--bundle",
+        &p("v2.bundle"),
+        "--trusted",
+        &p("rogue.pub"),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown-key"));
+
+    let port = free_port();
+    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
+    let (_client, inbox) = watch(port);
+    let cfg = device_config_with(tmp.path(), port, 5.0, "groups = [\"conveyors\"]");
+    let device = start_device(&cfg, None, &[]);
+    wait_for(
+        &inbox,
+        "the device online",
+        Duration::from_secs(60),
+        |t, v| t.ends_with("/status") && v["state"] == "online",
+    );
+    let url = format!("mqtt://127.0.0.1:{port}");
+    // Chunks above the device's limit (64 KiB here) are refused one by one...
+    let o = cli(&[
+        "bundle",
+        "send",
+        "--bundle",
+        &p("v2.bundle"),
+        "--mqtt-url",
+        &url,
+        "--group",
+        "conveyors",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = wait_for(
+        &inbox,
+        "the chunk-size refusal",
+        Duration::from_secs(60),
+        |t, v| t.ends_with("/bundle/status") && v["state"] == "chunk-rejected",
+    );
+    assert_eq!(v["reason"], "too-large", "{v}");
+    // ...and accepted when they fit.
+    let o = cli(&[
+        "bundle",
+        "send",
+        "--bundle",
+        &p("v2.bundle"),
+        "--mqtt-url",
+        &url,
+        "--group",
+        "conveyors",
+        "--chunk-bytes",
+        "32768",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = wait_for(
+        &inbox,
+        "the fleet bundle verdict",
+        Duration::from_secs(120),
+        |t, v| {
+            t.ends_with("/bundle/status") && (v["state"] == "installed" || v["state"] == "rejected")
+        },
+    );
+    assert_eq!(v["state"], "installed", "{v}");
+    assert_eq!(v["version"], 2);
+    wait_threshold(&inbox, 12.0);
+
+    // A full bundle (graph included) to the device, many chunks; `send` waits for the verdict.
+    pack("3", &["--device", "dev"], &p("v3.bundle"), false);
+    let o = cli(&[
+        "bundle",
+        "send",
+        "--bundle",
+        &p("v3.bundle"),
+        "--mqtt-url",
+        &url,
+        "--device",
+        "dev",
+        "--chunk-bytes",
+        "65536",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let verdict: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(verdict["state"], "installed", "{verdict}");
+    assert_eq!(verdict["version"], 3);
+
+    // Re-signed by a key the device does not trust: `send` reports the refusal, exit 1.
+    let o = cli(&[
+        "bundle",
+        "sign",
+        "--bundle",
+        &p("v3.bundle"),
+        "--key",
+        &p("rogue.key"),
+        "--out",
+        &p("v4.bundle"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli(&[
+        "bundle",
+        "send",
+        "--bundle",
+        &p("v4.bundle"),
+        "--mqtt-url",
+        &url,
+        "--device",
+        "dev",
+        "--chunk-bytes",
+        "65536",
+    ]);
+    assert!(!o.status.success());
+    let verdict: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(verdict["reason"], "unknown-key", "{verdict}");
+    let out = stop(device);
+    assert!(out.status.success());
 }

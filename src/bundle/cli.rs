@@ -288,6 +288,11 @@ pub fn send(o: &SendOptions) -> Result<Option<serde_json::Value>> {
                 eprintln!("device: {st}");
                 return Ok(Some(st));
             }
+            // Chunks bigger than the device takes will never get through: say so now.
+            Some("chunk-rejected") if st["reason"] == "too-large" => {
+                eprintln!("device: {st} (use a smaller --chunk-bytes)");
+                return Ok(Some(st));
+            }
             Some("receiving") => {
                 missing = st["missing"].as_array().map(|m| {
                     m.iter()
