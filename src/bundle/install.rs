@@ -302,6 +302,16 @@ impl Installer {
 
     /// Serve requests until the sender side closes.
     pub fn run(mut self, inputs: Receiver<InstallerInput>) {
+        // Loading and testing a model must not slow the model serving frames: run this
+        // thread (and the scoring threads it spawns, which inherit it) at nice 10. On Linux
+        // the nice value is per thread.
+        #[cfg(target_os = "linux")]
+        // SAFETY: setpriority only reads its integer arguments; who = 0 is this thread.
+        unsafe {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, 10) != 0 {
+                log::debug!("cannot lower the installer's priority");
+            }
+        }
         for input in inputs {
             match input {
                 InstallerInput::Chunk(bytes) => self.on_chunk(&bytes),
