@@ -362,6 +362,15 @@ impl MqttSink {
         // unacked in-memory ones, then the memory queue. While memory was in use the spool
         // was empty, so appending keeps the global order.
         self.flush_acks()?;
+        self.spill_memory()?;
+        self.spool_cursor = None;
+        Ok(())
+    }
+
+    /// Move every undelivered in-memory message (unacknowledged in-flight ones first, then
+    /// the queue) to the end of the spool, in order. Spool-sourced in-flight entries are
+    /// still in the spool; transient ones are dropped.
+    fn spill_memory(&mut self) -> Result<()> {
         let mut back: Vec<Message> = Vec::new();
         for f in self.inflight.drain(..) {
             if let Origin::Memory(m) = f.origin {
@@ -370,9 +379,7 @@ impl MqttSink {
         }
         back.extend(self.queue.drain(..));
         self.stats.spooled += back.len() as u64;
-        self.spool.push(&back)?;
-        self.spool_cursor = None;
-        Ok(())
+        self.spool.push(&back)
     }
 
     /// Hand messages to the client, up to `max_inflight` awaiting PUBACK.
@@ -443,17 +450,7 @@ impl MqttSink {
             self.poll(Duration::from_millis(20))?;
         }
         self.flush_acks()?;
-        let mut back: Vec<Message> = Vec::new();
-        for f in self.inflight.drain(..) {
-            if let Origin::Memory(m) = f.origin {
-                back.push(m);
-            }
-        }
-        back.extend(self.queue.drain(..));
-        if !back.is_empty() {
-            self.stats.spooled += back.len() as u64;
-            self.spool.push(&back)?;
-        }
+        self.spill_memory()?;
         if !self.spool.is_empty() {
             log::warn!(
                 "{} messages stay in the spool for the next start",

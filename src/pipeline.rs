@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::bundle::install::{Installer, InstallerInput, InstallerSettings, Slots, Swap};
 use crate::bundle::read_public_key;
 use crate::commands::default_model_dir;
-use crate::config::{Config, PayloadFormat};
+use crate::config::Config;
 use crate::detector::{Detector, DetectorOptions};
 use crate::engine::EngineOptions;
 use crate::manifest::Model;
@@ -549,25 +549,36 @@ fn inference_loop(
                 schedule
             );
         }
-        let cam = &config.cameras[frame.camera];
+        let Frame {
+            camera,
+            seq,
+            captured,
+            captured_at,
+            image,
+        } = frame;
+        let cam = &config.cameras[camera];
         let start = Instant::now();
-        let queue_ms = (start - frame.captured_at).as_secs_f64() * 1e3;
+        let queue_ms = (start - captured_at).as_secs_f64() * 1e3;
+        let frame_size = [image.width(), image.height()];
+        // The frame is ours: score it (or its ROI crop) without copying it again, and keep
+        // the pixels only when a heatmap wants them.
         let attempt = (|| -> Result<_> {
             detector.set_fit(cam.fit())?;
-            let roi = roi_of(&frame.image, cam.roi)?;
-            let crop = if roi == [0, 0, frame.image.width(), frame.image.height()] {
-                frame.image.clone()
+            let roi = roi_of(&image, cam.roi)?;
+            let crop = if roi == [0, 0, frame_size[0], frame_size[1]] {
+                image
             } else {
-                image::imageops::crop_imm(&frame.image, roi[0], roi[1], roi[2], roi[3]).to_image()
+                image::imageops::crop_imm(&image, roi[0], roi[1], roi[2], roi[3]).to_image()
             };
-            let det = detector.detect(&DynamicImage::ImageRgb8(crop.clone()))?;
+            let crop = DynamicImage::ImageRgb8(crop);
+            let det = detector.detect(&crop)?;
             Ok((roi, crop, det))
         })();
         let (roi, crop, det) = match attempt {
             Ok(v) => v,
             Err(e) => {
-                stats.camera(frame.camera, |c| c.failed += 1);
-                log::error!("camera {:?} frame {}: {e:#}", cam.name, frame.seq);
+                stats.camera(camera, |c| c.failed += 1);
+                log::error!("camera {:?} frame {seq}: {e:#}", cam.name);
                 continue;
             }
         };
@@ -579,7 +590,7 @@ fn inference_loop(
             preprocess: ms(det.times.preprocess),
             inference: ms(det.times.inference),
             scoring: ms(det.times.scoring),
-            total: ms(ready - frame.captured_at),
+            total: ms(ready - captured_at),
         };
         stats.rings(|r| {
             r.queue.write(latency.queue as f32);
@@ -587,12 +598,12 @@ fn inference_loop(
             r.inference.write(latency.inference as f32);
             r.scoring.write(latency.scoring as f32);
         });
-        stats.camera(frame.camera, |c| c.scored += 1);
+        stats.camera(camera, |c| c.scored += 1);
         let payload = ResultPayload {
             device_id: config.device_id.clone(),
             camera: cam.name.clone(),
-            seq: frame.seq,
-            captured_unix_ms: message::unix_ms(frame.captured),
+            seq,
+            captured_unix_ms: message::unix_ms(captured),
             score: det.score,
             image_threshold: thresholds.map(|t| t.image),
             pixel_threshold: thresholds.map(|t| t.pixel),
@@ -600,7 +611,7 @@ fn inference_loop(
             blobs: thresholds
                 .map(|t| message::blobs(&det.map, t.pixel, roi))
                 .unwrap_or_default(),
-            frame_size: [frame.image.width(), frame.image.height()],
+            frame_size,
             roi,
             mask: false,
             latency_ms: latency,
@@ -611,10 +622,10 @@ fn inference_loop(
         let result = FrameResult {
             payload,
             map: det.map,
-            roi_image: config.output.heatmap.then_some(crop),
+            roi_image: config.output.heatmap.then(|| crop.into_rgb8()),
         };
         stats.results_waiting.fetch_add(1, Ordering::Relaxed);
-        if results.send((result, ready, frame.captured_at)).is_err() {
+        if results.send((result, ready, captured_at)).is_err() {
             anyhow::bail!("the sink thread stopped early");
         }
         scored += 1;
@@ -663,11 +674,6 @@ fn sink_loop(
         }
     }
     sinks.close()
-}
-
-/// Encode the metrics like every other payload.
-pub fn encode_metrics(m: &MetricsPayload, format: PayloadFormat) -> Result<Vec<u8>> {
-    message::encode(m, format)
 }
 
 /// Print the final metrics as one JSON line (what `run` ends with).

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::bundle::install::InstallerInput;
-use crate::config::{Config, MaskPolicy, OutputConfig, PayloadFormat};
+use crate::config::{Config, MaskPolicy, OutputConfig};
 use crate::detector::Detector;
 use crate::message::{self, FrameResult};
 use crate::mqtt::{MqttSink, MqttStats, Received, StatusMessages};
@@ -250,10 +250,10 @@ impl Sinks {
 
     /// Drive MQTT for a moment; true when a `metrics` command arrived.
     pub fn poll(&mut self, wait: Duration) -> Result<bool> {
-        let Some(m) = self.mqtt.as_mut() else {
+        let Some(mqtt) = self.mqtt.as_mut() else {
             return Ok(false);
         };
-        m.poll(wait)?;
+        mqtt.poll(wait)?;
         let mut asked = false;
         if let Some(rx) = &self.commands {
             while let Ok(msg) = rx.try_recv() {
@@ -279,9 +279,8 @@ impl Sinks {
             }
         }
         if let Some((_, rx)) = &self.installer {
-            let out: Vec<Message> = rx.try_iter().collect();
-            for m in out {
-                m_publish(self.mqtt.as_mut(), m);
+            for m in rx.try_iter() {
+                mqtt.publish_transient(&m.topic, m.payload, false);
             }
         }
         Ok(asked)
@@ -330,20 +329,5 @@ impl Sinks {
             self.output.format,
         )?);
         Ok(Some(m.shutdown(self.grace)?))
-    }
-}
-
-fn m_publish(mqtt: Option<&mut MqttSink>, m: Message) {
-    if let Some(q) = mqtt {
-        q.publish_transient(&m.topic, m.payload, false);
-    }
-}
-
-impl PayloadFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            PayloadFormat::Cbor => "cbor",
-            PayloadFormat::Json => "json",
-        }
     }
 }

@@ -341,9 +341,12 @@ impl Installer {
                     });
                 }
             }
-            Ok(Progress::Complete(bundle)) => {
+            Ok(Progress::Complete(bytes)) => {
                 let started = Instant::now();
-                let result = self.install(&bundle);
+                // Parsed once; the version (if it parses) goes into a refusal too.
+                let parsed = Bundle::parse(&bytes, self.s.max_bundle_bytes);
+                let version = parsed.as_ref().ok().map(|b| b.manifest.version);
+                let result = parsed.and_then(|b| self.install(&b));
                 self.assembler.discard(&sha);
                 match result {
                     Ok(version) => {
@@ -357,12 +360,7 @@ impl Installer {
                             ..Default::default()
                         });
                     }
-                    Err(r) => {
-                        let version = Bundle::parse(&bundle, self.s.max_bundle_bytes)
-                            .ok()
-                            .map(|b| b.manifest.version);
-                        self.rejected(&sha, version, &r)
-                    }
+                    Err(r) => self.rejected(&sha, version, &r),
                 }
             }
             Err(r) => {
@@ -393,8 +391,7 @@ impl Installer {
 
     /// Verify, stage, load, check golden frames, hand over, persist. Any failure leaves
     /// the serving model and the persisted choice untouched.
-    pub fn install(&mut self, bytes: &[u8]) -> Result<u64, Rejection> {
-        let bundle = Bundle::parse(bytes, self.s.max_bundle_bytes)?;
+    pub fn install(&mut self, bundle: &Bundle) -> Result<u64, Rejection> {
         bundle.verify(&self.s.trusted)?;
         let m = &bundle.manifest;
         if !bundle.targets(&self.s.device_id, &self.s.groups) {
@@ -423,7 +420,7 @@ impl Installer {
             ));
         }
         crash_point("verified");
-        let (slot, dir) = self.slots.stage(&bundle, &self.serving)?;
+        let (slot, dir) = self.slots.stage(bundle, &self.serving)?;
         let model = Model::open(&dir).map_err(|e| reject("invalid-model", format!("{e:#}")))?;
         if Abi::of(&model.manifest) != m.abi {
             return Err(reject(
@@ -431,7 +428,7 @@ impl Installer {
                 "the model manifest disagrees with the bundle's ABI",
             ));
         }
-        let detector = self.golden_check(&bundle, model.clone())?;
+        let detector = self.golden_check(bundle, model.clone())?;
         crash_point("golden-checked");
         self.swaps
             .send(Swap {

@@ -338,23 +338,21 @@ pub fn generate_key() -> Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
+/// A key file: 32 bytes as hex (what `generate_key`'s callers write).
+fn read_hex32(path: &Path, what: &str) -> Result<[u8; 32]> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read signing key {}", path.display()))?;
-    let bytes: [u8; 32] = hex::decode(text.trim())
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    hex::decode(text.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("{} is not a 32-byte hex key", path.display()))?;
-    Ok(SigningKey::from_bytes(&bytes))
+        .with_context(|| format!("{} is not a 32-byte hex {what}", path.display()))
+}
+
+pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
+    Ok(SigningKey::from_bytes(&read_hex32(path, "signing key")?))
 }
 
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read public key {}", path.display()))?;
-    let bytes: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("{} is not a 32-byte hex public key", path.display()))?;
-    VerifyingKey::from_bytes(&bytes)
+    VerifyingKey::from_bytes(&read_hex32(path, "public key")?)
         .with_context(|| format!("{} is not a valid ed25519 public key", path.display()))
 }

@@ -5,7 +5,6 @@
 //! pipeline counts and skips it; a camera that disappears is reopened by the source itself
 //! (with backoff), so the pipeline only ever sees frames, corrupt frames or the end.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,9 +74,4 @@ pub fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
         }
         std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
     }
-}
-
-/// The inputs of a replay: files in order (a folder's images sorted by name, or a glob).
-pub fn expand_replay_path(path: &std::path::Path) -> Result<Vec<PathBuf>> {
-    replay::expand(path)
 }
