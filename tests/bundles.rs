@@ -2,7 +2,6 @@
 //! model, bundles signed with real ed25519 keys and sent in chunks over MQTT.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,23 +13,14 @@ use maeday_edge::manifest::Model;
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 
+mod common;
+use common::{free_port, repo};
+
 const BIN: &str = env!("CARGO_BIN_EXE_maeday-edge");
 
 /// The two tests each run a device and load models repeatedly: on a 2-core machine, run
 /// them one at a time so the frame-drop check measures the swap, not the other test.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The workstation side: a signing key and the model the bundles are made from.
 struct Workstation {

@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_maeday-edge");
+mod common;
+use common::{free_port, repo};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+const BIN: &str = env!("CARGO_BIN_EXE_maeday-edge");
 
 fn conveyor_gif() -> PathBuf {
     let p = repo().join("../shared/data/conveyor/bolt-multi-size-detection.gif");
@@ -29,12 +28,13 @@ fn conveyor_gif() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A replay source table for a camera: `path` plus extra fields (`fps = 6, loop = true`).
+fn replay_source(path: &Path, fields: &str) -> String {
+    let sep = if fields.is_empty() { "" } else { ", " };
+    format!(
+        "{{ kind = \"replay\", path = \"{}\"{sep}{fields} }}",
+        path.display()
+    )
 }
 
 /// A daemon config for tests: one replay camera, N = 2 masks (fast), thresholds set so
@@ -204,10 +204,7 @@ fn assert_complete_in_order(seen: &[u64], n: u64) {
 fn replay_delivers_everything(host: &str, port: u16, device: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (_client, inbox, _) = subscribe(host, port, &format!("maeday/{device}/#"));
-    let source = format!(
-        "{{ kind = \"replay\", path = \"{}\" }}",
-        conveyor_gif().display()
-    );
+    let source = replay_source(&conveyor_gif(), "");
     let extra = format!(
         "[output]\nmask = \"always\"\nmask_max_per_sec = 0\nmetrics_interval_s = 0.5\n{}",
         mqtt_section(
@@ -374,10 +371,7 @@ fn broker_stopped_mid_run_and_restarted_loses_nothing_and_keeps_order() {
     let filter = format!("maeday/{device}/#");
     let (_c1, first, _) = subscribe("127.0.0.1", broker_port, &filter);
 
-    let source = format!(
-        "{{ kind = \"replay\", path = \"{}\", fps = 6 }}",
-        conveyor_gif().display()
-    );
+    let source = replay_source(&conveyor_gif(), "fps = 6");
     let extra = format!(
         "[output]\nmask = \"never\"\nmetrics_interval_s = 0\n{}",
         mqtt_section(
@@ -455,10 +449,7 @@ fn killed_daemon_leaves_a_spool_that_drains_after_restart() {
     let spool = tmp.path().join("spool");
     let dead = free_port(); // nothing listens here
     let device = "restart";
-    let source = format!(
-        "{{ kind = \"replay\", path = \"{}\" }}",
-        conveyor_gif().display()
-    );
+    let source = replay_source(&conveyor_gif(), "");
     let extra = format!(
         "[output]\nmask = \"never\"\nmetrics_interval_s = 0\n{}",
         mqtt_section(&format!("mqtt://127.0.0.1:{dead}"), &spool, "")
@@ -526,7 +517,7 @@ fn corrupt_frames_are_counted_and_skipped_and_sigterm_stops_cleanly() {
     std::fs::copy(samples.join("coffee.png"), frames.join("c.png")).unwrap();
     std::fs::write(frames.join("d.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
     let out_dir = tmp.path().join("out");
-    let source = format!("{{ kind = \"replay\", path = \"{}\" }}", frames.display());
+    let source = replay_source(&frames, "");
     let extra = format!("[files]\ndir = \"{}\"\n", out_dir.display());
     let cfg = config(tmp.path(), "files", &source, &extra);
     let out = finish(
@@ -554,10 +545,7 @@ fn corrupt_frames_are_counted_and_skipped_and_sigterm_stops_cleanly() {
     assert_eq!(got, [1, 3]);
 
     // A looping replay runs until SIGTERM, then finishes the frame in flight and exits 0.
-    let source = format!(
-        "{{ kind = \"replay\", path = \"{}\", fps = 20, loop = true }}",
-        samples.join("coffee-224.png").display()
-    );
+    let source = replay_source(&samples.join("coffee-224.png"), "fps = 20, loop = true");
     let out_dir = tmp.path().join("out2");
     let extra = format!("[files]\ndir = \"{}\"\n", out_dir.display());
     let cfg = config(tmp.path(), "sigterm", &source, &extra);
@@ -652,8 +640,8 @@ fn fast_camera_drops_are_counted_and_roi_tiles_and_heatmaps_follow_the_roi() {
     let device = "roi";
     let (_c, inbox, _) = subscribe("127.0.0.1", port, &format!("maeday/{device}/#"));
     let source = format!(
-        "{{ kind = \"replay\", path = \"{}\", fps = 200, loop = true }}\nroi = [100, 50, 300, 200]\nfit = \"tile\"",
-        conveyor_gif().display()
+        "{}\nroi = [100, 50, 300, 200]\nfit = \"tile\"",
+        replay_source(&conveyor_gif(), "fps = 200, loop = true")
     );
     let extra = format!(
         "[output]\nmask = \"always\"\nmask_max_per_sec = 0\nheatmap = true\nmetrics_interval_s = 0\n{}",
@@ -726,10 +714,7 @@ fn tls_with_client_certificate_through_mosquitto() {
     let device = "tls";
     let (_c, inbox, _) = subscribe(host, port.parse().unwrap(), &format!("maeday/{device}/#"));
     let tmp = tempfile::tempdir().unwrap();
-    let source = format!(
-        "{{ kind = \"replay\", path = \"{}\" }}",
-        conveyor_gif().display()
-    );
+    let source = replay_source(&conveyor_gif(), "");
     let tls_section = format!(
         "tls = {{ ca = \"{}\", client_cert = \"{}\", client_key = \"{}\" }}",
         dir.join("ca.pem").display(),

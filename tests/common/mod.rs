@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests.
 
 use std::fs;
-use std::path::Path;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 
+#[allow(dead_code)]
 /// After editing a model folder's graph, pin the graph's new sha256 in its manifest.
 pub fn repin_graph_sha(model: &Path, graph: &Path) {
     let sha = maeday_edge::manifest::sha256_file(graph).unwrap();
@@ -18,4 +20,20 @@ pub fn repin_graph_sha(model: &Path, graph: &Path) {
         text.replace(&old, &format!("graph_sha256 = \"{sha}\"")),
     )
     .unwrap();
+}
+
+/// The repository root (where `models/` and `firmware-config/` are).
+#[allow(dead_code)] // each test crate compiles this module and uses a part of it
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A loopback port nothing listens on right now.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
