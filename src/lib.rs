@@ -35,3 +35,4 @@ pub mod scoring;
 pub mod sink;
 pub mod source;
 pub mod spool;
+pub mod watchdog;

@@ -37,6 +37,7 @@ use crate::message::{self, FrameResult, LatencyMs, ResultPayload};
 use crate::metrics::quantile;
 use crate::sink::Sinks;
 use crate::source::{self, Next};
+use crate::watchdog::{self, Liveness};
 
 /// A captured frame waiting for inference.
 pub struct Frame {
@@ -435,6 +436,8 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     }
     let stats = Arc::new(Stats::new(camera_stats));
     let slots = Arc::new(FrameSlots::new(config.cameras.len()));
+    let liveness = Arc::new(Liveness::default());
+    liveness.sink_alive();
 
     // The installer: its own thread, fed chunks and commands by the sink thread, reporting
     // through it, handing loaded detectors to the inference thread.
@@ -477,9 +480,12 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         let (stats, slots) = (stats.clone(), slots.clone());
         let device = config.device_id.clone();
         let interval = config.output.metrics_interval_s;
+        let liveness = liveness.clone();
         std::thread::Builder::new()
             .name("sinks".into())
-            .spawn(move || sink_loop(sinks, result_rx, stats, slots, &device, interval))?
+            .spawn(move || {
+                sink_loop(sinks, result_rx, stats, slots, &liveness, &device, interval)
+            })?
     };
 
     let mut captures: Vec<JoinHandle<()>> = Vec::new();
@@ -492,6 +498,12 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         );
     }
 
+    let watchdog_thread = watchdog::start(liveness.clone(), stop.clone());
+    watchdog::ready(&format!(
+        "serving {} on {} camera(s)",
+        detector.model.manifest.name,
+        config.cameras.len()
+    ));
     let result = inference_loop(
         &config,
         &opts,
@@ -499,10 +511,15 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         &swap_rx,
         &slots,
         &stats,
+        &liveness,
         &result_tx,
     );
     // Whatever happened, stop capture and let the sinks drain and flush.
+    watchdog::stopping();
     stop.store(true, Ordering::Relaxed);
+    if let Some(t) = watchdog_thread {
+        let _ = t.join();
+    }
     drop(result_tx);
     for c in captures {
         let _ = c.join();
@@ -527,8 +544,10 @@ fn inference_loop(
     swaps: &Receiver<Swap>,
     slots: &FrameSlots,
     stats: &Stats,
+    liveness: &Liveness,
     results: &SyncSender<(FrameResult, Instant, Instant)>,
 ) -> Result<()> {
+    let stall = test_stall();
     let mut sha = detector.model.manifest.graph_sha256.clone();
     let mut schedule = detector.schedule.id();
     let mut scored = 0u64;
@@ -560,6 +579,11 @@ fn inference_loop(
         let start = Instant::now();
         let queue_ms = (start - captured_at).as_secs_f64() * 1e3;
         let frame_size = [image.width(), image.height()];
+        liveness.inference_started();
+        if let Some((at, pause)) = stall.filter(|(at, _)| *at == seq) {
+            log::warn!("MAEDAY_STALL_AT: frame {at} stalls for {pause:?} (test hook)");
+            std::thread::sleep(pause);
+        }
         // The frame is ours: score it (or its ROI crop) without copying it again, and keep
         // the pixels only when a heatmap wants them.
         let attempt = (|| -> Result<_> {
@@ -574,6 +598,7 @@ fn inference_loop(
             let det = detector.detect(&crop)?;
             Ok((roi, crop, det))
         })();
+        liveness.inference_done();
         let (roi, crop, det) = match attempt {
             Ok(v) => v,
             Err(e) => {
@@ -642,12 +667,14 @@ fn sink_loop(
     results: Receiver<(FrameResult, Instant, Instant)>,
     stats: Arc<Stats>,
     slots: Arc<FrameSlots>,
+    liveness: &Liveness,
     device_id: &str,
     metrics_interval_s: f64,
 ) -> Result<Option<crate::mqtt::MqttStats>> {
     let interval = (metrics_interval_s > 0.0).then(|| Duration::from_secs_f64(metrics_interval_s));
     let mut next_metrics = interval.map(|i| Instant::now() + i);
     loop {
+        liveness.sink_alive();
         let wait = if sinks.has_mqtt() {
             Duration::from_millis(5)
         } else {
@@ -674,6 +701,14 @@ fn sink_loop(
         }
     }
     sinks.close()
+}
+
+/// Tests stall one frame's inference (`MAEDAY_STALL_AT=<seq>,<ms>`) to check that the
+/// systemd watchdog stops pinging while the pipeline is stuck.
+fn test_stall() -> Option<(u64, Duration)> {
+    let v = std::env::var("MAEDAY_STALL_AT").ok()?;
+    let (seq, ms) = v.split_once(',')?;
+    Some((seq.parse().ok()?, Duration::from_millis(ms.parse().ok()?)))
 }
 
 /// Print the final metrics as one JSON line (what `run` ends with).

@@ -766,3 +766,86 @@ fn tls_with_client_certificate_through_mosquitto() {
     assert_eq!(s["mqtt"]["delivered"], 0, "{s}");
     assert_eq!(s["mqtt"]["spool_messages"], 2, "{s}");
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`, see cross/maeday-edge.service): READY=1
+/// once serving, WATCHDOG=1 pings while frames flow, none while one frame's inference is
+/// stuck (so systemd would restart it), pings again after, STOPPING=1 at the end.
+#[test]
+fn systemd_ready_watchdog_and_stopping_notifications() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let samples = repo().join("models/samples");
+    // No fps: every frame of the looping replay is scored, so frame 4 does stall.
+    let source = replay_source(&samples.join("coffee-224.png"), "loop = true");
+    let out_dir = tmp.path().join("out");
+    let extra = format!("[files]\ndir = \"{}\"\n", out_dir.display());
+    let cfg = config(tmp.path(), "systemd", &source, &extra);
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--max-frames",
+            "16",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "300000")
+        .env("MAEDAY_STALL_AT", "4,1500")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let mut messages: Vec<(f64, String)> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut exited = false;
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => messages.push((
+                t0.elapsed().as_secs_f64(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            )),
+            // Nothing queued: the daemon is gone once it has exited and we drained.
+            Err(_) if exited => break,
+            Err(_) => {}
+        }
+        exited = exited || child.try_wait().unwrap().is_some();
+        if t0.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the daemon did not finish: {messages:?}");
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let at = |what: &str| messages.iter().position(|(_, m)| m.contains(what));
+    let ready = at("READY=1").unwrap_or_else(|| panic!("no READY=1 in {messages:?}"));
+    let stopping = at("STOPPING=1").unwrap_or_else(|| panic!("no STOPPING=1 in {messages:?}"));
+    assert!(ready < stopping, "{messages:?}");
+    let pings: Vec<f64> = messages
+        .iter()
+        .filter(|(_, m)| m.contains("WATCHDOG=1"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(pings.len() >= 3, "{messages:?}");
+    // Pinged every 100 ms, except while frame 4 was stuck for 1.5 s (> the 300 ms period).
+    let gaps: Vec<f64> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    let longest = gaps.iter().copied().fold(0.0, f64::max);
+    assert!(longest >= 1.0, "no pause in the pings: {gaps:?}");
+    let after = gaps.iter().position(|&g| g == longest).unwrap() + 1;
+    assert!(
+        after < pings.len() - 1,
+        "no pings after the stall: {gaps:?}"
+    );
+    assert!(
+        stderr.contains("watchdog: one frame has been in inference"),
+        "{stderr}"
+    );
+    let written = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
+    assert_eq!(written.lines().count(), 16);
+}
