@@ -256,7 +256,8 @@ struct Common {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    #[arg(long, default_value = "f32")]
+    /// auto (f16 on CPUs with native fp16, else f32), f32 or f16.
+    #[arg(long, default_value = "auto")]
     precision: Precision,
     /// With f16, also convert LayerNorm and Softmax to f16.
     #[arg(long)]

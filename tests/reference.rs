@@ -179,6 +179,22 @@ fn detector_on_a_real_frame_reproduces_the_reference_end_to_end() {
 
 #[test]
 fn f16_plan_runs_and_stays_close_to_f32() {
+    // CI runs this test under qemu with native fp16 kernels forced
+    // (TRACT_CPU_AARCH64_KIND=a75, MAEDAY_EXPECT_NATIVE_F16=1): make sure they ran.
+    if std::env::var("MAEDAY_EXPECT_NATIVE_F16").is_ok_and(|v| v == "1") {
+        assert!(
+            maeday_edge::engine::native_f16(),
+            "native fp16 kernels expected"
+        );
+    }
+    eprintln!(
+        "f16 kernels: {}",
+        if maeday_edge::engine::native_f16() {
+            "native"
+        } else {
+            "emulated"
+        }
+    );
     let model = Model::open(fixtures().join("fixture-recon")).unwrap();
     let schedule = model.manifest.schedule().unwrap();
     let image = npy_f32("image.npy");
@@ -196,9 +212,11 @@ fn f16_plan_runs_and_stays_close_to_f32() {
         let d = max_abs_diff(&out, &want);
         eprintln!("f16 (norms in f32: {f32_norms}) vs torch f32: max |diff| {d}");
         let range = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
-        // f16 keeps ~3 decimal digits; tract accumulates f16 matmuls in f16.
+        // The documented fp16 tolerance (cross/README.md): max |diff| within 1.5% of the
+        // output range. f16 keeps ~3 decimal digits and tract accumulates f16 matmuls in
+        // f16; measured 0.59-0.67% on x86 (emulated) and arm64 (native kernels, qemu).
         assert!(
-            d > 0.0 && d < 0.05 * range,
+            d > 0.0 && d < 0.015 * range,
             "f32_norms {f32_norms}: f16 vs torch {d} (range {range})"
         );
         outputs.push(out);

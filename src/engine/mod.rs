@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;
-pub use self::tract::TractEngine;
+pub use self::tract::{native_f16, TractEngine};
 use crate::manifest::OutputKind;
 
 /// Arithmetic precision of the plan.
@@ -24,13 +24,26 @@ pub enum Precision {
     F16,
 }
 
+impl Precision {
+    /// f16 where tract has native fp16 kernels (ARMv8.2 `asimdhp`: Jetson Orin/Xavier),
+    /// f32 elsewhere (x86 only emulates f16, several times slower).
+    pub fn auto() -> Precision {
+        if native_f16() {
+            Precision::F16
+        } else {
+            Precision::F32
+        }
+    }
+}
+
 impl std::str::FromStr for Precision {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "auto" => Ok(Precision::auto()),
             "f32" => Ok(Precision::F32),
             "f16" => Ok(Precision::F16),
-            other => bail!("unknown precision {other:?} (expected f32 or f16)"),
+            other => bail!("unknown precision {other:?} (expected auto, f32 or f16)"),
         }
     }
 }

@@ -100,13 +100,21 @@ impl TractEngine {
         let input_type = plans[0].1.model().input_fact(image_ix)?.datum_type;
         let pool = (!split && threads > 1)
             .then(|| tract_linalg::multithread::Executor::multithread(threads));
+        if opts.precision == Precision::F16 && !native_f16() {
+            log::warn!(
+                "f16 requested but this CPU has no native fp16 arithmetic (asimdhp): tract \
+                 emulates it, several times slower than f32; use f32 here"
+            );
+        }
         let label = format!(
             "tract {}{} x{threads} thread{}",
             opts.precision,
-            if opts.precision == Precision::F16 && opts.f32_norms {
-                " (norms f32)"
-            } else {
-                ""
+            match (opts.precision, native_f16(), opts.f32_norms) {
+                (Precision::F32, _, _) => "",
+                (Precision::F16, true, true) => " native (norms f32)",
+                (Precision::F16, true, false) => " native",
+                (Precision::F16, false, true) => " emulated (norms f32)",
+                (Precision::F16, false, false) => " emulated",
             },
             if threads == 1 { "" } else { "s" }
         );
@@ -292,6 +300,13 @@ fn build_plan(
         "the graph outputs shape {out:?}, the contract needs {want:?}"
     );
     typed.into_runnable()
+}
+
+/// True when tract runs f16 plans on native fp16 kernels: an ARMv8.2 core with `asimdhp`
+/// (Jetson Orin/Xavier, Cortex-A55/A75 and later), or `TRACT_CPU_AARCH64_KIND=a55|a75`
+/// forcing them (qemu reports the host's CPU). Always false on x86.
+pub fn native_f16() -> bool {
+    tract_linalg::has_fp16()
 }
 
 impl Engine for TractEngine {
