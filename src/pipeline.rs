@@ -537,6 +537,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     Ok(stats.snapshot(&config.device_id, &slots, mqtt_stats))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn inference_loop(
     config: &Config,
     opts: &RunOptions,
