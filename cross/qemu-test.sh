@@ -26,9 +26,10 @@ python3 -c 'import sys; sys.exit(open(sys.argv[1], "rb").read(20)[18:20] != b"\x
 images=(models/samples/coins.png models/samples/camera.png models/samples/coffee-224.png)
 fixture=tests/fixtures/fixture-recon
 out=$(mktemp -d)
-"$x86" score --model "$fixture" --threads 1 "${images[@]}" >"$out/x86-f32.jsonl"
+"$x86" score --model "$fixture" --threads 1 --precision f32 "${images[@]}" >"$out/x86-f32.jsonl"
+# --precision f32 explicitly: `auto` picks f16 here (native fp16 kernels are forced on).
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$arm" score --model "$fixture" --threads 1 \
-  "${images[@]}" >"$out/arm-f32.jsonl"
+  --precision f32 "${images[@]}" >"$out/arm-f32.jsonl"
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$arm" score --model "$fixture" --threads 1 \
   --precision f16 "${images[@]}" >"$out/arm-f16.jsonl"
 python3 - "$out" <<'PY'
