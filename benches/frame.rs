@@ -84,6 +84,7 @@ fn engines(c: &mut Criterion) {
             threads: t,
             precision: Precision::F32,
             f32_norms: true,
+            ..Default::default()
         };
         // N = 8/16/32 at the full thread count; N = 32 only at one thread.
         for &n in MASKS.iter().filter(|&&n| t == threads() || n == 32) {
@@ -96,8 +97,9 @@ fn engines(c: &mut Criterion) {
             drop(tract);
             #[cfg(feature = "ort")]
             {
-                let mut ort = maeday_edge::engine::OrtEngine::new(&model, &s, &opts, None)
-                    .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
+                let mut ort =
+                    maeday_edge::engine::OrtEngine::new(&model, &s, &opts, &Default::default())
+                        .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
                 group.bench_function(BenchmarkId::new(format!("onnxruntime-t{t}"), n), |b| {
                     b.iter(|| ort.run(&image, &mut out).unwrap())
                 });
@@ -121,6 +123,7 @@ fn output_kinds(c: &mut Criterion) {
                 threads: threads(),
                 precision: Precision::F32,
                 f32_norms: true,
+                ..Default::default()
             },
             ..Default::default()
         };

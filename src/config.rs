@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 
 use crate::convert::PixelFormat;
-use crate::engine::Precision;
+use crate::engine::{Backend, OrtSettings, Precision};
 use crate::manifest::Thresholds;
 use crate::preprocess::Fit;
 
@@ -80,6 +80,28 @@ pub struct ModelConfig {
     pub threads: Option<usize>,
     #[serde(default)]
     pub precision: PrecisionName,
+    /// `tract` (built in, CPU) or `ort` (ONNX Runtime: GPU providers; see `[model.ort]`).
+    #[serde(default)]
+    pub engine: EngineName,
+    /// ONNX Runtime settings, used with `engine = "ort"`.
+    pub ort: Option<OrtSettings>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineName {
+    #[default]
+    Tract,
+    Ort,
+}
+
+impl ModelConfig {
+    pub fn backend(&self) -> Backend {
+        match self.engine {
+            EngineName::Tract => Backend::Tract,
+            EngineName::Ort => Backend::Ort(self.ort.clone().unwrap_or_default()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -404,6 +426,10 @@ impl Config {
         if let Some(p) = self.model.path.as_mut() {
             fix(p);
         }
+        if let Some(o) = self.model.ort.as_mut() {
+            o.library.as_mut().map(fix);
+            o.tensorrt_cache_dir.as_mut().map(fix);
+        }
         for cam in &mut self.cameras {
             if let SourceConfig::Replay { path, .. } = &mut cam.source {
                 fix(path);
@@ -438,6 +464,12 @@ impl Config {
         }
         if let Some(t) = self.model.threads {
             ensure!(t > 0, "model.threads: must be at least 1");
+        }
+        if let Some(o) = &self.model.ort {
+            ensure!(
+                !o.providers.is_empty(),
+                "model.ort.providers: name at least one of cpu, cuda, tensorrt"
+            );
         }
         for (i, cam) in self.cameras.iter().enumerate() {
             let key = format!("camera[{i}]");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use image::DynamicImage;
 
-use crate::engine::{Engine, EngineOptions, TractEngine};
+use crate::engine::{self, Engine, EngineOptions};
 use crate::manifest::{Model, OutputKind, Thresholds};
 use crate::preprocess::{Fit, Preprocessor};
 use crate::schedule::{MaskSchedule, ScheduleKind};
@@ -84,7 +84,7 @@ impl Detector {
         )?;
         let pre = Preprocessor::new(&m.input, opts.fit)?;
         let kernel = scoring::gaussian_kernel(m.scoring.gaussian_size, m.scoring.gaussian_sigma);
-        let engine = TractEngine::new(&model, &schedule, &opts.engine)
+        let engine = engine::build(&model, &schedule, &opts.engine)
             .with_context(|| format!("cannot load model {}", model.dir.display()))?;
         log::info!(
             "model {} ({}), schedule {}, {}, fit {}",
@@ -107,7 +107,7 @@ impl Detector {
         Ok(Detector {
             model,
             schedule,
-            engine: Box::new(engine),
+            engine,
             pre,
             kernel,
             input: Vec::new(),

@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use maeday_edge::calibration::CalibrationRule;
 use maeday_edge::commands::{self, EvalOptions};
 use maeday_edge::config::Config;
+use maeday_edge::config::EngineName;
 use maeday_edge::detector::DetectorOptions;
-use maeday_edge::engine::{EngineOptions, Precision};
+use maeday_edge::engine::{Backend, EngineOptions, OrtSettings, Precision, Provider};
 use maeday_edge::manifest::Model;
 use maeday_edge::pipeline::{self, RunOptions};
 use maeday_edge::preprocess::Fit;
@@ -47,6 +48,10 @@ enum Command {
         /// Only check the config and exit.
         #[arg(long)]
         check: bool,
+        /// Inference engine, overriding model.engine: tract or ort (ONNX Runtime, set up
+        /// by [model.ort]).
+        #[arg(long)]
+        engine: Option<EngineChoice>,
     },
     /// Retrain bundles: keys, packing, signing, verifying, sending to devices.
     Bundle {
@@ -262,6 +267,28 @@ struct Common {
     /// With f16, also convert LayerNorm and Softmax to f16.
     #[arg(long)]
     f16_norms: bool,
+    /// Inference engine: tract (built in) or ort (ONNX Runtime; builds with `--features
+    /// ort` or `cuda`).
+    #[arg(long, value_enum, default_value = "tract")]
+    engine: EngineChoice,
+    /// ort: libonnxruntime.so (default: $ORT_DYLIB_PATH).
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
+    /// ort: execution providers, most preferred first (repeatable): cpu, cuda, tensorrt.
+    #[arg(long = "ort-provider", default_value = "cpu")]
+    ort_providers: Vec<Provider>,
+    /// ort: go on without a provider that fails to register.
+    #[arg(long)]
+    ort_allow_fallback: bool,
+    /// ort: TensorRT engine cache folder.
+    #[arg(long)]
+    tensorrt_cache: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EngineChoice {
+    Tract,
+    Ort,
 }
 
 impl Common {
@@ -271,9 +298,20 @@ impl Common {
             .clone()
             .unwrap_or_else(commands::default_model_dir);
         let model = Model::open(&dir)?;
+        let backend = match self.engine {
+            EngineChoice::Tract => Backend::Tract,
+            EngineChoice::Ort => Backend::Ort(OrtSettings {
+                library: self.ort_library.clone(),
+                providers: self.ort_providers.clone(),
+                allow_fallback: self.ort_allow_fallback,
+                tensorrt_cache_dir: self.tensorrt_cache.clone(),
+                ..Default::default()
+            }),
+        };
         let mut engine = EngineOptions {
             precision: self.precision,
             f32_norms: !self.f16_norms,
+            backend,
             ..Default::default()
         };
         if let Some(t) = self.threads {
@@ -307,11 +345,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mqtt_url,
             max_frames,
             check,
+            engine,
         } => {
-            let config = match &config {
+            let mut config = match &config {
                 Some(path) => Config::load(path)?,
                 None => Config::demo()?,
             };
+            match engine {
+                Some(EngineChoice::Tract) => config.model.engine = EngineName::Tract,
+                Some(EngineChoice::Ort) => config.model.engine = EngineName::Ort,
+                None => {}
+            }
             if check {
                 println!("config ok: {} camera(s)", config.cameras.len());
                 return Ok(ExitCode::SUCCESS);

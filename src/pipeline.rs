@@ -401,6 +401,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let model = Model::open(&model_dir)?;
     let mut engine = EngineOptions {
         precision: config.model.precision.into(),
+        backend: config.model.backend(),
         ..Default::default()
     };
     if let Some(t) = config.model.threads {

@@ -38,6 +38,7 @@ fn one_thread(precision: Precision) -> EngineOptions {
         threads: 1,
         precision,
         f32_norms: true,
+        ..Default::default()
     }
 }
 
@@ -205,6 +206,7 @@ fn f16_plan_runs_and_stays_close_to_f32() {
             threads: 1,
             precision: Precision::F16,
             f32_norms,
+            ..Default::default()
         };
         let mut engine = TractEngine::new(&model, &schedule, &opts).unwrap();
         let mut out = Vec::new();

@@ -2,13 +2,17 @@
 //!
 //! An engine is bound to a model and a mask schedule when it is built (shapes are fixed
 //! then, so the backend can plan once); after that [`Engine::run`] only moves numbers.
-//! tract is the backend today; an ONNX Runtime one will sit behind the same trait.
+//! tract is the default backend; ONNX Runtime (feature `ort`, with CUDA and TensorRT
+//! providers under feature `cuda`) sits behind the same trait: [`build`] picks one.
 
 #[cfg(feature = "ort")]
 mod onnxruntime;
 mod tract;
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
+use serde::Deserialize;
 
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;
@@ -57,6 +61,105 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// Which inference library runs the graph.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Backend {
+    /// tract: pure Rust, CPU, f32 or f16. Always built.
+    #[default]
+    Tract,
+    /// ONNX Runtime (feature `ort`, `cuda` for the GPU providers), loaded at run time.
+    Ort(OrtSettings),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Tract => "tract",
+            Backend::Ort(_) => "ort",
+        }
+    }
+}
+
+/// An ONNX Runtime execution provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Cpu,
+    Cuda,
+    #[serde(rename = "tensorrt")]
+    TensorRt,
+}
+
+impl std::str::FromStr for Provider {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Provider::Cpu),
+            "cuda" => Ok(Provider::Cuda),
+            "tensorrt" => Ok(Provider::TensorRt),
+            other => bail!("unknown execution provider {other:?} (expected cpu, cuda or tensorrt)"),
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::TensorRt => "tensorrt",
+        })
+    }
+}
+
+/// How the ONNX Runtime engine is set up (`[model.ort]` in the daemon config).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrtSettings {
+    /// `libonnxruntime.so`; default: `$ORT_DYLIB_PATH`. Nothing is downloaded at build time.
+    #[serde(default)]
+    pub library: Option<PathBuf>,
+    /// Execution providers, most preferred first (e.g. `["tensorrt", "cuda"]`).
+    #[serde(default = "cpu_only")]
+    pub providers: Vec<Provider>,
+    /// When a provider cannot be registered, go on with the next one (and ONNX Runtime's
+    /// CPU kernels last) instead of refusing to start. Off by default: ONNX Runtime falls
+    /// back silently, and a GPU device that quietly runs on its CPU misses every deadline.
+    #[serde(default)]
+    pub allow_fallback: bool,
+    /// GPU index for CUDA and TensorRT.
+    #[serde(default)]
+    pub device_id: i32,
+    /// TensorRT builds fp16 engines (the GPU counterpart of tract's f16).
+    #[serde(default = "yes")]
+    pub tensorrt_fp16: bool,
+    /// TensorRT engine cache: building an engine takes minutes, loading a cached one
+    /// seconds. Keep it on persistent storage (e.g. under /var/lib/maeday-edge).
+    #[serde(default)]
+    pub tensorrt_cache_dir: Option<PathBuf>,
+}
+
+fn cpu_only() -> Vec<Provider> {
+    vec![Provider::Cpu]
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for OrtSettings {
+    fn default() -> Self {
+        OrtSettings {
+            library: None,
+            providers: cpu_only(),
+            allow_fallback: false,
+            device_id: 0,
+            tensorrt_fp16: true,
+            tensorrt_cache_dir: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// CPU threads. Reconstruction graphs split the N masks across threads (one plan
@@ -66,6 +169,7 @@ pub struct EngineOptions {
     pub precision: Precision,
     /// With f16: keep LayerNorm and Softmax in f32 (the scoring tail always stays f32).
     pub f32_norms: bool,
+    pub backend: Backend,
 }
 
 impl Default for EngineOptions {
@@ -76,6 +180,7 @@ impl Default for EngineOptions {
                 .unwrap_or(1),
             precision: Precision::F32,
             f32_norms: true,
+            backend: Backend::Tract,
         }
     }
 }
@@ -88,4 +193,22 @@ pub trait Engine: Send {
     /// schedule. `out` is resized and filled with `[N, 3, S, S]` reconstructions or the
     /// `[S, S]` anomaly map; reusing it across frames avoids a large allocation per frame.
     fn run(&mut self, image: &[f32], out: &mut Vec<f32>) -> Result<()>;
+}
+
+/// The engine the options ask for, bound to `model` and `schedule`, warmed up.
+pub fn build(
+    model: &crate::manifest::Model,
+    schedule: &crate::schedule::MaskSchedule,
+    opts: &EngineOptions,
+) -> Result<Box<dyn Engine>> {
+    match &opts.backend {
+        Backend::Tract => Ok(Box::new(TractEngine::new(model, schedule, opts)?)),
+        #[cfg(feature = "ort")]
+        Backend::Ort(settings) => Ok(Box::new(OrtEngine::new(model, schedule, opts, settings)?)),
+        #[cfg(not(feature = "ort"))]
+        Backend::Ort(_) => bail!(
+            "this build has no ONNX Runtime engine: rebuild with `--features ort` (CPU) or \
+             `--features cuda` (CUDA and TensorRT providers)"
+        ),
+    }
 }
