@@ -684,6 +684,50 @@ source = { kind = "v4l2", format = "H264", width = 640, height = 480 }
     }
 
     #[test]
+    fn engine_and_ort_settings() {
+        let c = Config::parse(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!(c.model.backend(), Backend::Tract);
+        let text = MINIMAL.replace(
+            "[[camera]]",
+            "[model]\nengine = \"ort\"\n[model.ort]\nproviders = [\"tensorrt\", \"cuda\"]\n\
+             tensorrt_cache_dir = \"trt\"\n[[camera]]",
+        );
+        let c = Config::parse(&text, Path::new("/var/lib/maeday")).unwrap();
+        let Backend::Ort(o) = c.model.backend() else {
+            panic!("not ort")
+        };
+        use crate::engine::Provider;
+        assert_eq!(o.providers, [Provider::TensorRt, Provider::Cuda]);
+        assert!(!o.allow_fallback && o.tensorrt_fp16);
+        assert_eq!(
+            o.tensorrt_cache_dir.as_deref(),
+            Some(Path::new("/var/lib/maeday/trt"))
+        );
+        // engine = "ort" without a [model.ort] table: the CPU provider.
+        let text = MINIMAL.replace("[[camera]]", "[model]\nengine = \"ort\"\n[[camera]]");
+        let Backend::Ort(o) = Config::parse(&text, Path::new("/"))
+            .unwrap()
+            .model
+            .backend()
+        else {
+            panic!("not ort")
+        };
+        assert_eq!(o.providers, [Provider::Cpu]);
+        for (bad, key) in [
+            ("providers = [\"opencl\"]", "opencl"),
+            ("providers = []", "model.ort.providers"),
+            ("fp16 = true", "fp16"),
+        ] {
+            let text = MINIMAL.replace(
+                "[[camera]]",
+                &format!("[model]\nengine = \"ort\"\n[model.ort]\n{bad}\n[[camera]]"),
+            );
+            let e = format!("{:#}", Config::parse(&text, Path::new("/")).unwrap_err());
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn shipped_configs_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config");
         for name in ["demo.toml", "conveyor.toml", "fod-cart.toml"] {
