@@ -74,6 +74,19 @@ pub struct FrameResult {
     pub map: AnomalyMap,
     /// The ROI pixels, kept only when a heatmap is wanted.
     pub roi_image: Option<RgbImage>,
+    /// Set on the first result after a bundle swap or rollback: the model now serving,
+    /// so the retained status can follow it.
+    pub serving: Option<ServingModel>,
+}
+
+/// What the retained status says about the model.
+#[derive(Debug, Clone)]
+pub struct ServingModel {
+    pub name: String,
+    pub sha256: String,
+    pub schedule: String,
+    pub engine: String,
+    pub bundle_version: Option<u64>,
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {

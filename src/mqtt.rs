@@ -437,6 +437,24 @@ impl MqttSink {
         Ok(())
     }
 
+    /// New status messages (the serving model changed): the online one is published
+    /// (retained) now if connected, and both are used from the next connection on. MQTT
+    /// cannot change the Last Will of a live connection, so until a reconnect the broker
+    /// would still announce the previous model if this connection died.
+    pub fn set_status(&mut self, online: Vec<u8>, offline: Vec<u8>) {
+        self.options.set_last_will(LastWill::new(
+            self.status.topic.clone(),
+            offline.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        self.status.online = online;
+        self.status.offline = offline;
+        let topic = self.status.topic.clone();
+        let online = self.status.online.clone();
+        self.publish_transient(&topic, online, true);
+    }
+
     /// The offline status a clean shutdown publishes (the Last Will keeps its own).
     pub fn set_offline_reason(&mut self, offline: Vec<u8>) {
         self.status.offline = offline;

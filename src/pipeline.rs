@@ -398,6 +398,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let model_dir = model_slots
         .as_ref()
         .map_or(factory.clone(), |s| s.startup_model(&factory));
+    let bundle_version = model_slots.as_ref().and_then(|s| s.version_of(&model_dir));
     let model = Model::open(&model_dir)?;
     let mut engine = EngineOptions {
         precision: config.model.precision.into(),
@@ -474,7 +475,13 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     }
     drop(swap_tx);
 
-    let sinks = Sinks::open(&config, &detector, opts.mqtt_url.as_deref(), bundle_link)?;
+    let sinks = Sinks::open(
+        &config,
+        &detector,
+        bundle_version,
+        opts.mqtt_url.as_deref(),
+        bundle_link,
+    )?;
     let (result_tx, result_rx) =
         mpsc::sync_channel::<(FrameResult, Instant, Instant)>(config.pipeline.result_queue);
     let sink_thread = {
@@ -553,6 +560,7 @@ fn inference_loop(
     let mut sha = detector.model.manifest.graph_sha256.clone();
     let mut schedule = detector.schedule.id();
     let mut scored = 0u64;
+    let mut serving = None;
     if opts.max_frames == Some(0) {
         // `--max-frames 0`: score nothing, only deliver what the spool holds.
         return Ok(());
@@ -563,6 +571,13 @@ fn inference_loop(
             *detector = swap.detector;
             sha = detector.model.manifest.graph_sha256.clone();
             schedule = detector.schedule.id();
+            serving = Some(message::ServingModel {
+                name: detector.model.manifest.name.clone(),
+                sha256: sha.clone(),
+                schedule: schedule.clone(),
+                engine: detector.engine_description(),
+                bundle_version: Some(swap.version),
+            });
             log::info!(
                 "now serving bundle v{} ({}, {})",
                 swap.version,
@@ -650,6 +665,7 @@ fn inference_loop(
             payload,
             map: det.map,
             roi_image: config.output.heatmap.then(|| crop.into_rgb8()),
+            serving: serving.take(),
         };
         stats.results_waiting.fetch_add(1, Ordering::Relaxed);
         if results.send((result, ready, captured_at)).is_err() {

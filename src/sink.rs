@@ -30,6 +30,8 @@ pub struct StatusPayload {
     pub model_sha256: String,
     pub schedule: String,
     pub engine: String,
+    /// The retrain bundle serving (`None`: the factory model). Follows swaps and rollbacks.
+    pub bundle_version: Option<u64>,
     pub cameras: Vec<String>,
     /// Why offline: "shutdown" (clean stop) or "connection lost" (the Last Will).
     pub reason: Option<&'static str>,
@@ -76,6 +78,7 @@ impl Sinks {
     pub fn open(
         config: &Config,
         detector: &Detector,
+        bundle_version: Option<u64>,
         mqtt_url: Option<&str>,
         installer: Option<(mpsc::Sender<InstallerInput>, mpsc::Receiver<Message>)>,
     ) -> Result<Sinks> {
@@ -88,6 +91,7 @@ impl Sinks {
             model_sha256: m.graph_sha256.clone(),
             schedule: detector.schedule.id(),
             engine: detector.engine_description(),
+            bundle_version,
             cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
             reason: None,
         };
@@ -181,6 +185,9 @@ impl Sinks {
 
     /// Hand one result to every sink.
     pub fn publish(&mut self, r: &mut FrameResult) -> Result<()> {
+        if let Some(s) = r.serving.take() {
+            self.serving_changed(s)?;
+        }
         let mask = if self.wants_mask(r) {
             let t = r.payload.pixel_threshold.expect("wants_mask checks it");
             Some(message::mask_png(r, t)?)
@@ -305,6 +312,28 @@ impl Sinks {
         let payload = message::encode(m, self.output.format)?;
         if let Some(q) = self.mqtt.as_mut() {
             q.publish_transient(&topic, payload, false);
+        }
+        Ok(())
+    }
+
+    /// A bundle swap or rollback: the retained status (and the Last Will of the next
+    /// connection) names the model now serving.
+    fn serving_changed(&mut self, s: crate::message::ServingModel) -> Result<()> {
+        self.status.model = s.name;
+        self.status.model_sha256 = s.sha256;
+        self.status.schedule = s.schedule;
+        self.status.engine = s.engine;
+        self.status.bundle_version = s.bundle_version;
+        if let Some(q) = self.mqtt.as_mut() {
+            let offline = StatusPayload {
+                state: "offline",
+                reason: Some("connection lost"),
+                ..self.status.clone()
+            };
+            q.set_status(
+                message::encode(&self.status, self.output.format)?,
+                message::encode(&offline, self.output.format)?,
+            );
         }
         Ok(())
     }

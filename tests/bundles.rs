@@ -347,9 +347,9 @@ fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_re
     let device = start_device(&cfg, None, &[]);
     wait_for(
         &inbox,
-        "the device online",
+        "the device online on its factory model",
         Duration::from_secs(60),
-        |t, v| t.ends_with("/status") && v["state"] == "online",
+        |t, v| t.ends_with("dev/status") && v["state"] == "online" && v["bundle_version"].is_null(),
     );
     assert_eq!(
         latest_threshold(&inbox),
@@ -452,6 +452,13 @@ fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_re
     let v = send(&client, &inbox, &good, false);
     assert_eq!(v["state"], "installed", "{v}");
     wait_threshold(&inbox, 30.0);
+    // The retained status follows the serving model.
+    wait_for(
+        &inbox,
+        "the status naming bundle v5",
+        Duration::from_secs(30),
+        |t, v| t.ends_with("dev/status") && v["state"] == "online" && v["bundle_version"] == 5,
+    );
     let n = inbox.lock().unwrap().len();
     client
         .publish("maeday/dev/command", QoS::AtLeastOnce, false, "rollback")
@@ -465,6 +472,13 @@ fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_re
     );
     let n = inbox.lock().unwrap().len();
     wait_threshold_after(&inbox, n, 15.0);
+    wait_for_from(
+        &inbox,
+        n,
+        "the status naming bundle v2 again",
+        Duration::from_secs(30),
+        |t, v| t.ends_with("dev/status") && v["state"] == "online" && v["bundle_version"] == 2,
+    );
 
     let out = stop(device);
     assert!(
@@ -601,6 +615,17 @@ fn killed_at_each_install_step_the_device_restarts_on_a_valid_model() {
                 .collect();
             assert!(!thresholds.is_empty());
             assert!(thresholds.iter().all(|t| *t == 15.0), "{thresholds:?}");
+            // After the restart the status names the installed bundle from the start.
+            let online: Vec<Value> = g[n..]
+                .iter()
+                .filter(|(_, t, s)| t.ends_with("dev/status") && s["state"] == "online")
+                .map(|(_, _, s)| s["bundle_version"].clone())
+                .collect();
+            assert!(!online.is_empty(), "no online status after the restart");
+            assert!(
+                online.iter().all(|b| *b == v["version"]),
+                "{online:?} vs {v}"
+            );
         }
     }
 }

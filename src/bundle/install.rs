@@ -88,6 +88,18 @@ impl Slots {
         self.dir.join("slots").join(slot)
     }
 
+    /// The bundle version installed in `dir`, if it is one of the slots (`None`: the
+    /// factory model).
+    pub fn version_of(&self, dir: &Path) -> Option<u64> {
+        let st = &self.state;
+        [
+            (&st.active, st.active_version),
+            (&st.previous, st.previous_version),
+        ]
+        .into_iter()
+        .find_map(|(slot, v)| slot.as_ref().filter(|s| self.slot_dir(s) == dir).map(|_| v))
+    }
+
     /// The model to start on: the active slot, else the previous one, else the factory model.
     pub fn startup_model(&self, factory: &Path) -> PathBuf {
         for (what, slot) in [
