@@ -14,6 +14,7 @@
 //! with the on-disk [`spool`] for store-and-forward); `broker` is the embedded broker.
 
 #[cfg(feature = "embedded-broker")]
+pub mod bank;
 pub mod broker;
 pub mod bundle;
 pub mod calibration;
