@@ -24,6 +24,7 @@ pub mod convert;
 pub mod dataset;
 pub mod detector;
 pub mod engine;
+pub mod features;
 pub mod manifest;
 pub mod message;
 pub mod metrics;

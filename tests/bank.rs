@@ -1,0 +1,76 @@
+//! The memory bank's feature extractor through tract against torch (the workstation's
+//! `export-extractor --reference`), and a bank built from real photos.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use ndarray_npy::read_npy;
+
+use maeday_edge::bank::{coreset, Features, MemoryBank};
+use maeday_edge::features::{default_extractor_dir, FeatureExtractor};
+use maeday_edge::preprocess::load_image;
+
+fn reference(name: &str) -> Vec<f32> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/reference")
+        .join(name);
+    let a: ArrayD<f32> = read_npy(p).unwrap();
+    a.iter().copied().collect()
+}
+
+#[test]
+fn tract_extracts_the_same_patch_features_as_torch() {
+    let ex = FeatureExtractor::open(&default_extractor_dir()).unwrap();
+    let f = ex.features(&reference("extractor-input.npy")).unwrap();
+    assert_eq!((f.rows(), f.dim), (28 * 28, 152));
+    // torch's [1, 152, 28, 28], channels first.
+    let want = reference("extractor-features.npy");
+    let mut worst = 0f32;
+    for p in 0..784 {
+        for c in 0..152 {
+            worst = worst.max((f.row(p)[c] - want[c * 784 + p]).abs());
+        }
+    }
+    assert!(worst <= 1e-4, "tract vs torch max |diff| {worst}");
+}
+
+#[test]
+fn a_bank_of_one_photo_knows_it_and_not_another() {
+    let ex = FeatureExtractor::open(&default_extractor_dir()).unwrap();
+    let samples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/samples");
+    let good = ex
+        .features_of(&load_image(&samples.join("coffee.png")).unwrap())
+        .unwrap();
+    let keep = coreset(&good, 0.25, 64, 0);
+    assert_eq!(keep.len(), 196);
+    let bank = MemoryBank::new(good.select(&keep)).unwrap();
+    // The enrolled photo is close to its own coreset; a different photo is far.
+    let mean = |f: &Features| {
+        let d = bank.nearest(f).unwrap();
+        d.iter().sum::<f32>() / d.len() as f32
+    };
+    let same = mean(&good);
+    let other = mean(
+        &ex.features_of(&load_image(&samples.join("camera.png")).unwrap())
+            .unwrap(),
+    );
+    assert!(other > 2.0 * same, "same photo {same}, other photo {other}");
+}
+
+#[test]
+fn a_tampered_extractor_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = default_extractor_dir();
+    for f in ["extractor.toml", "efficientnet-lite0-patches.onnx"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let graph = tmp.path().join("efficientnet-lite0-patches.onnx");
+    let mut bytes = std::fs::read(&graph).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 1;
+    std::fs::write(&graph, bytes).unwrap();
+    let err = FeatureExtractor::open(tmp.path())
+        .err()
+        .expect("must be refused");
+    assert!(format!("{err:#}").contains("sha256"), "{err:#}");
+}
