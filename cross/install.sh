@@ -65,6 +65,7 @@ if [ -n "$root" ]; then
   exit 0
 fi
 
+getent group video >/dev/null || groupadd --system video
 if ! id maeday >/dev/null 2>&1; then
   useradd --system --no-create-home --home-dir /var/lib/maeday-edge \
     --shell /usr/sbin/nologin --user-group --groups video maeday
