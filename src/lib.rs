@@ -13,8 +13,8 @@
 //! [`message`] (result payloads, masks) -> [`sink`] (console, files) and [`mqtt`] (QoS 1
 //! with the on-disk [`spool`] for store-and-forward); `broker` is the embedded broker.
 
-#[cfg(feature = "embedded-broker")]
 pub mod bank;
+#[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod bundle;
 pub mod calibration;
