@@ -20,14 +20,20 @@ use crate::scoring::AnomalyMap;
 /// The model used when none is given: `$MAEDAY_MODEL`, else `models/default` in the
 /// working directory, else the one in the source tree this binary was built from.
 pub fn default_model_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("MAEDAY_MODEL") {
+    bundled_dir("MAEDAY_MODEL", "models/default", "manifest.toml")
+}
+
+/// A folder shipped in the repository: `$env` if set, else `rel` in the working directory
+/// (when it holds `marker`), else `rel` in the source tree this binary was built from.
+pub fn bundled_dir(env: &str, rel: &str, marker: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
-    let local = PathBuf::from("models/default");
-    if local.join("manifest.toml").is_file() {
+    let local = PathBuf::from(rel);
+    if local.join(marker).is_file() {
         return local;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
 fn progress(len: usize, what: &str) -> ProgressBar {

@@ -40,14 +40,11 @@ pub struct FeatureExtractor {
 /// Where the shipped extractor lives (`$MAEDAY_EXTRACTOR`, else `models/efficientnet-lite0`
 /// in the working directory or the source tree).
 pub fn default_extractor_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("MAEDAY_EXTRACTOR") {
-        return PathBuf::from(p);
-    }
-    let local = PathBuf::from("models/efficientnet-lite0");
-    if local.join("extractor.toml").is_file() {
-        return local;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet-lite0")
+    crate::commands::bundled_dir(
+        "MAEDAY_EXTRACTOR",
+        "models/efficientnet-lite0",
+        "extractor.toml",
+    )
 }
 
 impl FeatureExtractor {

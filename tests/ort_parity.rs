@@ -9,6 +9,9 @@ use std::process::Command;
 use ndarray::ArrayD;
 use ndarray_npy::read_npy;
 
+mod common;
+use common::repo;
+
 use maeday_edge::engine::{
     Engine, EngineOptions, OrtEngine, OrtSettings, Precision, Provider, TractEngine,
 };
@@ -67,10 +70,6 @@ fn onnxruntime_and_tract_agree_on_both_output_kinds() {
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_maeday-edge");
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn score_lines(args: &[&str]) -> Vec<serde_json::Value> {
     let out = Command::new(BIN).arg("score").args(args).output().unwrap();

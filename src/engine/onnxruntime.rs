@@ -193,7 +193,7 @@ impl OrtEngine {
             .map_err(|e| anyhow!("{e}"))?;
         let (builder, registered) = register(builder, settings)?;
         let gpu = registered.iter().any(|p| *p != Provider::Cpu);
-        let builder = if gpu && !settings.allow_fallback {
+        let mut builder = if gpu && !settings.allow_fallback {
             // Every node on the GPU providers, or a load error naming the node.
             builder
                 .with_config_entry("session.disable_cpu_ep_fallback", "1")
@@ -201,7 +201,6 @@ impl OrtEngine {
         } else {
             builder
         };
-        let mut builder = builder;
         let session = builder
             .commit_from_file(&path)
             .with_context(|| format!("ONNX Runtime cannot load {}", path.display()))?;
