@@ -8,13 +8,18 @@ use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use std::sync::Arc;
+
 use crate::calibration::{calibrate, CalibrationRule};
-use crate::dataset::{list_images, Dataset};
-use crate::detector::{Detection, Detector, DetectorOptions};
+use crate::dataset::{list_images, Dataset, Sample};
+use crate::detector::{open_extractor, Detection, Detector, DetectorOptions};
+use crate::enroll::{enroll, load_shots, EnrollSettings, Shot};
 use crate::manifest::Model;
 use crate::metrics::{auroc, label_regions, pro_auc, quantile};
 use crate::preprocess::load_image;
 use crate::render;
+use crate::schedule::seeded_permutation;
+use crate::scorer::ScorerKind;
 use crate::scoring::AnomalyMap;
 
 /// The model used when none is given: `$MAEDAY_MODEL`, else `models/default` in the
@@ -68,6 +73,7 @@ pub fn score(
     }
     let sha = detector.model.manifest.graph_sha256.clone();
     let schedule = detector.schedule.id();
+    let scorer = detector.scorer().to_string();
     let mut failed = 0;
     for path in images {
         let start = Instant::now();
@@ -97,6 +103,8 @@ pub fn score(
                     "windows": det.windows,
                     "model_sha256": sha,
                     "schedule": schedule,
+                    "scorer": scorer,
+                    "knn_ms": det.times.knn.as_secs_f64() * 1e3,
                 });
                 println!("{line}");
             }
@@ -142,6 +150,57 @@ pub struct EvalOptions {
     pub report: Option<PathBuf>,
     /// At most this many pixels per image enter the pixel AUROC (a regular subgrid).
     pub pixel_budget: usize,
+    /// Few-shot: enroll banks from this many normal images that are not evaluated.
+    pub shots: usize,
+    /// Picks the shots.
+    pub shot_seed: u64,
+    /// One bank per seed (coreset seeds), all from the same shots.
+    pub bank_seeds: Vec<u64>,
+    pub enroll: EnrollSettings,
+}
+
+/// Pick `count` normal images for enrollment, seeded, from those `limit` left out (all
+/// normal images when every one is evaluated), and remove them from the evaluated set.
+fn pick_shots(
+    all: &[Sample],
+    evaluated: &mut Vec<Sample>,
+    count: usize,
+    seed: u64,
+) -> Result<Vec<Shot>> {
+    let kept: std::collections::HashSet<&Path> =
+        evaluated.iter().map(|s| s.image.as_path()).collect();
+    let mut pool: Vec<&Sample> = all
+        .iter()
+        .filter(|s| !s.anomalous && !kept.contains(s.image.as_path()))
+        .collect();
+    if pool.len() < count {
+        // Every normal image is evaluated: take the shots from them.
+        pool = all.iter().filter(|s| !s.anomalous).collect();
+    }
+    ensure!(
+        pool.len() >= count,
+        "{count} shots wanted, the dataset has {} normal images",
+        pool.len()
+    );
+    let perm = seeded_permutation(pool.len(), seed);
+    let chosen: Vec<&Sample> = perm[..count].iter().map(|&i| pool[i]).collect();
+    evaluated.retain(|s| !chosen.iter().any(|c| c.image == s.image));
+    chosen
+        .iter()
+        .map(|s| {
+            Ok(Shot {
+                name: s.image.display().to_string(),
+                image: load_image(&s.image)?,
+            })
+        })
+        .collect()
+}
+
+/// Per-scorer results over the evaluated images.
+#[derive(Default)]
+struct Tally {
+    scores: Vec<f32>,
+    pixels: Vec<f32>,
 }
 
 /// Ground truth at the map's resolution: true where the mask is >= 128.
@@ -174,9 +233,15 @@ pub fn eval(
     eo: &EvalOptions,
 ) -> Result<serde_json::Value> {
     let mut data = Dataset::discover(dataset_dir)?;
+    let all = data.samples.clone();
     if let Some(limit) = eo.limit {
         data.limit(limit, eo.seed);
     }
+    let shots = if eo.shots > 0 {
+        pick_shots(&all, &mut data.samples, eo.shots, eo.shot_seed)?
+    } else {
+        Vec::new()
+    };
     let normal = data.samples.iter().filter(|s| !s.anomalous).count();
     let anomalous = data.samples.len() - normal;
     log::info!(
@@ -185,7 +250,50 @@ pub fn eval(
         data.samples.len(),
         dataset_dir.display()
     );
-    let mut detector = Detector::new(model, opts)?;
+    let mut detector = if shots.is_empty() {
+        Detector::new(model, opts)?
+    } else {
+        // Banks enrolled here, in memory: each scorer's map is kept for the comparisons.
+        ensure!(!eo.bank_seeds.is_empty(), "--bank-seeds: at least one seed");
+        let mut d = Detector::new(
+            model,
+            &DetectorOptions {
+                scorer: Some(ScorerKind::Maeday),
+                banks: Vec::new(),
+                keep_parts: true,
+                ..opts.clone()
+            },
+        )?;
+        let extractor = Arc::new(open_extractor(opts.extractor.as_ref())?);
+        let mut banks = Vec::new();
+        for &seed in &eo.bank_seeds {
+            let t = Instant::now();
+            let settings = EnrollSettings {
+                seed,
+                ..eo.enroll.clone()
+            };
+            let b = enroll(&mut d, extractor.clone(), &shots, &settings)?;
+            log::info!(
+                "enrolled bank{seed}: {} shots, {} of {} rows, {:.1} s",
+                shots.len(),
+                b.meta.rows,
+                b.meta.rows_before_coreset,
+                t.elapsed().as_secs_f64()
+            );
+            banks.push(b);
+        }
+        d.attach_stored(extractor, &banks)?;
+        d.set_scorer(opts.scorer.unwrap_or(ScorerKind::Ensemble))?;
+        d
+    };
+    let weights = detector.banks().map(|b| b.weights).unwrap_or_default();
+    let bank_rows: Vec<usize> = detector
+        .banks()
+        .map(|b| b.scorers.iter().map(|s| s.bank.len()).collect())
+        .unwrap_or_default();
+    // Every combination of the parts (maeday, bank0, bank1, ...): name -> tally.
+    let mut combos: Vec<(String, Vec<usize>, Tally)> = Vec::new();
+    let (mut t_feat, mut t_knn) = (0.0, 0.0);
     let pixel_metrics = data.has_masks();
     let (mut scores, mut labels, mut groups) = (Vec::new(), Vec::new(), Vec::new());
     // Per sampled pixel: its score and its ground-truth region (0 = normal pixel).
@@ -223,6 +331,20 @@ pub fn eval(
         t_pre += det.times.preprocess.as_secs_f64() * 1e3;
         t_inf += det.times.inference.as_secs_f64() * 1e3;
         t_score += det.times.scoring.as_secs_f64() * 1e3;
+        t_feat += det.times.features.as_secs_f64() * 1e3;
+        t_knn += det.times.knn.as_secs_f64() * 1e3;
+        if combos.is_empty() && det.parts.len() > 1 {
+            let n = det.parts.len().min(4);
+            for mask in 1u32..(1 << n) {
+                let idx: Vec<usize> = (0..n).filter(|i| mask & (1 << i) != 0).collect();
+                let name = idx
+                    .iter()
+                    .map(|&i| det.parts[i].0.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+");
+                combos.push((name, idx, Tally::default()));
+            }
+        }
         scores.push(det.score);
         scored_paths.push(sample.image.display().to_string());
         labels.push(sample.anomalous);
@@ -238,6 +360,20 @@ pub fn eval(
                     pix_regions.push(regions[i]);
                 }
             }
+            for (_, idx, tally) in &mut combos {
+                let fused = fuse(&det.parts, idx, weights);
+                for y in (0..det.map.height).step_by(stride) {
+                    for x in (0..det.map.width).step_by(stride) {
+                        tally.pixels.push(fused[y * det.map.width + x]);
+                    }
+                }
+            }
+        }
+        for (_, idx, tally) in &mut combos {
+            let fused = fuse(&det.parts, idx, weights);
+            tally
+                .scores
+                .push(fused.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         }
     }
     bar.finish_and_clear();
@@ -279,6 +415,22 @@ pub fn eval(
         );
         per_group.insert(g.clone(), json!({"count": count, "image_auroc": a}));
     }
+    let pix_labels: Vec<bool> = pix_regions.iter().map(|r| *r != 0).collect();
+    let mut scorers = serde_json::Map::new();
+    for (name, _, tally) in &combos {
+        let (pa, pro) = if pixel_metrics {
+            (
+                auroc(&tally.pixels, &pix_labels),
+                pro_auc(&tally.pixels, &pix_regions, 0.3),
+            )
+        } else {
+            (None, None)
+        };
+        scorers.insert(
+            name.clone(),
+            json!({"image_auroc": auroc(&tally.scores, &labels), "pixel_auroc": pa, "pro_0_3": pro}),
+        );
+    }
     let n = latencies.len() as f64;
     let mut sorted: Vec<f32> = latencies.iter().map(|v| *v as f32).collect();
     let p50 = quantile(&mut sorted, 0.5);
@@ -290,6 +442,11 @@ pub fn eval(
         "model_sha256": detector.model.manifest.graph_sha256,
         "schedule": detector.schedule.id(),
         "engine": detector.engine_description(),
+        "scorer": detector.scorer_description(),
+        "shots": shots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "shot_seed": eo.shot_seed,
+        "bank_rows": bank_rows,
+        "scorers": scorers,
         "fit": opts.fit.to_string(),
         "limit": eo.limit,
         "seed": eo.seed,
@@ -312,6 +469,8 @@ pub fn eval(
             "preprocess_ms_mean": t_pre / n,
             "inference_ms_mean": t_inf / n,
             "scoring_ms_mean": t_score / n,
+            "features_ms_mean": t_feat / n,
+            "knn_ms_mean": t_knn / n,
         },
         "failed": failed,
         // Every scored image: lets a later step prove which images were evaluated
@@ -328,6 +487,22 @@ pub fn eval(
             .with_context(|| format!("cannot write report {}", path.display()))?;
     }
     Ok(report)
+}
+
+/// The weighted sum of some of a detection's standardised maps.
+fn fuse(parts: &[(String, AnomalyMap)], idx: &[usize], w: crate::scorer::Weights) -> Vec<f32> {
+    let mut out = vec![0f32; parts[idx[0]].1.data.len()];
+    for &i in idx {
+        let weight = if parts[i].0 == "maeday" {
+            w.maeday
+        } else {
+            w.bank
+        };
+        for (o, v) in out.iter_mut().zip(&parts[i].1.data) {
+            *o += weight * v;
+        }
+    }
+    out
 }
 
 /// A readable summary of an eval report.
@@ -363,6 +538,10 @@ pub fn eval_table(r: &serde_json::Value) -> String {
         "images       {} scored ({} normal, {} anomalous), {} failed\n",
         c["scored"], c["normal"], c["anomalous"], c["failed"]
     );
+    s += &format!(
+        "scorer       {}\n",
+        r["scorer"].as_str().unwrap_or("maeday")
+    );
     s += &format!("image AUROC  {}\n", f(&r["image_auroc"]));
     s += &format!("pixel AUROC  {}\n", f(&r["pixel_auroc"]));
     s += &format!("PRO (0.3)    {}\n", f(&r["pro_0_3"]));
@@ -376,6 +555,17 @@ pub fn eval_table(r: &serde_json::Value) -> String {
             );
         }
     }
+    if let Some(sc) = r["scorers"].as_object().filter(|m| !m.is_empty()) {
+        s += "each scorer and combination (image / pixel AUROC / PRO):\n";
+        for (name, v) in sc {
+            s += &format!(
+                "  {name:<28} {} / {} / {}\n",
+                f(&v["image_auroc"]),
+                f(&v["pixel_auroc"]),
+                f(&v["pro_0_3"])
+            );
+        }
+    }
     let t = &r["timings"];
     s += &format!(
         "time         {:.1} s total, {} ms/image mean (p50 {}, p95 {}); inference {} ms\n",
@@ -386,6 +576,42 @@ pub fn eval_table(r: &serde_json::Value) -> String {
         ms(&t["inference_ms_mean"])
     );
     s
+}
+
+/// `enroll`: build a memory bank from good images and write it to `out`.
+pub fn enroll_bank(
+    model: Model,
+    opts: &DetectorOptions,
+    good: &Path,
+    limit: Option<usize>,
+    out: &Path,
+    settings: &EnrollSettings,
+) -> Result<serde_json::Value> {
+    let started = Instant::now();
+    let shots = load_shots(good, limit)?;
+    let extractor = Arc::new(open_extractor(opts.extractor.as_ref())?);
+    let mut detector = Detector::new(
+        model,
+        &DetectorOptions {
+            scorer: Some(ScorerKind::Maeday),
+            banks: Vec::new(),
+            ..opts.clone()
+        },
+    )?;
+    let mut bank = enroll(&mut detector, extractor, &shots, settings)?;
+    bank.save(out, &shots)?;
+    let m = &bank.meta;
+    Ok(json!({
+        "bank": out.display().to_string(),
+        "good_images": shots.len(),
+        "rows": m.rows,
+        "rows_before_coreset": m.rows_before_coreset,
+        "features_sha256": m.features_sha256,
+        "seed": m.seed,
+        "extractor_sha256": m.extractor_sha256,
+        "thresholds": {"bank": m.thresholds.bank.image, "ensemble": m.thresholds.ensemble.image},
+        "seconds": started.elapsed().as_secs_f64(),
+    }))
 }
 
 /// Calibrate thresholds on good images and write them into the manifest.
@@ -404,7 +630,12 @@ pub fn calibrate_model(
     if opts.masks.is_some() || opts.schedule.is_some() || opts.seed.is_some() {
         log::warn!("calibrating with a schedule other than the manifest's: the thresholds fit that schedule only");
     }
-    let mut detector = Detector::new(model, opts)?;
+    // The manifest's thresholds are MAEDAY's; a bank's are calibrated when it is enrolled.
+    let opts = DetectorOptions {
+        scorer: Some(ScorerKind::Maeday),
+        ..opts.clone()
+    };
+    let mut detector = Detector::new(model, &opts)?;
     let (mut scores, mut pixels, mut used) = (Vec::new(), Vec::new(), Vec::new());
     let bar = progress(images.len(), "calibrate");
     for path in &images {

@@ -40,6 +40,75 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Accept signed retrain bundles over MQTT (needs `[mqtt]`).
     pub bundles: Option<BundlesConfig>,
+    /// How `enroll` commands build memory banks.
+    #[serde(default)]
+    pub enroll: EnrollConfig,
+}
+
+/// Enrollment of a memory bank from live good frames (the `enroll` MQTT command; the
+/// bank is installed into a model slot, so it needs `[bundles]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollConfig {
+    /// Good frames captured when the command names no count.
+    #[serde(default = "default_enroll_frames")]
+    pub frames: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// The fraction of patch features the coreset keeps.
+    #[serde(default = "default_coreset_fraction")]
+    pub coreset_fraction: f64,
+    /// Extra views of each good frame: hflip, vflip, rotate, brightness.
+    #[serde(default)]
+    pub augment: Vec<String>,
+    /// Weights of MAEDAY's and the bank's standardised maps in the ensemble.
+    #[serde(default = "one")]
+    pub maeday_weight: f32,
+    #[serde(default = "one")]
+    pub bank_weight: f32,
+}
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        EnrollConfig {
+            frames: default_enroll_frames(),
+            seed: 0,
+            coreset_fraction: default_coreset_fraction(),
+            augment: Vec::new(),
+            maeday_weight: 1.0,
+            bank_weight: 1.0,
+        }
+    }
+}
+
+fn default_enroll_frames() -> usize {
+    4
+}
+fn default_coreset_fraction() -> f64 {
+    0.25
+}
+fn one() -> f32 {
+    1.0
+}
+
+impl EnrollConfig {
+    pub fn settings(&self) -> Result<crate::enroll::EnrollSettings> {
+        Ok(crate::enroll::EnrollSettings {
+            seed: self.seed,
+            coreset_fraction: self.coreset_fraction,
+            augment: self
+                .augment
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_>>()
+                .context("enroll.augment")?,
+            weights: crate::scorer::Weights {
+                maeday: self.maeday_weight,
+                bank: self.bank_weight,
+            },
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +154,11 @@ pub struct ModelConfig {
     pub engine: EngineName,
     /// ONNX Runtime settings, used with `engine = "ort"`.
     pub ort: Option<OrtSettings>,
+    /// `maeday`, `bank` or `ensemble`; default: the ensemble once a memory bank is
+    /// enrolled, MAEDAY alone before.
+    pub scorer: Option<crate::scorer::ScorerKind>,
+    /// The memory bank's feature extractor; default: the shipped EfficientNet-Lite0.
+    pub extractor: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -426,6 +500,9 @@ impl Config {
         if let Some(p) = self.model.path.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.model.extractor.as_mut() {
+            fix(p);
+        }
         if let Some(o) = self.model.ort.as_mut() {
             o.library.as_mut().map(fix);
             o.tensorrt_cache_dir.as_mut().map(fix);
@@ -471,6 +548,22 @@ impl Config {
                 "model.ort.providers: name at least one of cpu, cuda, tensorrt"
             );
         }
+        let e = &self.enroll;
+        ensure!(
+            (1..=64).contains(&e.frames),
+            "enroll.frames: must be 1 to 64 (got {})",
+            e.frames
+        );
+        ensure!(
+            e.coreset_fraction > 0.0 && e.coreset_fraction <= 1.0,
+            "enroll.coreset_fraction: must be in (0, 1] (got {})",
+            e.coreset_fraction
+        );
+        ensure!(
+            e.maeday_weight >= 0.0 && e.bank_weight > 0.0,
+            "enroll: maeday_weight must be >= 0 and bank_weight > 0"
+        );
+        e.settings()?;
         for (i, cam) in self.cameras.iter().enumerate() {
             let key = format!("camera[{i}]");
             topic_level(&format!("{key}.name"), &cam.name)?;

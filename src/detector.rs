@@ -1,15 +1,21 @@
 //! The scoring pipeline for one frame: place it (fit), run every window through the
 //! engine with all N masks, turn the output into an Eq. 1 map, stitch the windows.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use image::DynamicImage;
 
+use crate::bank::{Features, MemoryBank};
 use crate::engine::{self, Engine, EngineOptions};
+use crate::enroll::StoredBank;
+use crate::features::{default_extractor_dir, FeatureExtractor};
 use crate::manifest::{Model, OutputKind, Thresholds};
 use crate::preprocess::{Fit, Preprocessor};
 use crate::schedule::{MaskSchedule, ScheduleKind};
+use crate::scorer::{self, BankScorer, BankThresholds, Normalisation, ScorerKind, Weights};
 use crate::scoring::{self, AnomalyMap};
 
 #[derive(Debug, Clone)]
@@ -21,6 +27,14 @@ pub struct DetectorOptions {
     pub masks: Option<usize>,
     pub schedule: Option<ScheduleKind>,
     pub seed: Option<u64>,
+    /// `None`: the ensemble when the model has a memory bank, else MAEDAY alone.
+    pub scorer: Option<ScorerKind>,
+    /// Memory bank folders (from `enroll`); empty: the model's own `bank/`, if any.
+    pub banks: Vec<PathBuf>,
+    /// The feature extractor for banks; default: the shipped EfficientNet-Lite0.
+    pub extractor: Option<PathBuf>,
+    /// Also return each scorer's standardised map (`Detection::parts`; for `eval`).
+    pub keep_parts: bool,
 }
 
 impl Default for DetectorOptions {
@@ -31,6 +45,10 @@ impl Default for DetectorOptions {
             masks: None,
             schedule: None,
             seed: None,
+            scorer: None,
+            banks: Vec::new(),
+            extractor: None,
+            keep_parts: false,
         }
     }
 }
@@ -41,23 +59,40 @@ pub struct StageTimes {
     pub preprocess: Duration,
     pub inference: Duration,
     pub scoring: Duration,
+    /// The memory bank's feature extractor.
+    pub features: Duration,
+    /// The memory bank's nearest-neighbour search.
+    pub knn: Duration,
 }
 
 impl StageTimes {
     pub fn total(&self) -> Duration {
-        self.preprocess + self.inference + self.scoring
+        self.preprocess + self.inference + self.scoring + self.features + self.knn
     }
 }
 
 /// The result for one frame.
 #[derive(Debug, Clone)]
 pub struct Detection {
-    /// Eq. 1 over the frame, at the working resolution of the fit.
+    /// The scorer's map over the frame, at the working resolution of the fit: Eq. 1 for
+    /// MAEDAY, standardised distances (summed) for banks and the ensemble.
     pub map: AnomalyMap,
     /// `max(map)`.
     pub score: f32,
     pub windows: usize,
     pub times: StageTimes,
+    /// With `keep_parts`: each scorer's standardised map, named (`maeday`, then banks).
+    pub parts: Vec<(String, AnomalyMap)>,
+}
+
+/// Memory banks attached to a detector, with what it needs to score with them.
+pub struct Banks {
+    pub scorers: Vec<BankScorer>,
+    /// Standardises MAEDAY's map in the ensemble (from the enrollment's good frames).
+    pub maeday_norm: Normalisation,
+    pub weights: Weights,
+    /// Calibrated on the enrollment's good frames (one bank only).
+    pub thresholds: Option<BankThresholds>,
 }
 
 pub struct Detector {
@@ -66,6 +101,11 @@ pub struct Detector {
     engine: Box<dyn Engine>,
     pre: Preprocessor,
     kernel: Vec<f32>,
+    kind: ScorerKind,
+    extractor: Option<Arc<FeatureExtractor>>,
+    banks: Option<Banks>,
+    bank_kernel: Vec<f32>,
+    keep_parts: bool,
     // Buffers reused across frames.
     input: Vec<f32>,
     output: Vec<f32>,
@@ -104,16 +144,142 @@ impl Detector {
                 m.name
             );
         }
-        Ok(Detector {
+        let mut detector = Detector {
             model,
             schedule,
             engine,
             pre,
             kernel,
+            kind: ScorerKind::Maeday,
+            extractor: None,
+            banks: None,
+            bank_kernel: scorer::bank_kernel(),
+            keep_parts: opts.keep_parts,
             input: Vec::new(),
             output: Vec::new(),
             scratch: Vec::new(),
-        })
+        };
+        let mut dirs = opts.banks.clone();
+        let own = detector.model.dir.join("bank");
+        if dirs.is_empty() && own.join("bank.toml").is_file() {
+            dirs.push(own);
+        }
+        if !dirs.is_empty() && opts.scorer != Some(ScorerKind::Maeday) {
+            let extractor = Arc::new(open_extractor(opts.extractor.as_ref())?);
+            let stored = dirs
+                .iter()
+                .map(|d| StoredBank::load(d))
+                .collect::<Result<Vec<_>>>()?;
+            detector.attach_stored(extractor, &stored)?;
+        }
+        detector.set_scorer(opts.scorer.unwrap_or(if detector.banks.is_some() {
+            ScorerKind::Ensemble
+        } else {
+            ScorerKind::Maeday
+        }))?;
+        Ok(detector)
+    }
+
+    /// Attach enrolled banks (all made with `extractor`). The MAEDAY statistics, weights
+    /// and thresholds come from the first; thresholds only hold for a single bank.
+    pub fn attach_stored(
+        &mut self,
+        extractor: Arc<FeatureExtractor>,
+        stored: &[StoredBank],
+    ) -> Result<()> {
+        ensure!(!stored.is_empty(), "no memory bank to attach");
+        for b in stored {
+            b.check_extractor(&extractor)?;
+            let m = &b.meta;
+            if m.maeday.model_sha256 != self.model.manifest.graph_sha256 {
+                log::warn!(
+                    "bank {} was enrolled with model {}, this is {}: its MAEDAY statistics \
+                     are stale, enroll again for a calibrated ensemble",
+                    b.dir.display(),
+                    m.maeday.model_sha256,
+                    self.model.manifest.graph_sha256
+                );
+            } else if m.maeday.schedule != self.schedule.id() {
+                log::warn!(
+                    "bank {} was enrolled with schedule {}, this detector runs {}",
+                    b.dir.display(),
+                    m.maeday.schedule,
+                    self.schedule.id()
+                );
+            }
+        }
+        let first = &stored[0].meta;
+        self.set_extractor(extractor)?;
+        let banks = Banks {
+            scorers: stored.iter().map(StoredBank::scorer).collect(),
+            maeday_norm: first.maeday.norm,
+            weights: first.weights,
+            thresholds: (stored.len() == 1).then_some(first.thresholds),
+        };
+        self.attach(banks)
+    }
+
+    /// Attach memory banks (replacing any; made with the extractor set); the scorer stays
+    /// as it is.
+    pub fn attach(&mut self, banks: Banks) -> Result<()> {
+        ensure!(
+            self.extractor.is_some(),
+            "set the feature extractor before attaching banks"
+        );
+        ensure!(!banks.scorers.is_empty(), "no memory bank to attach");
+        self.banks = Some(banks);
+        Ok(())
+    }
+
+    /// The feature extractor for bank maps and enrollment.
+    pub fn set_extractor(&mut self, extractor: Arc<FeatureExtractor>) -> Result<()> {
+        let size = extractor.manifest.input_size;
+        ensure!(
+            size == self.pre.size as usize,
+            "the extractor takes {size}x{size} windows, the model {0}x{0}",
+            self.pre.size
+        );
+        self.extractor = Some(extractor);
+        Ok(())
+    }
+
+    pub fn extractor(&self) -> Option<&Arc<FeatureExtractor>> {
+        self.extractor.as_ref()
+    }
+
+    pub fn banks(&self) -> Option<&Banks> {
+        self.banks.as_ref()
+    }
+
+    pub fn scorer(&self) -> ScorerKind {
+        self.kind
+    }
+
+    pub fn set_scorer(&mut self, kind: ScorerKind) -> Result<()> {
+        if kind != ScorerKind::Maeday && self.banks.is_none() {
+            bail!(
+                "scorer {kind} needs a memory bank: enroll one first (`maeday-edge enroll \
+                 --good DIR`) or pass --bank"
+            );
+        }
+        self.kind = kind;
+        Ok(())
+    }
+
+    /// A short description for logs and reports: `ensemble (bank 3136 rows)`.
+    pub fn scorer_description(&self) -> String {
+        match (&self.banks, self.kind) {
+            (Some(b), ScorerKind::Bank | ScorerKind::Ensemble) => format!(
+                "{} ({})",
+                self.kind,
+                b.scorers
+                    .iter()
+                    .map(|s| format!("{} {} rows", s.name, s.bank.len()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => self.kind.to_string(),
+        }
     }
 
     /// Change how frames are placed (cameras can differ); cheap when unchanged.
@@ -124,8 +290,17 @@ impl Detector {
         Ok(())
     }
 
+    /// The thresholds of the scorer in use (`None`: not calibrated for it).
     pub fn thresholds(&self) -> Option<Thresholds> {
-        self.model.manifest.thresholds
+        match self.kind {
+            ScorerKind::Maeday => self.model.manifest.thresholds,
+            ScorerKind::Bank => self.banks.as_ref()?.thresholds.map(|t| t.bank),
+            ScorerKind::Ensemble => self.banks.as_ref()?.thresholds.map(|t| t.ensemble),
+        }
+    }
+
+    pub fn fit(&self) -> Fit {
+        self.pre.fit
     }
 
     pub fn engine_description(&self) -> String {
@@ -134,6 +309,69 @@ impl Detector {
 
     /// Score one frame.
     pub fn detect(&mut self, frame: &DynamicImage) -> Result<Detection> {
+        let kind = self.kind;
+        let banks: Vec<Arc<MemoryBank>> = match (&self.banks, kind) {
+            (Some(b), ScorerKind::Bank | ScorerKind::Ensemble) => {
+                b.scorers.iter().map(|s| s.bank.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let with_maeday = kind != ScorerKind::Bank;
+        let (mut raw, windows, mut times) = self.raw_maps(frame, with_maeday, &banks)?;
+        let t = Instant::now();
+        let (map, parts) = if kind == ScorerKind::Maeday {
+            (raw.remove(0), Vec::new())
+        } else {
+            let b = self.banks.as_ref().expect("banks checked by set_scorer");
+            let mut parts: Vec<(String, AnomalyMap, f32)> = Vec::new();
+            let mut raw = raw.into_iter();
+            if with_maeday {
+                let mut m = raw.next().expect("the MAEDAY map");
+                standardise(&mut m, b.maeday_norm);
+                parts.push(("maeday".into(), m, b.weights.maeday));
+            }
+            for (s, mut m) in b.scorers.iter().zip(raw) {
+                standardise(&mut m, s.norm);
+                parts.push((s.name.clone(), m, b.weights.bank));
+            }
+            let first = &parts[0].1;
+            let mut fused = AnomalyMap::zeros(first.width, first.height);
+            for (_, m, w) in &parts {
+                for (f, v) in fused.data.iter_mut().zip(&m.data) {
+                    *f += w * v;
+                }
+            }
+            let parts = if self.keep_parts {
+                parts.into_iter().map(|(n, m, _)| (n, m)).collect()
+            } else {
+                Vec::new()
+            };
+            (fused, parts)
+        };
+        let score = map.max();
+        times.scoring += t.elapsed();
+        Ok(Detection {
+            map,
+            score,
+            windows,
+            times,
+            parts,
+        })
+    }
+
+    /// Raw maps of one frame at the fit's working resolution, each stitched over the
+    /// windows: MAEDAY's Eq. 1 first (when `maeday`), then the smoothed nearest-neighbour
+    /// distance map against each of `banks`. Returns the maps, the window count and times.
+    pub fn raw_maps(
+        &mut self,
+        frame: &DynamicImage,
+        maeday: bool,
+        banks: &[Arc<MemoryBank>],
+    ) -> Result<(Vec<AnomalyMap>, usize, StageTimes)> {
+        ensure!(
+            banks.is_empty() || self.extractor.is_some(),
+            "bank maps need a feature extractor"
+        );
         let mut times = StageTimes::default();
         let t = Instant::now();
         let placed = self.pre.place(frame)?;
@@ -143,55 +381,135 @@ impl Detector {
             placed.canvas.width() as usize,
             placed.canvas.height() as usize,
         );
-        let mut sum = vec![0.0f32; cw * ch];
+        let maps = maeday as usize + banks.len();
+        let mut sums = vec![vec![0.0f32; cw * ch]; maps];
         let mut count = vec![0u16; cw * ch];
         let mut window = AnomalyMap::zeros(s, s);
+        let mut image01 = Vec::new();
         for &(wx, wy) in &placed.windows {
             let t = Instant::now();
             self.pre
                 .window_tensor(&placed.canvas, (wx, wy), &mut self.input);
+            if !banks.is_empty() {
+                self.unnormalised(&mut image01);
+            }
             times.preprocess += t.elapsed();
+            let mut slot = 0;
+            if maeday {
+                let t = Instant::now();
+                self.engine.run(&self.input, &mut self.output)?;
+                times.inference += t.elapsed();
 
-            let t = Instant::now();
-            self.engine.run(&self.input, &mut self.output)?;
-            times.inference += t.elapsed();
-
-            let t = Instant::now();
-            match self.engine.output_kind() {
-                OutputKind::Reconstruction => scoring::anomaly_map_into(
-                    &self.input,
-                    &self.output,
-                    &self.kernel,
+                let t = Instant::now();
+                match self.engine.output_kind() {
+                    OutputKind::Reconstruction => scoring::anomaly_map_into(
+                        &self.input,
+                        &self.output,
+                        &self.kernel,
+                        &mut window,
+                        &mut self.scratch,
+                    )?,
+                    OutputKind::AnomalyMap => window.data.copy_from_slice(&self.output),
+                }
+                add_window(&mut sums[slot], cw, (wx, wy), &window);
+                slot += 1;
+                times.scoring += t.elapsed();
+            }
+            for bank in banks {
+                let extractor = self.extractor.as_ref().expect("checked above");
+                let t = Instant::now();
+                let knn = scorer::bank_window_map(
+                    extractor,
+                    &image01,
+                    bank,
+                    &self.bank_kernel,
                     &mut window,
                     &mut self.scratch,
-                )?,
-                OutputKind::AnomalyMap => window.data.copy_from_slice(&self.output),
+                )?;
+                let spent = t.elapsed();
+                times.knn += knn;
+                times.features += spent.saturating_sub(knn);
+                add_window(&mut sums[slot], cw, (wx, wy), &window);
+                slot += 1;
             }
             for y in 0..s {
                 let row = (wy as usize + y) * cw + wx as usize;
-                for x in 0..s {
-                    sum[row + x] += window.data[y * s + x];
-                    count[row + x] += 1;
+                for c in &mut count[row..row + s] {
+                    *c += 1;
                 }
             }
-            times.scoring += t.elapsed();
         }
         let t = Instant::now();
         let c = placed.content;
-        let mut map = AnomalyMap::zeros(c.width as usize, c.height as usize);
-        for y in 0..map.height {
-            for x in 0..map.width {
-                let i = (c.y as usize + y) * cw + c.x as usize + x;
-                map.data[y * map.width + x] = sum[i] / count[i].max(1) as f32;
-            }
-        }
-        let score = map.max();
+        let out = sums
+            .iter()
+            .map(|sum| {
+                let mut map = AnomalyMap::zeros(c.width as usize, c.height as usize);
+                for y in 0..map.height {
+                    for x in 0..map.width {
+                        let i = (c.y as usize + y) * cw + c.x as usize + x;
+                        map.data[y * map.width + x] = sum[i] / count[i].max(1) as f32;
+                    }
+                }
+                map
+            })
+            .collect();
         times.scoring += t.elapsed();
-        Ok(Detection {
-            map,
-            score,
-            windows: placed.windows.len(),
-            times,
-        })
+        Ok((out, placed.windows.len(), times))
     }
+
+    /// The bank features of every window of a frame (what enrollment stores).
+    pub fn window_features(&mut self, frame: &DynamicImage) -> Result<Vec<Features>> {
+        let Some(extractor) = self.extractor.clone() else {
+            bail!("window features need a feature extractor");
+        };
+        let placed = self.pre.place(frame)?;
+        let mut image01 = Vec::new();
+        let mut out = Vec::with_capacity(placed.windows.len());
+        for &(wx, wy) in &placed.windows {
+            self.pre
+                .window_tensor(&placed.canvas, (wx, wy), &mut self.input);
+            self.unnormalised(&mut image01);
+            out.push(extractor.features(&image01)?);
+        }
+        Ok(out)
+    }
+
+    /// The current window as RGB in [0, 1] (the extractor's input), undoing the MAE's
+    /// mean/std normalisation.
+    fn unnormalised(&self, out: &mut Vec<f32>) {
+        let spec = &self.model.manifest.input;
+        let n = self.input.len() / 3;
+        out.clear();
+        out.extend(self.input.iter().enumerate().map(|(i, v)| {
+            let c = i / n;
+            v * spec.std[c] + spec.mean[c]
+        }));
+    }
+}
+
+fn add_window(sum: &mut [f32], cw: usize, (wx, wy): (u32, u32), window: &AnomalyMap) {
+    let s = window.width;
+    for y in 0..window.height {
+        let row = (wy as usize + y) * cw + wx as usize;
+        for (acc, v) in sum[row..row + s]
+            .iter_mut()
+            .zip(&window.data[y * s..(y + 1) * s])
+        {
+            *acc += v;
+        }
+    }
+}
+
+fn standardise(map: &mut AnomalyMap, n: Normalisation) {
+    for v in &mut map.data {
+        *v = n.apply(*v);
+    }
+}
+
+/// The feature extractor at `dir`, or the shipped one.
+pub fn open_extractor(dir: Option<&PathBuf>) -> Result<FeatureExtractor> {
+    let dir = dir.cloned().unwrap_or_else(default_extractor_dir);
+    FeatureExtractor::open(&dir)
+        .with_context(|| format!("cannot open the feature extractor {}", dir.display()))
 }

@@ -7,6 +7,8 @@
 //! reconstructions -> anomaly map -> score) -> [`calibration`] / [`render`] (thresholds,
 //! masks, overlays). [`detector`] wires them together for one frame; [`manifest`] pins
 //! everything a model needs; [`dataset`] and [`metrics`] serve `eval`.
+//! Few-shot: [`enroll`] (good frames -> [`features`] -> [`bank`], on disk) and [`scorer`]
+//! (MAEDAY, the memory bank, or their standardised sum).
 //!
 //! The daemon (`run`): [`config`] -> [`source`] (V4L2 via [`convert`], or replay) ->
 //! [`pipeline`] (capture / inference / sink threads, newest-frame slots, latency stats) ->
@@ -24,6 +26,7 @@ pub mod convert;
 pub mod dataset;
 pub mod detector;
 pub mod engine;
+pub mod enroll;
 pub mod features;
 pub mod manifest;
 pub mod message;
@@ -33,6 +36,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod render;
 pub mod schedule;
+pub mod scorer;
 pub mod scoring;
 pub mod sink;
 pub mod source;

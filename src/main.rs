@@ -93,6 +93,38 @@ enum Command {
         /// At most this many pixels per image count in the pixel AUROC.
         #[arg(long, default_value_t = 65536)]
         pixel_budget: usize,
+        /// Few-shot: enroll memory banks from this many normal images that are not
+        /// evaluated; the report then compares MAEDAY, each bank and their combinations.
+        #[arg(long, default_value_t = 0)]
+        shots: usize,
+        /// Picks the shots.
+        #[arg(long, default_value_t = 0)]
+        shot_seed: u64,
+        /// One bank per coreset seed (comma-separated), all from the same shots.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        bank_seeds: Vec<u64>,
+        #[command(flatten)]
+        bank: BankArgs,
+    },
+    /// Build a memory bank (PatchCore-style) from good images for the bank and ensemble
+    /// scorers; written to the model's `bank/` unless --out says otherwise.
+    Enroll {
+        #[command(flatten)]
+        common: Common,
+        /// Folder of good (normal) images.
+        #[arg(long)]
+        good: PathBuf,
+        /// Use at most this many of them.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Where the bank goes (default: <model>/bank).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Coreset seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        bank: BankArgs,
     },
     /// Set image and pixel thresholds from good images; writes them into the manifest.
     Calibrate {
@@ -241,6 +273,38 @@ fn bundle_command(c: BundleCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How banks are built.
+#[derive(Args)]
+struct BankArgs {
+    /// The fraction of patch features the coreset keeps.
+    #[arg(long, default_value_t = 0.25)]
+    coreset_fraction: f64,
+    /// Extra views of each good image (repeatable): hflip, vflip, rotate, brightness.
+    #[arg(long)]
+    augment: Vec<maeday_edge::enroll::Augmentation>,
+    /// Weight of MAEDAY's standardised map in the ensemble.
+    #[arg(long, default_value_t = 1.0)]
+    maeday_weight: f32,
+    /// Weight of each bank's standardised map in the ensemble.
+    #[arg(long, default_value_t = 1.0)]
+    bank_weight: f32,
+}
+
+impl BankArgs {
+    fn settings(&self, seed: u64) -> maeday_edge::enroll::EnrollSettings {
+        maeday_edge::enroll::EnrollSettings {
+            seed,
+            coreset_fraction: self.coreset_fraction,
+            augment: self.augment.clone(),
+            weights: maeday_edge::scorer::Weights {
+                maeday: self.maeday_weight,
+                bank: self.bank_weight,
+            },
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Args)]
 struct Common {
     /// Model folder (`<name>.onnx` + `manifest.toml`); default: the bundled model.
@@ -283,6 +347,16 @@ struct Common {
     /// ort: TensorRT engine cache folder.
     #[arg(long)]
     tensorrt_cache: Option<PathBuf>,
+    /// maeday, bank or ensemble (default: the ensemble when the model has a memory bank,
+    /// else MAEDAY alone).
+    #[arg(long)]
+    scorer: Option<maeday_edge::scorer::ScorerKind>,
+    /// Memory bank folders from `enroll` (repeatable; default: the model's bank/).
+    #[arg(long = "bank")]
+    banks: Vec<PathBuf>,
+    /// The banks' feature extractor (default: models/efficientnet-lite0).
+    #[arg(long)]
+    extractor: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -324,6 +398,10 @@ impl Common {
             masks: self.masks,
             schedule: self.schedule,
             seed: self.schedule_seed,
+            scorer: self.scorer,
+            banks: self.banks.clone(),
+            extractor: self.extractor.clone(),
+            keep_parts: false,
         };
         Ok((model, opts))
     }
@@ -402,6 +480,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             report,
             pixel_budget,
+            shots,
+            shot_seed,
+            bank_seeds,
+            bank,
         } => {
             let (model, opts) = common.load()?;
             let eo = EvalOptions {
@@ -409,9 +491,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 seed,
                 report,
                 pixel_budget: pixel_budget.max(1),
+                shots,
+                shot_seed,
+                bank_seeds,
+                enroll: bank.settings(0),
             };
             let r = commands::eval(model, &opts, &dataset, &eo)?;
             print!("{}", commands::eval_table(&r));
+        }
+        Command::Enroll {
+            common,
+            good,
+            limit,
+            out,
+            seed,
+            bank,
+        } => {
+            let (model, opts) = common.load()?;
+            let out = out.unwrap_or_else(|| model.dir.join("bank"));
+            let r = commands::enroll_bank(model, &opts, &good, limit, &out, &bank.settings(seed))?;
+            println!("{r}");
         }
         Command::Calibrate {
             common,

@@ -108,7 +108,7 @@ pub struct ScoringSpec {
 }
 
 /// Decision thresholds, written by `calibrate`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
     /// A frame is anomalous when its image score exceeds this.

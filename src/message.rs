@@ -65,6 +65,8 @@ pub struct ResultPayload {
     pub schedule: String,
     /// Windows scored (more than 1 with tiling).
     pub windows: usize,
+    /// `maeday` (score in Eq. 1 units), `bank` or `ensemble` (standardised units).
+    pub scorer: String,
 }
 
 /// A scored frame on its way to the sinks.
@@ -87,6 +89,7 @@ pub struct ServingModel {
     pub schedule: String,
     pub engine: String,
     pub bundle_version: Option<u64>,
+    pub scorer: String,
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -245,6 +248,7 @@ mod tests {
             model_sha256: "ab".into(),
             schedule: "random-n8".into(),
             windows: 1,
+            scorer: "maeday".into(),
         };
         let json: serde_json::Value =
             serde_json::from_slice(&encode(&p, PayloadFormat::Json).unwrap()).unwrap();

@@ -26,12 +26,15 @@ use heapless::HistoryBuf;
 use image::{DynamicImage, RgbImage};
 use serde::Serialize;
 
-use crate::bundle::install::{Installer, InstallerInput, InstallerSettings, Slots, Swap};
+use crate::bundle::install::{
+    EnrollJob, EnrollRequest, Installer, InstallerInput, InstallerSettings, Slots, Swap,
+};
 use crate::bundle::read_public_key;
 use crate::commands::default_model_dir;
 use crate::config::Config;
 use crate::detector::{Detector, DetectorOptions};
 use crate::engine::EngineOptions;
+use crate::enroll::Shot;
 use crate::manifest::Model;
 use crate::message::{self, FrameResult, LatencyMs, ResultPayload};
 use crate::metrics::quantile;
@@ -382,6 +385,12 @@ fn capture_loop(
     slots.close(camera);
 }
 
+/// The inference thread's side of enrollment: commands in, captured frames out.
+struct EnrollLink {
+    requests: Receiver<EnrollRequest>,
+    installer: mpsc::Sender<InstallerInput>,
+}
+
 /// Run the daemon until the sources end, `max_frames` are scored, or `stop` is set.
 /// Returns the final metrics.
 pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
@@ -412,6 +421,8 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         fit: config.cameras[0].fit(),
         engine,
         masks: config.model.masks,
+        scorer: config.model.scorer,
+        extractor: config.model.extractor.clone(),
         ..Default::default()
     };
     let mut detector = Detector::new(model.clone(), &detector_options)?;
@@ -445,6 +456,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     // through it, handing loaded detectors to the inference thread.
     let (swap_tx, swap_rx) = mpsc::channel::<Swap>();
     let mut bundle_link = None;
+    let mut enroll_link = None;
     let mut installer_thread = None;
     if let (Some(b), Some(model_slots)) = (&config.bundles, model_slots) {
         let trusted = b
@@ -461,7 +473,9 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
             max_chunk_bytes: b.max_chunk_bytes,
             state_dir: b.state_dir.clone(),
             serving: detector_options.clone(),
+            factory: factory.clone(),
             format: config.output.format,
+            enroll: config.enroll.settings()?,
         };
         let (out_tx, out_rx) = mpsc::channel();
         let (in_tx, in_rx) = mpsc::channel::<InstallerInput>();
@@ -471,17 +485,27 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
                 .name("installer".into())
                 .spawn(move || installer.run(in_rx))?,
         );
+        enroll_link = Some(in_tx.clone());
         bundle_link = Some((in_tx, out_rx));
     }
     drop(swap_tx);
 
-    let sinks = Sinks::open(
+    let mut sinks = Sinks::open(
         &config,
         &detector,
         bundle_version,
         opts.mqtt_url.as_deref(),
         bundle_link,
     )?;
+    // `enroll` commands: sinks -> inference thread (captures the frames) -> installer.
+    let enroll = enroll_link.map(|installer| {
+        let (tx, rx) = mpsc::channel();
+        sinks.set_enroll(tx);
+        EnrollLink {
+            requests: rx,
+            installer,
+        }
+    });
     let (result_tx, result_rx) =
         mpsc::sync_channel::<(FrameResult, Instant, Instant)>(config.pipeline.result_queue);
     let sink_thread = {
@@ -517,11 +541,14 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         &opts,
         &mut detector,
         &swap_rx,
+        enroll.as_ref(),
         &slots,
         &stats,
         &liveness,
         &result_tx,
     );
+    // The installer ends when its last input sender is gone: this one, then the sinks'.
+    drop(enroll);
     // Whatever happened, stop capture and let the sinks drain and flush.
     watchdog::stopping();
     stop.store(true, Ordering::Relaxed);
@@ -551,6 +578,7 @@ fn inference_loop(
     opts: &RunOptions,
     detector: &mut Detector,
     swaps: &Receiver<Swap>,
+    enroll: Option<&EnrollLink>,
     slots: &FrameSlots,
     stats: &Stats,
     liveness: &Liveness,
@@ -561,6 +589,8 @@ fn inference_loop(
     let mut schedule = detector.schedule.id();
     let mut scored = 0u64;
     let mut serving = None;
+    // An enrollment in progress: the camera, the frames wanted, the frames captured.
+    let mut capturing: Option<(usize, usize, Vec<Shot>)> = None;
     if opts.max_frames == Some(0) {
         // `--max-frames 0`: score nothing, only deliver what the spool holds.
         return Ok(());
@@ -576,14 +606,35 @@ fn inference_loop(
                 sha256: sha.clone(),
                 schedule: schedule.clone(),
                 engine: detector.engine_description(),
-                bundle_version: Some(swap.version),
+                bundle_version: swap.version,
+                scorer: detector.scorer_description(),
             });
             log::info!(
-                "now serving bundle v{} ({}, {})",
-                swap.version,
+                "now serving {} ({}, {}, scorer {})",
+                swap.version
+                    .map_or("the factory model".to_string(), |v| format!("bundle v{v}")),
                 detector.model.dir.display(),
-                schedule
+                schedule,
+                detector.scorer_description()
             );
+        }
+        if let Some(link) = enroll {
+            while let Ok(req) = link.requests.try_recv() {
+                let cam = req
+                    .camera
+                    .as_ref()
+                    .and_then(|name| config.cameras.iter().position(|c| &c.name == name))
+                    .unwrap_or(0);
+                let want = req.frames.unwrap_or(config.enroll.frames);
+                if capturing.is_some() {
+                    log::warn!("enroll: a new request replaces the one still capturing");
+                }
+                log::info!(
+                    "enroll: capturing {want} good frame(s) from camera {:?}",
+                    config.cameras[cam].name
+                );
+                capturing = Some((cam, want, Vec::new()));
+            }
         }
         let Frame {
             camera,
@@ -660,7 +711,32 @@ fn inference_loop(
             model_sha256: sha.clone(),
             schedule: schedule.clone(),
             windows: det.windows,
+            scorer: detector.scorer().to_string(),
         };
+        if let (Some((cam_i, want, shots)), Some(link)) = (capturing.as_mut(), enroll) {
+            if *cam_i == camera {
+                shots.push(Shot {
+                    name: format!("{}/{seq}", cam.name),
+                    image: crop.clone(),
+                });
+                if shots.len() >= *want {
+                    let shots = std::mem::take(shots);
+                    capturing = None;
+                    log::info!(
+                        "enroll: {} good frame(s) captured, building the bank",
+                        shots.len()
+                    );
+                    let job = EnrollJob {
+                        camera: cam.name.clone(),
+                        fit: cam.fit(),
+                        shots,
+                    };
+                    if link.installer.send(InstallerInput::Enroll(job)).is_err() {
+                        log::error!("enroll: the installer has stopped");
+                    }
+                }
+            }
+        }
         let result = FrameResult {
             payload,
             map: det.map,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::bundle::install::InstallerInput;
+use crate::bundle::install::{EnrollRequest, InstallerInput};
 use crate::config::{Config, MaskPolicy, OutputConfig};
 use crate::detector::Detector;
 use crate::message::{self, FrameResult};
@@ -32,6 +32,8 @@ pub struct StatusPayload {
     pub engine: String,
     /// The retrain bundle serving (`None`: the factory model). Follows swaps and rollbacks.
     pub bundle_version: Option<u64>,
+    /// How frames are scored: `maeday`, or `ensemble (bank 3136 rows)` once enrolled.
+    pub scorer: String,
     pub cameras: Vec<String>,
     /// Why offline: "shutdown" (clean stop) or "connection lost" (the Last Will).
     pub reason: Option<&'static str>,
@@ -69,6 +71,8 @@ pub struct Sinks {
     commands: Option<mpsc::Receiver<Received>>,
     /// To the bundle installer (chunks, rollback) and back (its status messages).
     installer: Option<(mpsc::Sender<InstallerInput>, mpsc::Receiver<Message>)>,
+    /// `enroll` commands go to the inference thread, which captures the good frames.
+    enroll: Option<mpsc::Sender<EnrollRequest>>,
     grace: Duration,
     last_mask: HashMap<String, Instant>,
     status: StatusPayload,
@@ -92,6 +96,7 @@ impl Sinks {
             schedule: detector.schedule.id(),
             engine: detector.engine_description(),
             bundle_version,
+            scorer: detector.scorer_description(),
             cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
             reason: None,
         };
@@ -141,6 +146,7 @@ impl Sinks {
             mqtt,
             commands,
             installer,
+            enroll: None,
             last_mask: HashMap::new(),
             status,
         })
@@ -255,6 +261,11 @@ impl Sinks {
         Ok(())
     }
 
+    /// Where `enroll` commands go (the inference thread).
+    pub fn set_enroll(&mut self, tx: mpsc::Sender<EnrollRequest>) {
+        self.enroll = Some(tx);
+    }
+
     /// Drive MQTT for a moment; true when a `metrics` command arrived.
     pub fn poll(&mut self, wait: Duration) -> Result<bool> {
         let Some(mqtt) = self.mqtt.as_mut() else {
@@ -274,12 +285,34 @@ impl Sinks {
                     to_installer(InstallerInput::Chunk(msg.payload));
                     continue;
                 }
-                match msg.payload.as_slice() {
-                    b"metrics" => asked = true,
-                    b"rollback" => to_installer(InstallerInput::Rollback),
-                    other => log::warn!(
-                        "unknown command {:?} on {} (known: metrics, rollback)",
-                        String::from_utf8_lossy(other),
+                let text = String::from_utf8_lossy(&msg.payload);
+                let mut words = text.split_whitespace();
+                match words.next() {
+                    Some("metrics") => asked = true,
+                    Some("rollback") => to_installer(InstallerInput::Rollback),
+                    Some("enroll") => {
+                        let args: Vec<&str> = words.collect();
+                        match (EnrollRequest::parse(&args), &self.enroll, &self.installer) {
+                            (Err(e), _, _) => log::warn!("{}: {e:#}", msg.topic),
+                            (Ok(req), _, _)
+                                if req
+                                    .camera
+                                    .as_ref()
+                                    .is_some_and(|c| !self.status.cameras.contains(c)) =>
+                            {
+                                log::warn!("{}: no camera {:?}", msg.topic, req.camera)
+                            }
+                            (Ok(req), Some(tx), Some(_)) => {
+                                let _ = tx.send(req);
+                            }
+                            _ => log::warn!(
+                                "{}: enrollment installs into a model slot and needs [bundles]",
+                                msg.topic
+                            ),
+                        }
+                    }
+                    _ => log::warn!(
+                        "unknown command {text:?} on {} (known: metrics, rollback, enroll [frames] [camera])",
                         msg.topic
                     ),
                 }
@@ -324,6 +357,7 @@ impl Sinks {
         self.status.schedule = s.schedule;
         self.status.engine = s.engine;
         self.status.bundle_version = s.bundle_version;
+        self.status.scorer = s.scorer;
         if let Some(q) = self.mqtt.as_mut() {
             let offline = StatusPayload {
                 state: "offline",

@@ -820,3 +820,138 @@ fn workstation_cli_packs_verifies_and_sends_to_a_group_and_a_device() {
     let out = stop(device);
     assert!(out.status.success());
 }
+
+/// Results (topic `/result`) in the inbox from index `from` to `to`.
+fn results_between(inbox: &Inbox, from: usize, to: usize) -> Vec<Value> {
+    inbox.lock().unwrap()[from..to]
+        .iter()
+        .filter(|(_, t, _)| t.ends_with("/result"))
+        .map(|(_, _, v)| v.clone())
+        .collect()
+}
+
+fn index_of(inbox: &Inbox, f: impl Fn(&str, &Value) -> bool) -> usize {
+    inbox
+        .lock()
+        .unwrap()
+        .iter()
+        .position(|(_, t, v)| f(t, v))
+        .expect("message seen")
+}
+
+#[test]
+fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let _ws = Workstation::new(tmp.path()); // the trusted key [bundles] names
+    let port = free_port();
+    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
+    let (client, inbox) = watch(port);
+    let cfg = device_config(tmp.path(), port, 4.0);
+    let device = start_device(&cfg, None, &[]);
+    wait_for(
+        &inbox,
+        "results from MAEDAY alone",
+        Duration::from_secs(60),
+        |t, v| t.ends_with("/result") && v["scorer"] == "maeday",
+    );
+
+    // Unusable requests are refused without disturbing anything.
+    for bad in ["enroll 0", "enroll 3 nosuchcamera", "enroll many"] {
+        client
+            .publish("maeday/dev/command", QoS::AtLeastOnce, false, bad)
+            .unwrap();
+    }
+    client
+        .publish("maeday/dev/command", QoS::AtLeastOnce, false, "enroll 3")
+        .unwrap();
+    let done = wait_for(
+        &inbox,
+        "the enrollment's verdict",
+        Duration::from_secs(120),
+        |t, v| {
+            t.ends_with("/enroll/status") && (v["state"] == "enrolled" || v["state"] == "rejected")
+        },
+    );
+    assert_eq!(done["state"], "enrolled", "{done}");
+    assert_eq!(done["frames"], 3);
+    let rows = done["rows"].as_u64().unwrap();
+    // 3 frames x 784 patches, a quarter kept by the coreset.
+    assert_eq!(done["rows_before_coreset"], 3 * 784);
+    assert_eq!(rows, (3 * 784u64).div_ceil(4));
+    let threshold = done["image_threshold"].as_f64().unwrap();
+
+    // The serving model kept scoring frames while the bank was built.
+    let building = index_of(&inbox, |t, v| {
+        t.ends_with("/enroll/status") && v["state"] == "building"
+    });
+    let enrolled = index_of(&inbox, |t, v| {
+        t.ends_with("/enroll/status") && v["state"] == "enrolled"
+    });
+    let during = results_between(&inbox, building, enrolled);
+    assert!(
+        !during.is_empty() && during.iter().all(|v| v["scorer"] == "maeday"),
+        "results during the enrollment: {during:?}"
+    );
+    // Then the ensemble serves, with the thresholds calibrated at enrollment.
+    let after = wait_for_from(
+        &inbox,
+        enrolled,
+        "results from the ensemble",
+        Duration::from_secs(30),
+        |t, v| t.ends_with("/result") && v["scorer"] == "ensemble",
+    );
+    assert_eq!(after["image_threshold"].as_f64().unwrap(), threshold);
+    wait_for(
+        &inbox,
+        "a retained status naming the bank",
+        Duration::from_secs(30),
+        |t, v| {
+            t.ends_with("dev/status")
+                && v["scorer"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("ensemble (bank "))
+        },
+    );
+    let state = std::fs::read_to_string(tmp.path().join("state/active.toml")).unwrap();
+    let active: toml::Table = toml::from_str(&state).unwrap();
+    let slot = active["active"].as_str().unwrap();
+    assert!(tmp
+        .path()
+        .join(format!("state/slots/{slot}/bank/bank.toml"))
+        .is_file());
+
+    // A restart serves the enrolled bank again; a rollback returns to MAEDAY alone.
+    let out = stop(device);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    for refusal in [
+        "frames must be 1 to 64",
+        "no camera",
+        "is not a frame count",
+    ] {
+        assert!(log.contains(refusal), "no {refusal:?} in the log:\n{log}");
+    }
+    let from = inbox.lock().unwrap().len();
+    let device = start_device(&cfg, None, &[]);
+    wait_for_from(
+        &inbox,
+        from,
+        "the ensemble after a restart",
+        Duration::from_secs(60),
+        |t, v| t.ends_with("/result") && v["scorer"] == "ensemble",
+    );
+    let from = inbox.lock().unwrap().len();
+    client
+        .publish("maeday/dev/command", QoS::AtLeastOnce, false, "rollback")
+        .unwrap();
+    wait_for_from(
+        &inbox,
+        from,
+        "MAEDAY alone after the rollback",
+        Duration::from_secs(60),
+        |t, v| t.ends_with("/result") && v["scorer"] == "maeday",
+    );
+    let out = stop(device);
+    assert!(out.status.success());
+}

@@ -85,7 +85,12 @@ pub fn pack(o: &PackOptions) -> Result<()> {
             fs::read(model.graph_path())?,
         );
     }
-    let mut detector = Detector::new(model.clone(), &DetectorOptions::default())?;
+    // Golden scores are MAEDAY's: banks are enrolled per device and do not travel in bundles.
+    let golden_opts = DetectorOptions {
+        scorer: Some(crate::scorer::ScorerKind::Maeday),
+        ..Default::default()
+    };
+    let mut detector = Detector::new(model.clone(), &golden_opts)?;
     let mut golden = Vec::new();
     for (i, path) in o.golden.iter().enumerate() {
         let frame = load_image(path)?;

@@ -9,6 +9,10 @@
 //!   new choice, and the chosen slot is always complete (it is synced and renamed into place
 //!   before `active.toml` names it).
 //!
+//! Enrollment installs the same way: the serving model's files plus the new memory bank
+//! (`bank/`) go into the inactive slot, which is activated with the serving version
+//! (`rollback` returns to the model before the enrollment).
+//!
 //! The install runs on its own thread while the current model keeps serving; only the final
 //! hand-over of the loaded detector reaches the inference thread, which takes it between two
 //! frames.
@@ -25,9 +29,13 @@ use serde::{Deserialize, Serialize};
 
 use super::transfer::{Assembler, Chunk, Progress};
 use super::{reject, Abi, Bundle, Rejection};
-use crate::detector::{Detector, DetectorOptions};
+use std::sync::Arc;
+
+use crate::detector::{open_extractor, Detector, DetectorOptions};
+use crate::enroll::{check_shots, enroll, EnrollSettings, Shot, StoredBank};
 use crate::manifest::Model;
 use crate::preprocess::Fit;
+use crate::scorer::ScorerKind;
 use crate::spool::Message;
 
 /// What `active.toml` holds.
@@ -62,6 +70,24 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Copy a folder tree (files synced).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)
+                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
+            fs::File::open(&target)?.sync_all()?;
+        }
+    }
+    sync_dir(to);
+    Ok(())
+}
+
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = fs::File::create(path)?;
     f.write_all(data)?;
@@ -89,7 +115,8 @@ impl Slots {
     }
 
     /// The bundle version installed in `dir`, if it is one of the slots (`None`: the
-    /// factory model).
+    /// factory model, or a slot holding the factory model with an enrolled bank, which is
+    /// version 0: no bundle has version 0).
     pub fn version_of(&self, dir: &Path) -> Option<u64> {
         let st = &self.state;
         [
@@ -98,10 +125,16 @@ impl Slots {
         ]
         .into_iter()
         .find_map(|(slot, v)| slot.as_ref().filter(|s| self.slot_dir(s) == dir).map(|_| v))
+        .filter(|v| *v > 0)
     }
 
-    /// The model to start on: the active slot, else the previous one, else the factory model.
+    /// The model to start on: the active slot, else (when it is unusable) the previous
+    /// one, else the factory model. No active slot means the factory model was chosen
+    /// (none installed yet, or a rollback to it).
     pub fn startup_model(&self, factory: &Path) -> PathBuf {
+        if self.state.active.is_none() {
+            return factory.to_path_buf();
+        }
         for (what, slot) in [
             ("active", &self.state.active),
             ("previous", &self.state.previous),
@@ -179,12 +212,52 @@ impl Slots {
         }
         write_synced(&tmp.join(super::MANIFEST), &bundle.manifest_bytes)
             .map_err(|e| io(e.into()))?;
+        // Banks are enrolled on the device and do not travel in bundles: the serving one
+        // carries over (with a new graph its MAEDAY statistics are stale until the next
+        // enrollment; the detector warns).
+        let bank = serving.dir.join("bank");
+        if bank.join("bank.toml").is_file() {
+            copy_dir(&bank, &tmp.join("bank")).map_err(io)?;
+        }
         sync_dir(&tmp);
         crash_point("staged");
         let _ = fs::remove_dir_all(&dir);
         fs::rename(&tmp, &dir).map_err(|e| io(e.into()))?;
         sync_dir(&self.dir.join("slots"));
         crash_point("renamed");
+        Ok((slot, dir))
+    }
+
+    /// Write the serving model's files and a new memory bank into the inactive slot
+    /// (complete and synced before it is renamed into place).
+    pub fn stage_enrollment(
+        &mut self,
+        serving: &Model,
+        bank: &mut StoredBank,
+        shots: &[Shot],
+    ) -> Result<(String, PathBuf)> {
+        let slot = self.inactive().to_string();
+        let dir = self.slot_dir(&slot);
+        let tmp = self.dir.join("slots").join(format!("{slot}.tmp"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        for entry in fs::read_dir(&serving.dir)
+            .with_context(|| format!("cannot read {}", serving.dir.display()))?
+        {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                let target = tmp.join(entry.file_name());
+                fs::copy(entry.path(), &target)
+                    .with_context(|| format!("cannot copy {}", entry.path().display()))?;
+                fs::File::open(&target)?.sync_all()?;
+            }
+        }
+        bank.save(&tmp.join("bank"), shots)?;
+        sync_dir(&tmp);
+        crash_point("enroll-staged");
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&tmp, &dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
+        sync_dir(&self.dir.join("slots"));
         Ok((slot, dir))
     }
 
@@ -198,6 +271,15 @@ impl Slots {
         next.active = Some(slot.to_string());
         next.active_version = version;
         next.highest_version = next.highest_version.max(version);
+        self.persist(next)
+    }
+
+    /// Back to the factory model: the active slot becomes the previous one.
+    pub fn to_factory(&mut self) -> Result<()> {
+        let mut next = self.state.clone();
+        next.previous = next.active.take();
+        next.previous_version = next.active_version;
+        next.active_version = 0;
         self.persist(next)
     }
 
@@ -227,12 +309,67 @@ pub enum InstallerInput {
     /// A message on a bundle chunk topic.
     Chunk(Vec<u8>),
     Rollback,
+    /// Build a memory bank from captured good frames and install it.
+    Enroll(EnrollJob),
+}
+
+/// The `enroll [frames] [camera]` command, as the inference thread gets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollRequest {
+    /// `None`: `[enroll] frames`.
+    pub frames: Option<usize>,
+    /// `None`: the first camera.
+    pub camera: Option<String>,
+}
+
+impl EnrollRequest {
+    /// `[]`, `["4"]`, `["4", "line1"]`.
+    pub fn parse(args: &[&str]) -> Result<EnrollRequest> {
+        anyhow::ensure!(args.len() <= 2, "usage: enroll [frames] [camera]");
+        let frames = match args.first() {
+            Some(n) => {
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("enroll: {n:?} is not a frame count"))?;
+                anyhow::ensure!((1..=64).contains(&n), "enroll: frames must be 1 to 64");
+                Some(n)
+            }
+            None => None,
+        };
+        Ok(EnrollRequest {
+            frames,
+            camera: args.get(1).map(|c| c.to_string()),
+        })
+    }
+}
+
+/// Good frames captured from a live camera, ready to enroll.
+pub struct EnrollJob {
+    pub camera: String,
+    pub fit: Fit,
+    pub shots: Vec<Shot>,
+}
+
+/// The `enroll/status` payload.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EnrollStatus {
+    /// `building`, `enrolled`, `rejected` (with `detail`).
+    pub state: &'static str,
+    pub camera: String,
+    pub frames: usize,
+    pub rows: Option<usize>,
+    pub rows_before_coreset: Option<usize>,
+    pub image_threshold: Option<f32>,
+    /// Milliseconds from the captured frames to the switch.
+    pub enroll_ms: Option<f64>,
+    pub detail: Option<String>,
 }
 
 /// A loaded detector for the inference thread to switch to between two frames.
 pub struct Swap {
     pub detector: Detector,
-    pub version: u64,
+    /// The bundle version now serving (`None`: the factory model).
+    pub version: Option<u64>,
 }
 
 /// The `bundle/status` payload.
@@ -263,6 +400,9 @@ pub struct InstallerSettings {
     /// How serving detectors are built (device overrides such as the mask count).
     pub serving: DetectorOptions,
     pub format: crate::config::PayloadFormat,
+    pub enroll: EnrollSettings,
+    /// The model shipped with the device (what a rollback past every slot returns to).
+    pub factory: PathBuf,
 }
 
 pub struct Installer {
@@ -272,6 +412,7 @@ pub struct Installer {
     /// The model serving now (what a settings-only bundle builds on; its ABI is the device's).
     serving: Model,
     status_topic: String,
+    enroll_topic: String,
     outbox: Sender<Message>,
     swaps: Sender<Swap>,
 }
@@ -291,6 +432,7 @@ impl Installer {
         )?;
         Ok(Installer {
             status_topic: format!("maeday/{}/bundle/status", s.device_id),
+            enroll_topic: format!("maeday/{}/enroll/status", s.device_id),
             s,
             slots,
             assembler,
@@ -328,6 +470,7 @@ impl Installer {
             match input {
                 InstallerInput::Chunk(bytes) => self.on_chunk(&bytes),
                 InstallerInput::Rollback => self.rollback(),
+                InstallerInput::Enroll(job) => self.enroll(job),
             }
         }
     }
@@ -445,7 +588,7 @@ impl Installer {
         self.swaps
             .send(Swap {
                 detector,
-                version: m.version,
+                version: Some(m.version),
             })
             .map_err(|_| reject("install-failed", "the inference thread has stopped"))?;
         crash_point("switched");
@@ -466,6 +609,7 @@ impl Installer {
         let golden_opts = DetectorOptions {
             fit: Fit::Squash,
             engine: self.s.serving.engine.clone(),
+            scorer: Some(crate::scorer::ScorerKind::Maeday),
             ..Default::default()
         };
         let mut golden = Detector::new(model.clone(), &golden_opts).map_err(load)?;
@@ -485,9 +629,13 @@ impl Installer {
                 ));
             }
         }
+        // The golden detector scores with MAEDAY alone; a slot with a memory bank serves
+        // with the configured scorer, which a fresh detector picks up.
+        let bank = model.dir.join("bank").join("bank.toml").is_file();
         let same = self.s.serving.masks.is_none()
             && self.s.serving.schedule.is_none()
-            && self.s.serving.seed.is_none();
+            && self.s.serving.seed.is_none()
+            && (self.s.serving.scorer == Some(crate::scorer::ScorerKind::Maeday) || !bank);
         if same {
             Ok(golden)
         } else {
@@ -496,8 +644,94 @@ impl Installer {
         }
     }
 
+    fn enroll_status(&self, st: &EnrollStatus) {
+        match crate::message::encode(st, self.s.format) {
+            Ok(payload) => {
+                let _ = self.outbox.send(Message {
+                    topic: self.enroll_topic.clone(),
+                    payload,
+                });
+            }
+            Err(e) => log::error!("cannot encode the enroll status: {e:#}"),
+        }
+    }
+
+    /// Build a bank from the captured frames (at low priority, the serving detector keeps
+    /// scoring), stage the serving model with it, hand the new detector over, persist.
+    fn enroll(&mut self, job: EnrollJob) {
+        let started = Instant::now();
+        let base = EnrollStatus {
+            camera: job.camera.clone(),
+            frames: job.shots.len(),
+            ..Default::default()
+        };
+        self.enroll_status(&EnrollStatus {
+            state: "building",
+            ..base.clone()
+        });
+        let result = (|| -> Result<StoredBank> {
+            let size = job
+                .shots
+                .first()
+                .map(|s| (s.image.width(), s.image.height()));
+            check_shots(&job.shots, size)?;
+            let extractor = Arc::new(open_extractor(self.s.serving.extractor.as_ref())?);
+            let opts = DetectorOptions {
+                fit: job.fit,
+                scorer: Some(ScorerKind::Maeday),
+                banks: Vec::new(),
+                ..self.s.serving.clone()
+            };
+            let mut scratch = Detector::new(self.serving.clone(), &opts)?;
+            let mut bank = enroll(&mut scratch, extractor, &job.shots, &self.s.enroll)?;
+            drop(scratch);
+            let (slot, dir) = self
+                .slots
+                .stage_enrollment(&self.serving, &mut bank, &job.shots)?;
+            let model = Model::open(&dir)?;
+            let detector = Detector::new(model.clone(), &self.s.serving)?;
+            let version = self.slots.version_of(&self.serving.dir);
+            self.swaps
+                .send(Swap { detector, version })
+                .map_err(|_| anyhow::anyhow!("the inference thread has stopped"))?;
+            self.slots.activate(&slot, version.unwrap_or(0))?;
+            self.serving = model;
+            Ok(bank)
+        })();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        match result {
+            Ok(bank) => {
+                log::info!(
+                    "enrolled {} good frame(s) of {}: bank of {} rows in {ms:.0} ms",
+                    job.shots.len(),
+                    job.camera,
+                    bank.meta.rows
+                );
+                self.enroll_status(&EnrollStatus {
+                    state: "enrolled",
+                    rows: Some(bank.meta.rows),
+                    rows_before_coreset: Some(bank.meta.rows_before_coreset),
+                    image_threshold: Some(bank.meta.thresholds.ensemble.image),
+                    enroll_ms: Some(ms),
+                    ..base
+                });
+            }
+            Err(e) => {
+                log::warn!("enrollment failed: {e:#}; the current model keeps serving");
+                self.enroll_status(&EnrollStatus {
+                    state: "rejected",
+                    detail: Some(format!("{e:#}")),
+                    ..base
+                });
+            }
+        }
+    }
+
     fn rollback(&mut self) {
         let Some(prev) = self.slots.state.previous.clone() else {
+            if self.slots.state.active.is_some() {
+                return self.rollback_to_factory();
+            }
             return self.rejected(
                 "",
                 None,
@@ -511,7 +745,10 @@ impl Installer {
                 .map_err(|e| reject("invalid-model", format!("{e:#}")))?;
             let version = self.slots.state.previous_version;
             self.swaps
-                .send(Swap { detector, version })
+                .send(Swap {
+                    detector,
+                    version: (version > 0).then_some(version),
+                })
                 .map_err(|_| reject("install-failed", "the inference thread has stopped"))?;
             self.slots
                 .swap()
@@ -522,7 +759,36 @@ impl Installer {
         match result {
             Ok(version) => self.status(&BundleStatus {
                 state: "rolled-back",
-                version: Some(version),
+                version: (version > 0).then_some(version),
+                ..Default::default()
+            }),
+            Err(r) => self.rejected("", None, &r),
+        }
+    }
+
+    /// The only slot came from the factory model (an enrollment before any bundle): roll
+    /// back to the factory model itself.
+    fn rollback_to_factory(&mut self) {
+        let result = (|| -> Result<(), Rejection> {
+            let model = Model::open(&self.s.factory)
+                .map_err(|e| reject("invalid-model", format!("factory model: {e:#}")))?;
+            let detector = Detector::new(model.clone(), &self.s.serving)
+                .map_err(|e| reject("invalid-model", format!("{e:#}")))?;
+            self.swaps
+                .send(Swap {
+                    detector,
+                    version: None,
+                })
+                .map_err(|_| reject("install-failed", "the inference thread has stopped"))?;
+            self.slots
+                .to_factory()
+                .map_err(|e| reject("install-failed", format!("{e:#}")))?;
+            self.serving = model;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => self.status(&BundleStatus {
+                state: "rolled-back",
                 ..Default::default()
             }),
             Err(r) => self.rejected("", None, &r),

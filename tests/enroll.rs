@@ -1,0 +1,374 @@
+//! Few-shot enrollment end to end on real photos, the real default model and the real
+//! EfficientNet-Lite0 extractor: banks that find a foreign object, bank files that refuse
+//! corruption, enrollment that refuses unusable input, and `eval --shots`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use image::{DynamicImage, GenericImage, RgbImage};
+use maeday_edge::detector::{open_extractor, Detector, DetectorOptions};
+use maeday_edge::enroll::{enroll, EnrollSettings, Shot, StoredBank};
+use maeday_edge::manifest::Model;
+use maeday_edge::scorer::ScorerKind;
+use serde_json::Value;
+
+mod common;
+use common::repo;
+
+const BIN: &str = env!("CARGO_BIN_EXE_maeday-edge");
+
+fn sample(name: &str) -> RgbImage {
+    image::open(repo().join("models/samples").join(name))
+        .unwrap()
+        .to_rgb8()
+}
+
+/// A 200 x 200 view of the coins photo (the "part" on the line) at `(x, y)`.
+fn coins_at(x: u32, y: u32) -> RgbImage {
+    image::imageops::crop_imm(&sample("coins.png"), x, y, 200, 200).to_image()
+}
+
+/// The same view with a 48 x 48 piece of the cat photo on it at (120, 80): debris.
+fn with_debris(mut view: RgbImage) -> RgbImage {
+    let cat = image::imageops::crop_imm(&sample("chelsea.png"), 150, 80, 48, 48).to_image();
+    view.copy_from(&cat, 120, 80).unwrap();
+    view
+}
+
+fn shots() -> Vec<Shot> {
+    // A fixed camera that shakes by a few pixels.
+    [(40, 30), (43, 31), (46, 34), (41, 35)]
+        .iter()
+        .map(|&(x, y)| Shot {
+            name: format!("coins@{x},{y}"),
+            image: DynamicImage::ImageRgb8(coins_at(x, y)),
+        })
+        .collect()
+}
+
+fn options() -> DetectorOptions {
+    DetectorOptions {
+        masks: Some(4),
+        scorer: Some(ScorerKind::Maeday),
+        ..Default::default()
+    }
+}
+
+fn default_model() -> Model {
+    Model::open(repo().join("models/default")).unwrap()
+}
+
+fn enrolled(seed: u64) -> (Detector, StoredBank) {
+    let mut d = Detector::new(default_model(), &options()).unwrap();
+    let extractor = Arc::new(open_extractor(None).unwrap());
+    let settings = EnrollSettings {
+        seed,
+        ..Default::default()
+    };
+    let bank = enroll(&mut d, extractor.clone(), &shots(), &settings).unwrap();
+    d.attach_stored(extractor, std::slice::from_ref(&bank))
+        .unwrap();
+    (d, bank)
+}
+
+#[test]
+fn an_enrolled_bank_finds_debris_on_a_view_it_never_saw() {
+    let (mut d, bank) = enrolled(0);
+    assert_eq!(bank.meta.rows_before_coreset, 4 * 784);
+    assert_eq!(bank.meta.rows, 784);
+    assert_eq!(bank.meta.held_out, "leave-one-out");
+    // Another shake of the same view.
+    let good = DynamicImage::ImageRgb8(coins_at(44, 32));
+    let bad = DynamicImage::ImageRgb8(with_debris(coins_at(44, 32)));
+    for kind in [ScorerKind::Bank, ScorerKind::Ensemble] {
+        d.set_scorer(kind).unwrap();
+        let g = d.detect(&good).unwrap();
+        let b = d.detect(&bad).unwrap();
+        let t = d.thresholds().unwrap();
+        assert!(
+            b.score > g.score + 1.0 && b.score > t.image,
+            "{kind}: debris {} vs good {} (threshold {})",
+            b.score,
+            g.score,
+            t.image
+        );
+        // The map peaks on the debris: (120..168, 80..128) of 200 px, squashed to 224.
+        let (w, _) = (b.map.width, b.map.height);
+        let peak = b
+            .map
+            .data
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
+        let (px, py) = (
+            (peak % w) as f32 * 200.0 / 224.0,
+            (peak / w) as f32 * 200.0 / 224.0,
+        );
+        assert!(
+            (110.0..178.0).contains(&px) && (70.0..138.0).contains(&py),
+            "{kind}: peak at ({px}, {py})"
+        );
+    }
+    // The ensemble's parts are each scorer's standardised map.
+    let mut d2 = Detector::new(
+        default_model(),
+        &DetectorOptions {
+            keep_parts: true,
+            ..options()
+        },
+    )
+    .unwrap();
+    d2.attach_stored(Arc::new(open_extractor(None).unwrap()), &[bank])
+        .unwrap();
+    d2.set_scorer(ScorerKind::Ensemble).unwrap();
+    let det = d2.detect(&bad).unwrap();
+    let names: Vec<&str> = det.parts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["maeday", "bank0"]);
+    for (i, v) in det.map.data.iter().enumerate() {
+        let sum = det.parts[0].1.data[i] + det.parts[1].1.data[i];
+        assert!((v - sum).abs() <= 1e-4 * sum.abs().max(1.0));
+    }
+}
+
+#[test]
+fn enrollment_is_deterministic_per_seed() {
+    let (_, a) = enrolled(3);
+    let (_, b) = enrolled(3);
+    let (_, c) = enrolled(4);
+    assert_eq!(a.meta.features_sha256, b.meta.features_sha256);
+    assert_eq!(a.meta.thresholds, b.meta.thresholds);
+    assert_ne!(a.meta.features_sha256, c.meta.features_sha256);
+}
+
+#[test]
+fn bank_files_round_trip_and_refuse_corruption_and_other_extractors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut d, mut bank) = enrolled(0);
+    let dir = tmp.path().join("bank");
+    bank.save(&dir, &shots()).unwrap();
+    assert_eq!(std::fs::read_dir(dir.join("shots")).unwrap().count(), 4);
+    let loaded = StoredBank::load(&dir).unwrap();
+    assert_eq!(loaded.meta, bank.meta);
+    assert_eq!(loaded.bank.features(), bank.bank.features());
+
+    // A detector opened on the saved bank scores like the one that enrolled it.
+    d.set_scorer(ScorerKind::Ensemble).unwrap();
+    let frame = DynamicImage::ImageRgb8(with_debris(coins_at(44, 32)));
+    let want = d.detect(&frame).unwrap().score;
+    let mut opened = Detector::new(
+        default_model(),
+        &DetectorOptions {
+            scorer: None,
+            banks: vec![dir.clone()],
+            ..options()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        opened.scorer(),
+        ScorerKind::Ensemble,
+        "a bank means the ensemble"
+    );
+    assert_eq!(opened.detect(&frame).unwrap().score, want);
+
+    // One flipped bit, a truncated file, another extractor: refused with the reason.
+    let features = dir.join("features.f32");
+    let original = std::fs::read(&features).unwrap();
+    let mut flipped = original.clone();
+    flipped[1000] ^= 1;
+    std::fs::write(&features, &flipped).unwrap();
+    let e = format!("{:#}", StoredBank::load(&dir).unwrap_err());
+    assert!(e.contains("corrupt"), "{e}");
+    std::fs::write(&features, &original[..original.len() - 8]).unwrap();
+    let e = format!("{:#}", StoredBank::load(&dir).unwrap_err());
+    assert!(e.contains("truncated"), "{e}");
+    std::fs::write(&features, &original).unwrap();
+    let meta = dir.join("bank.toml");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(
+        &meta,
+        text.replace(&bank.meta.extractor_sha256, &"0".repeat(64)),
+    )
+    .unwrap();
+    let e = format!(
+        "{:#}",
+        Detector::new(
+            default_model(),
+            &DetectorOptions {
+                scorer: None,
+                banks: vec![dir.clone()],
+                ..options()
+            }
+        )
+        .err()
+        .unwrap()
+    );
+    assert!(e.contains("enroll again"), "{e}");
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn save(img: &RgbImage, path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    img.save(path).unwrap();
+}
+
+#[test]
+fn enroll_refuses_unusable_input_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |p: &str| tmp.path().join(p);
+    let out = t("bank").display().to_string();
+    std::fs::create_dir_all(t("empty")).unwrap();
+    save(&coins_at(0, 0), &t("tiny/a.png"));
+    save(&RgbImage::new(16, 40), &t("tiny/b.png"));
+    save(&coins_at(0, 0), &t("corrupt/a.png"));
+    std::fs::write(t("corrupt/b.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    for (dir, want) in [
+        ("empty", "no images"),
+        ("tiny", "16x40: too small"),
+        ("corrupt", "cannot use it as a good frame"),
+        ("missing", "does not exist"),
+    ] {
+        let good = t(dir).display().to_string();
+        let o = cli(&["enroll", "--good", &good, "--out", &out, "--masks", "2"]);
+        assert!(!o.status.success(), "{dir}: accepted");
+        assert!(stderr(&o).contains(want), "{dir}: {}", stderr(&o));
+        assert!(!t("bank").exists(), "{dir}: a bank was written");
+    }
+    // Asking for a bank scorer without a bank is an error too, not MAEDAY in disguise.
+    let img = t("tiny/a.png").display().to_string();
+    let o = cli(&["score", "--scorer", "bank", "--masks", "2", &img]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs a memory bank"), "{}", stderr(&o));
+}
+
+#[test]
+fn cli_enroll_then_score_and_eval_with_shots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |p: &str| tmp.path().join(p);
+    for (i, &(x, y)) in [(40, 30), (43, 31), (46, 34), (41, 35), (44, 32), (42, 33)]
+        .iter()
+        .enumerate()
+    {
+        save(&coins_at(x, y), &t(&format!("data/good/{i}.png")));
+    }
+    for (i, &(x, y)) in [(41, 31), (45, 33), (43, 35)].iter().enumerate() {
+        save(
+            &with_debris(coins_at(x, y)),
+            &t(&format!("data/debris/{i}.png")),
+        );
+    }
+    let bank = t("bank").display().to_string();
+    let good = t("data/good").display().to_string();
+    let o = cli(&[
+        "enroll", "--good", &good, "--limit", "3", "--out", &bank, "--masks", "2", "--seed", "5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (r["good_images"].as_u64(), r["seed"].as_u64()),
+        (Some(3), Some(5))
+    );
+    assert_eq!(r["rows"], 3 * 784 / 4);
+
+    let clean = t("data/good/4.png").display().to_string();
+    let dirty = t("data/debris/1.png").display().to_string();
+    let score = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["score", "--bank", &bank, "--masks", "2"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[&clean, &dirty]);
+        let o = cli(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let ensemble = score(&[]);
+    assert_eq!(ensemble[0]["scorer"], "ensemble");
+    assert!(ensemble[1]["score"].as_f64() > ensemble[0]["score"].as_f64());
+    // The bank alone, with its thresholds from three good frames: the right verdicts.
+    let bank_only = score(&["--scorer", "bank"]);
+    assert_eq!(bank_only[0]["scorer"], "bank");
+    assert_eq!(bank_only[0]["anomalous"], false, "{}", bank_only[0]);
+    assert_eq!(bank_only[1]["anomalous"], true, "{}", bank_only[1]);
+
+    // eval --shots: the shots come from the normal images and are not evaluated.
+    let report = t("report.json");
+    let data = t("data").display().to_string();
+    let o = cli(&[
+        "eval",
+        "--dataset",
+        &data,
+        "--shots",
+        "2",
+        "--shot-seed",
+        "1",
+        "--bank-seeds",
+        "0,1",
+        "--masks",
+        "2",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let shots: Vec<PathBuf> = r["shots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| PathBuf::from(s.as_str().unwrap()))
+        .collect();
+    assert_eq!(shots.len(), 2);
+    let evaluated: Vec<&str> = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(evaluated.len(), 4 + 3);
+    for s in &shots {
+        assert!(
+            !evaluated.contains(&s.to_str().unwrap()),
+            "shot {s:?} evaluated"
+        );
+    }
+    let scorers = r["scorers"].as_object().unwrap();
+    let mut names: Vec<&str> = scorers.keys().map(|k| k.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bank0",
+            "bank0+bank1",
+            "bank1",
+            "maeday",
+            "maeday+bank0",
+            "maeday+bank0+bank1",
+            "maeday+bank1"
+        ]
+    );
+    // Pasted cat fur on coins: every bank ranks all three debris views above every good view.
+    for b in ["bank0", "bank1", "bank0+bank1"] {
+        assert_eq!(
+            scorers[b]["image_auroc"].as_f64(),
+            Some(1.0),
+            "{b}: {}",
+            scorers[b]
+        );
+    }
+    assert_eq!(
+        r["image_auroc"],
+        scorers["maeday+bank0+bank1"]["image_auroc"]
+    );
+    assert_eq!(r["bank_rows"].as_array().unwrap().len(), 2);
+}
