@@ -8,6 +8,8 @@
 # Lays out:
 #   /opt/maeday-edge/bin/maeday-edge        the daemon
 #   /opt/maeday-edge/models/default/        the default model ($MAEDAY_MODEL in the unit)
+#   /opt/maeday-edge/models/efficientnet-lite0/  the memory bank's feature extractor
+#                                           ($MAEDAY_EXTRACTOR; enrollment needs it)
 #   /etc/maeday-edge/config.toml            the config (kept if it exists)
 #   /etc/systemd/system/maeday-edge.service the unit (cross/maeday-edge.service)
 #   /var/lib/maeday-edge/                   spool and bundle slots (systemd StateDirectory)
@@ -49,6 +51,12 @@ rm -rf "$opt/models/default.old"
 [ -d "$opt/models/default" ] && mv "$opt/models/default" "$opt/models/default.old"
 mv "$opt/models/default.new" "$opt/models/default"
 rm -rf "$opt/models/default.old"
+# The extractor, the same way (a bank records its sha256: a changed one is refused).
+rm -rf "$opt/models/efficientnet-lite0.new" "$opt/models/efficientnet-lite0.old"
+cp -r "$repo/models/efficientnet-lite0" "$opt/models/efficientnet-lite0.new"
+[ -d "$opt/models/efficientnet-lite0" ] && mv "$opt/models/efficientnet-lite0" "$opt/models/efficientnet-lite0.old"
+mv "$opt/models/efficientnet-lite0.new" "$opt/models/efficientnet-lite0"
+rm -rf "$opt/models/efficientnet-lite0.old"
 install -m 0644 "$repo/README.md" "$opt/README.md"
 install -m 0644 "$here/maeday-edge.service" "$root/etc/systemd/system/maeday-edge.service"
 

@@ -55,6 +55,7 @@ PY
 stage=$(mktemp -d)
 bash cross/install.sh --root "$stage" --binary "$arm" 2>/dev/null
 for f in opt/maeday-edge/bin/maeday-edge opt/maeday-edge/models/default/manifest.toml \
+         opt/maeday-edge/models/efficientnet-lite0/extractor.toml \
          etc/maeday-edge/config.toml etc/systemd/system/maeday-edge.service; do
   [ -s "$stage/$f" ] || { echo "install.sh did not stage $f" >&2; exit 1; }
 done

@@ -821,6 +821,37 @@ source = { kind = "v4l2", format = "H264", width = 640, height = 480 }
     }
 
     #[test]
+    fn enroll_and_scorer_settings() {
+        let c = Config::parse(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!((c.enroll.frames, c.model.scorer), (4, None));
+        let text = format!(
+            "{}\n[enroll]\nframes = 8\naugment = [\"hflip\"]\nbank_weight = 2.0\n",
+            MINIMAL.replace(
+                "[[camera]]",
+                "[model]\nscorer = \"bank\"\nextractor = \"ex\"\n[[camera]]"
+            )
+        );
+        let c = Config::parse(&text, Path::new("/opt/m")).unwrap();
+        assert_eq!(c.model.scorer, Some(crate::scorer::ScorerKind::Bank));
+        assert_eq!(c.model.extractor.as_deref(), Some(Path::new("/opt/m/ex")));
+        let s = c.enroll.settings().unwrap();
+        assert_eq!(s.augment, [crate::enroll::Augmentation::Hflip]);
+        assert_eq!((s.weights.maeday, s.weights.bank), (1.0, 2.0));
+        for (bad, key) in [
+            ("frames = 0", "enroll.frames"),
+            ("coreset_fraction = 1.5", "enroll.coreset_fraction"),
+            ("augment = [\"mirror\"]", "enroll.augment"),
+            ("bank_weight = 0.0", "bank_weight"),
+        ] {
+            let text = format!("{MINIMAL}\n[enroll]\n{bad}\n");
+            let e = format!("{:#}", Config::parse(&text, Path::new("/")).unwrap_err());
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        let text = MINIMAL.replace("[[camera]]", "[model]\nscorer = \"patchcore\"\n[[camera]]");
+        assert!(Config::parse(&text, Path::new("/")).is_err());
+    }
+
+    #[test]
     fn shipped_configs_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config");
         for name in ["demo.toml", "conveyor.toml", "fod-cart.toml"] {

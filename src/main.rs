@@ -52,6 +52,10 @@ enum Command {
         /// by [model.ort]).
         #[arg(long)]
         engine: Option<EngineChoice>,
+        /// maeday, bank or ensemble, overriding model.scorer (bank and ensemble need an
+        /// enrolled memory bank in the serving model folder).
+        #[arg(long)]
+        scorer: Option<maeday_edge::scorer::ScorerKind>,
     },
     /// Retrain bundles: keys, packing, signing, verifying, sending to devices.
     Bundle {
@@ -424,6 +428,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_frames,
             check,
             engine,
+            scorer,
         } => {
             let mut config = match &config {
                 Some(path) => Config::load(path)?,
@@ -433,6 +438,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(EngineChoice::Tract) => config.model.engine = EngineName::Tract,
                 Some(EngineChoice::Ort) => config.model.engine = EngineName::Ort,
                 None => {}
+            }
+            if scorer.is_some() {
+                config.model.scorer = scorer;
             }
             if check {
                 println!("config ok: {} camera(s)", config.cameras.len());

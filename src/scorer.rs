@@ -76,17 +76,8 @@ impl Normalisation {
     pub fn of(values: &[f32]) -> Normalisation {
         let n = values.len().max(1) as f64;
         let mean = values.iter().map(|v| *v as f64).sum::<f64>() / n;
-        let scale = if std::env::var("MAEDAY_NORM_SCALE").is_ok_and(|v| v == "std") {
-            (values
-                .iter()
-                .map(|v| (*v as f64 - mean).powi(2))
-                .sum::<f64>()
-                / n)
-                .sqrt()
-        } else {
-            let mut sorted = values.to_vec();
-            crate::metrics::quantile(&mut sorted, 0.999).map_or(0.0, |q| q as f64 - mean)
-        };
+        let mut sorted = values.to_vec();
+        let scale = crate::metrics::quantile(&mut sorted, 0.999).map_or(0.0, |q| q as f64 - mean);
         Normalisation {
             mean: mean as f32,
             scale: if scale > 1e-12 { scale as f32 } else { 1.0 },

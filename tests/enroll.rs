@@ -249,6 +249,9 @@ fn enroll_refuses_unusable_input_with_a_clear_error() {
     let o = cli(&["score", "--scorer", "bank", "--masks", "2", &img]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("needs a memory bank"), "{}", stderr(&o));
+    let o = cli(&["run", "--scorer", "ensemble", "--max-frames", "1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs a memory bank"), "{}", stderr(&o));
 }
 
 #[test]

@@ -1,0 +1,116 @@
+//! The memory bank's per-frame cost against bank size, measured side by side in one run:
+//! - exact nearest neighbours for one frame's 784 patch features (28 x 28, 152-d) against
+//!   banks of 1, 4, 16 and 64 enrolled frames' worth of rows (25% coreset: 196 .. 12544
+//!   rows; 100%: 784 .. 50176), through the sgemm search the runtime uses;
+//! - the same search as a plain double loop, on the smaller banks, for the speed-up of
+//!   the vectorised form;
+//! - the extractor (EfficientNet-Lite0 through tract), which every bank size pays once.
+//!
+//! `cargo bench --bench bank`; the summary prints ms per frame and ratios to the smallest
+//! bank from this one run.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion};
+
+use maeday_edge::bank::{Features, MemoryBank};
+use maeday_edge::features::{default_extractor_dir, FeatureExtractor};
+
+const DIM: usize = 152;
+const QUERIES: usize = 784;
+/// Bank rows: 1, 4, 16, 64 frames at 25%, and 64 frames whole.
+const ROWS: [usize; 5] = [196, 784, 3136, 12544, 50176];
+const NAIVE_ROWS: [usize; 2] = [196, 784];
+
+fn random(rows: usize, seed: u64) -> Features {
+    // A 64-bit LCG (Knuth's MMIX constants): timing does not depend on the values.
+    let mut state = seed;
+    let data = (0..rows * DIM)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect();
+    Features::new(DIM, data).unwrap()
+}
+
+fn naive(bank: &Features, q: &Features) -> Vec<f32> {
+    (0..q.rows())
+        .map(|i| {
+            (0..bank.rows())
+                .map(|j| {
+                    q.row(i)
+                        .iter()
+                        .zip(bank.row(j))
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f32>()
+                })
+                .fold(f32::INFINITY, f32::min)
+                .sqrt()
+        })
+        .collect()
+}
+
+fn knn(c: &mut Criterion) {
+    let queries = random(QUERIES, 1);
+    let mut group = c.benchmark_group("knn");
+    for rows in ROWS {
+        let features = random(rows, 2);
+        let bank = MemoryBank::new(features.clone()).unwrap();
+        group.bench_with_input(BenchmarkId::new("sgemm", rows), &rows, |b, _| {
+            b.iter(|| bank.nearest(&queries).unwrap())
+        });
+        if NAIVE_ROWS.contains(&rows) {
+            group.bench_with_input(BenchmarkId::new("naive", rows), &rows, |b, _| {
+                b.iter(|| naive(&features, &queries))
+            });
+        }
+    }
+    group.finish();
+    let ex = FeatureExtractor::open(&default_extractor_dir()).unwrap();
+    let image = vec![0.5f32; 3 * 224 * 224];
+    c.bench_function("extractor", |b| b.iter(|| ex.features(&image).unwrap()));
+}
+
+fn mean_ms(dir: &Path, id: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(v["mean"]["point_estimate"].as_f64()? / 1e6)
+}
+
+fn summary() {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("criterion");
+    println!("\n== summary: kNN per frame (784 queries) vs bank rows, one run ==");
+    let base = mean_ms(&dir, &format!("knn/sgemm/{}", ROWS[0]));
+    for rows in ROWS {
+        if let (Some(t), Some(b)) = (mean_ms(&dir, &format!("knn/sgemm/{rows}")), base) {
+            let naive = mean_ms(&dir, &format!("knn/naive/{rows}"))
+                .map(|n| format!("  naive {n:8.2} ms (naive/sgemm {:.1})", n / t))
+                .unwrap_or_default();
+            println!(
+                "{rows:>6} rows: sgemm {t:8.2} ms  x{:.1} of the smallest{naive}",
+                t / b
+            );
+        }
+    }
+    if let Some(e) = mean_ms(&dir, "extractor") {
+        println!("extractor: {e:.2} ms per 224x224 window");
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    knn(&mut c);
+    c.final_summary();
+    summary();
+}
