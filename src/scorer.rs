@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::bank::MemoryBank;
+use crate::bank::{Features, MemoryBank};
 use crate::features::FeatureExtractor;
 use crate::manifest::Thresholds;
 use crate::scoring::{self, AnomalyMap};
@@ -147,8 +147,7 @@ pub fn upsample_bilinear(src: &[f32], sw: usize, sh: usize, dw: usize, dh: usize
 }
 
 /// The bank's map for one window: features of the `[3, S, S]` RGB tensor in [0, 1],
-/// each patch's distance to its nearest bank row, upsampled to `S x S`, smoothed with
-/// sigma 4. Returns the time spent in the nearest-neighbour search.
+/// then [`bank_map`]. Returns the time spent in the nearest-neighbour search.
 pub fn bank_window_map(
     extractor: &FeatureExtractor,
     image01: &[f32],
@@ -158,14 +157,33 @@ pub fn bank_window_map(
     scratch: &mut Vec<f32>,
 ) -> Result<Duration> {
     let feats = extractor.features(image01)?;
+    let m = &extractor.manifest;
+    bank_map(&feats, m.grid, m.input_size, bank, kernel, out, scratch)
+}
+
+/// A `grid x grid` patch grid's map: each patch's distance to its nearest bank row,
+/// upsampled to `size x size`, smoothed with `kernel` (sigma 4). Returns the time spent
+/// in the nearest-neighbour search.
+pub fn bank_map(
+    feats: &Features,
+    grid: usize,
+    size: usize,
+    bank: &MemoryBank,
+    kernel: &[f32],
+    out: &mut AnomalyMap,
+    scratch: &mut Vec<f32>,
+) -> Result<Duration> {
+    anyhow::ensure!(
+        feats.rows() == grid * grid,
+        "{} patch rows for a {grid}x{grid} grid",
+        feats.rows()
+    );
     let t = Instant::now();
-    let dist = bank.nearest(&feats)?;
+    let dist = bank.nearest(feats)?;
     let knn = t.elapsed();
-    let g = extractor.manifest.grid;
-    let s = extractor.manifest.input_size;
-    out.width = s;
-    out.height = s;
-    out.data = upsample_bilinear(&dist, g, g, s, s);
+    out.width = size;
+    out.height = size;
+    out.data = upsample_bilinear(&dist, grid, grid, size, size);
     scoring::gaussian_filter(out, kernel, scratch);
     Ok(knn)
 }

@@ -74,3 +74,42 @@ fn a_tampered_extractor_is_refused() {
         .expect("must be refused");
     assert!(format!("{err:#}").contains("sha256"), "{err:#}");
 }
+
+#[test]
+fn bank_maps_match_the_numpy_reference() {
+    // torch's features of coins.png; the bank holds the top half of the grid's rows, the
+    // queries are all of them (models/workstation/bankref.py wrote the expected map).
+    let f = reference("extractor-features.npy");
+    let (d, cells) = (152, 28 * 28);
+    let rows: Vec<f32> = (0..cells)
+        .flat_map(|p| (0..d).map(move |c| (c, p)))
+        .map(|(c, p)| f[c * cells + p])
+        .collect();
+    let all = Features::new(d, rows).unwrap();
+    let top: Vec<usize> = (0..cells / 2).collect();
+    let bank = MemoryBank::new(all.select(&top)).unwrap();
+    let mut map = maeday_edge::scoring::AnomalyMap::zeros(0, 0);
+    maeday_edge::scorer::bank_map(
+        &all,
+        28,
+        224,
+        &bank,
+        &maeday_edge::scorer::bank_kernel(),
+        &mut map,
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let want = reference("bank-map.npy");
+    assert_eq!(map.data.len(), want.len());
+    let top = want.iter().copied().fold(0f32, f32::max);
+    let worst = map
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(top > 10.0, "the reference has real distances ({top})");
+    assert!(worst <= 1e-4 * top, "max |diff| {worst} of {top}");
+    // The top half is in the bank: distance 0 there before smoothing spreads the rest in.
+    assert!(map.data[10 * 224 + 100] < 0.05 * top);
+}

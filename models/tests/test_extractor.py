@@ -37,3 +37,23 @@ def test_exported_patch_features_match_torch(tmp_path):
     got = onnxruntime.InferenceSession(str(graph)).run(None, {"image": x.numpy()})[0]
     assert got.shape == (1, extractor.FEATURE_DIM, 28, 28)
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_bank_reference_agrees_with_torch_ops():
+    """The numpy bank-map reference against torch's own cdist, interpolate and conv2d."""
+    import torch.nn.functional as F
+
+    from models.workstation import bankref
+    from models.workstation.mae import gaussian_kernel_1d
+
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(300, 16)).astype(np.float32)
+    feats = rng.normal(size=(16, 28, 28)).astype(np.float32)
+    got = bankref.bank_map(bank, feats)
+    q = torch.from_numpy(feats.reshape(16, -1).T)
+    d = torch.cdist(q, torch.from_numpy(bank)).min(dim=1).values.reshape(1, 1, 28, 28)
+    up = F.interpolate(d, size=(224, 224), mode="bilinear", align_corners=False)
+    k1 = torch.from_numpy(gaussian_kernel_1d(bankref.SIZE, bankref.SIGMA))
+    k = torch.outer(k1, k1)[None, None]
+    want = F.conv2d(F.pad(up, [bankref.SIZE // 2] * 4, mode="reflect"), k)[0, 0].numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

@@ -304,6 +304,21 @@ def cmd_export_extractor(args) -> None:
         print(f"{ref}: extractor-input.npy, extractor-features.npy")
 
 
+def cmd_bank_reference(args) -> None:
+    """The bank map reference for `tests/bank.rs`, from the torch features of coins.png
+    (`extractor-features.npy`): the bank is the top half of the grid's rows, the queries
+    all of them, so the bottom half has real distances."""
+    from . import bankref
+
+    ref = Path(args.reference)
+    f = np.load(ref / "extractor-features.npy")[0]  # [D, 28, 28]
+    d, g, _ = f.shape
+    bank = f[:, : g // 2, :].reshape(d, -1).T
+    m = bankref.bank_map(bank, f)
+    np.save(ref / "bank-map.npy", m.astype(np.float32))
+    print(f"{ref}/bank-map.npy: bank {bank.shape}, map max {m.max():.4f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.workstation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -365,6 +380,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="folder for the graph and extractor.toml")
     x.add_argument("--reference", help="also write the Rust test reference here")
     x.set_defaults(fn=cmd_export_extractor)
+    br = sub.add_parser("bank-reference",
+                        help="the numpy bank-map reference for the Rust tests")
+    br.add_argument("--reference", default=str(REPO / "tests" / "fixtures" / "reference"))
+    br.set_defaults(fn=cmd_bank_reference)
     sub.add_parser("samples", help="rebuild models/samples").set_defaults(fn=cmd_samples)
     sub.add_parser("ort-lib", help="print the onnxruntime library path").set_defaults(
         fn=cmd_ort_lib)
