@@ -415,22 +415,29 @@ impl Detector {
                 slot += 1;
                 times.scoring += t.elapsed();
             }
-            for bank in banks {
+            if !banks.is_empty() {
+                // One extractor run per window, whatever the number of banks.
                 let extractor = self.extractor.as_ref().expect("checked above");
                 let t = Instant::now();
-                let knn = scorer::bank_window_map(
-                    extractor,
-                    &image01,
-                    bank,
-                    &self.bank_kernel,
-                    &mut window,
-                    &mut self.scratch,
-                )?;
-                let spent = t.elapsed();
-                times.knn += knn;
-                times.features += spent.saturating_sub(knn);
-                add_window(&mut sums[slot], cw, (wx, wy), &window);
-                slot += 1;
+                let feats = extractor.features(&image01)?;
+                times.features += t.elapsed();
+                let (grid, size) = (extractor.manifest.grid, extractor.manifest.input_size);
+                for bank in banks {
+                    let t = Instant::now();
+                    let knn = scorer::bank_map(
+                        &feats,
+                        grid,
+                        size,
+                        bank,
+                        &self.bank_kernel,
+                        &mut window,
+                        &mut self.scratch,
+                    )?;
+                    add_window(&mut sums[slot], cw, (wx, wy), &window);
+                    slot += 1;
+                    times.knn += knn;
+                    times.scoring += t.elapsed().saturating_sub(knn);
+                }
             }
             for y in 0..s {
                 let row = (wy as usize + y) * cw + wx as usize;

@@ -16,7 +16,6 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::bank::{Features, MemoryBank};
-use crate::features::FeatureExtractor;
 use crate::manifest::Thresholds;
 use crate::scoring::{self, AnomalyMap};
 
@@ -144,21 +143,6 @@ pub fn upsample_bilinear(src: &[f32], sw: usize, sh: usize, dw: usize, dh: usize
         }
     }
     out
-}
-
-/// The bank's map for one window: features of the `[3, S, S]` RGB tensor in [0, 1],
-/// then [`bank_map`]. Returns the time spent in the nearest-neighbour search.
-pub fn bank_window_map(
-    extractor: &FeatureExtractor,
-    image01: &[f32],
-    bank: &MemoryBank,
-    kernel: &[f32],
-    out: &mut AnomalyMap,
-    scratch: &mut Vec<f32>,
-) -> Result<Duration> {
-    let feats = extractor.features(image01)?;
-    let m = &extractor.manifest;
-    bank_map(&feats, m.grid, m.input_size, bank, kernel, out, scratch)
 }
 
 /// A `grid x grid` patch grid's map: each patch's distance to its nearest bank row,
