@@ -537,7 +537,7 @@ pub fn enroll(
         coreset_fraction: s.coreset_fraction,
         projection_dim: s.projection_dim,
         augment: s.augment.clone(),
-        fit: detector_fit(detector),
+        fit: detector.fit().to_string(),
         held_out: held_out.into(),
         bank_norm,
         weights: w,
@@ -563,10 +563,6 @@ pub fn enroll(
         meta,
         bank,
     })
-}
-
-fn detector_fit(d: &Detector) -> String {
-    d.fit().to_string()
 }
 
 #[cfg(test)]

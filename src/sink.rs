@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::bundle::install::{EnrollRequest, InstallerInput};
+use crate::bundle::install::{EnrollRequest, EnrollStatus, InstallerInput};
 use crate::config::{Config, MaskPolicy, OutputConfig};
 use crate::detector::Detector;
 use crate::message::{self, FrameResult};
@@ -268,11 +268,12 @@ impl Sinks {
 
     /// Drive MQTT for a moment; true when a `metrics` command arrived.
     pub fn poll(&mut self, wait: Duration) -> Result<bool> {
-        let Some(mqtt) = self.mqtt.as_mut() else {
-            return Ok(false);
-        };
-        mqtt.poll(wait)?;
+        match self.mqtt.as_mut() {
+            Some(mqtt) => mqtt.poll(wait)?,
+            None => return Ok(false),
+        }
         let mut asked = false;
+        let mut refused = Vec::new();
         if let Some(rx) = &self.commands {
             while let Ok(msg) = rx.try_recv() {
                 let to_installer = |input: InstallerInput| match &self.installer {
@@ -292,23 +293,9 @@ impl Sinks {
                     Some("rollback") => to_installer(InstallerInput::Rollback),
                     Some("enroll") => {
                         let args: Vec<&str> = words.collect();
-                        match (EnrollRequest::parse(&args), &self.enroll, &self.installer) {
-                            (Err(e), _, _) => log::warn!("{}: {e:#}", msg.topic),
-                            (Ok(req), _, _)
-                                if req
-                                    .camera
-                                    .as_ref()
-                                    .is_some_and(|c| !self.status.cameras.contains(c)) =>
-                            {
-                                log::warn!("{}: no camera {:?}", msg.topic, req.camera)
-                            }
-                            (Ok(req), Some(tx), Some(_)) => {
-                                let _ = tx.send(req);
-                            }
-                            _ => log::warn!(
-                                "{}: enrollment installs into a model slot and needs [bundles]",
-                                msg.topic
-                            ),
+                        if let Err(why) = self.enroll_command(&args) {
+                            log::warn!("{}: {why}", msg.topic);
+                            refused.push(why);
                         }
                     }
                     _ => log::warn!(
@@ -318,12 +305,46 @@ impl Sinks {
                 }
             }
         }
+        let mqtt = self.mqtt.as_mut().expect("checked above");
+        // A refused `enroll` is answered where its verdict would have come.
+        for detail in refused {
+            let st = EnrollStatus {
+                state: "rejected",
+                detail: Some(detail),
+                ..Default::default()
+            };
+            let topic = format!("maeday/{}/enroll/status", self.device_id);
+            mqtt.publish_transient(&topic, message::encode(&st, self.output.format)?, false);
+        }
         if let Some((_, rx)) = &self.installer {
             for m in rx.try_iter() {
                 mqtt.publish_transient(&m.topic, m.payload, false);
             }
         }
         Ok(asked)
+    }
+
+    /// Pass an `enroll [frames] [camera]` command to the inference thread, or say why not.
+    fn enroll_command(&self, args: &[&str]) -> std::result::Result<(), String> {
+        let req = EnrollRequest::parse(args).map_err(|e| format!("{e:#}"))?;
+        if let Some(c) = req
+            .camera
+            .as_ref()
+            .filter(|c| !self.status.cameras.contains(c))
+        {
+            return Err(format!(
+                "enroll: no camera {c:?} (cameras: {:?})",
+                self.status.cameras
+            ));
+        }
+        match (&self.enroll, &self.installer) {
+            (Some(tx), Some(_)) => tx
+                .send(req)
+                .map_err(|_| "enroll: the inference thread has stopped".to_string()),
+            _ => {
+                Err("enroll: enrollment installs into a model slot and needs [bundles]".to_string())
+            }
+        }
     }
 
     pub fn metrics(&mut self, m: &MetricsPayload) -> Result<()> {

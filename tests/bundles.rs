@@ -862,11 +862,40 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
             .publish("maeday/dev/command", QoS::AtLeastOnce, false, bad)
             .unwrap();
     }
+    // Each is answered on enroll/status.
+    let until = Instant::now() + Duration::from_secs(30);
+    while inbox
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, t, v)| t.ends_with("/enroll/status") && v["state"] == "rejected")
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < until, "the three refusals did not come");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let details: Vec<String> = inbox
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, t, _)| t.ends_with("/enroll/status"))
+        .map(|(_, _, v)| v["detail"].as_str().unwrap_or("").to_string())
+        .collect();
+    for (d, want) in details.iter().zip([
+        "frames must be 1 to 64",
+        "no camera \"nosuchcamera\"",
+        "is not a frame count",
+    ]) {
+        assert!(d.contains(want), "{d:?} should say {want:?}");
+    }
+    let from = inbox.lock().unwrap().len();
     client
         .publish("maeday/dev/command", QoS::AtLeastOnce, false, "enroll 3")
         .unwrap();
-    let done = wait_for(
+    let done = wait_for_from(
         &inbox,
+        from,
         "the enrollment's verdict",
         Duration::from_secs(120),
         |t, v| {
