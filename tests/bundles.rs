@@ -843,7 +843,7 @@ fn index_of(inbox: &Inbox, f: impl Fn(&str, &Value) -> bool) -> usize {
 fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let _ws = Workstation::new(tmp.path()); // the trusted key [bundles] names
+    let ws = Workstation::new(tmp.path());
     let port = free_port();
     maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
     let (client, inbox) = watch(port);
@@ -950,7 +950,97 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
         .join(format!("state/slots/{slot}/bank/bank.toml"))
         .is_file());
 
-    // A restart serves the enrolled bank again; a rollback returns to MAEDAY alone.
+    // `rollback` after an enrollment on the factory model returns to it: MAEDAY alone.
+    let from = inbox.lock().unwrap().len();
+    client
+        .publish("maeday/dev/command", QoS::AtLeastOnce, false, "rollback")
+        .unwrap();
+    wait_for_from(
+        &inbox,
+        from,
+        "MAEDAY alone after the rollback",
+        Duration::from_secs(60),
+        |t, v| t.ends_with("/result") && v["scorer"] == "maeday",
+    );
+    // Enroll again (same frames, same seed: the same bank).
+    let from = inbox.lock().unwrap().len();
+    client
+        .publish("maeday/dev/command", QoS::AtLeastOnce, false, "enroll 3")
+        .unwrap();
+    let again = wait_for_from(
+        &inbox,
+        from,
+        "the second enrollment",
+        Duration::from_secs(120),
+        |t, v| t.ends_with("/enroll/status") && v["state"] != "building",
+    );
+    assert_eq!(again["state"], "enrolled", "{again}");
+    assert_eq!(again["rows"].as_u64(), Some(rows));
+    wait_for_from(
+        &inbox,
+        from,
+        "the ensemble again",
+        Duration::from_secs(30),
+        |t, v| t.ends_with("/result") && v["scorer"] == "ensemble",
+    );
+
+    // A bundle with a new schedule (seed 7) carries the bank over and enrolls it again for
+    // that schedule: the ensemble stays calibrated for what serves.
+    let golden_7 = {
+        let opts = maeday_edge::detector::DetectorOptions {
+            seed: Some(7),
+            ..Default::default()
+        };
+        let mut d = maeday_edge::detector::Detector::new(ws.model.clone(), &opts).unwrap();
+        d.detect(&image::load_from_memory(&ws.golden).unwrap())
+            .unwrap()
+            .score
+    };
+    let reseeded = ws.pack_with(
+        2,
+        |m, files| {
+            let text = String::from_utf8(files["model/manifest.toml"].clone()).unwrap();
+            assert!(text.contains("keep = 49\nseed = 0"));
+            files.insert(
+                "model/manifest.toml".into(),
+                text.replace("keep = 49\nseed = 0", "keep = 49\nseed = 7")
+                    .into_bytes(),
+            );
+            m.golden[0].score = golden_7;
+        },
+        &ws.key,
+    );
+    let v = send(&client, &inbox, &reseeded, false);
+    assert_eq!(v["state"], "installed", "{v}");
+    let from = inbox.lock().unwrap().len();
+    let r = wait_for_from(
+        &inbox,
+        from,
+        "a result on seed 7",
+        Duration::from_secs(30),
+        |t, v| t.ends_with("/result") && v["schedule"].as_str().is_some_and(|s| s.contains("-s7-")),
+    );
+    assert_eq!(r["scorer"], "ensemble");
+    let state: toml::Table =
+        toml::from_str(&std::fs::read_to_string(tmp.path().join("state/active.toml")).unwrap())
+            .unwrap();
+    let bank_toml = tmp.path().join(format!(
+        "state/slots/{}/bank/bank.toml",
+        state["active"].as_str().unwrap()
+    ));
+    let bank: toml::Table = toml::from_str(&std::fs::read_to_string(bank_toml).unwrap()).unwrap();
+    assert_eq!(
+        bank["maeday"]["schedule"].as_str(),
+        r["schedule"].as_str(),
+        "the carried bank was not enrolled again"
+    );
+    assert_eq!(
+        bank["rows"].as_integer(),
+        Some(rows as i64),
+        "same frames, same seed"
+    );
+
+    // A restart serves the bundle and its bank again; a rollback returns to the enrollment.
     let out = stop(device);
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
@@ -966,9 +1056,13 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
     wait_for_from(
         &inbox,
         from,
-        "the ensemble after a restart",
+        "the bundle's ensemble after a restart",
         Duration::from_secs(60),
-        |t, v| t.ends_with("/result") && v["scorer"] == "ensemble",
+        |t, v| {
+            t.ends_with("/result")
+                && v["scorer"] == "ensemble"
+                && v["schedule"].as_str().is_some_and(|s| s.contains("-s7-"))
+        },
     );
     let from = inbox.lock().unwrap().len();
     client
@@ -977,9 +1071,13 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
     wait_for_from(
         &inbox,
         from,
-        "MAEDAY alone after the rollback",
+        "the enrollment's seed-0 ensemble after a rollback",
         Duration::from_secs(60),
-        |t, v| t.ends_with("/result") && v["scorer"] == "maeday",
+        |t, v| {
+            t.ends_with("/result")
+                && v["scorer"] == "ensemble"
+                && v["schedule"].as_str().is_some_and(|s| s.contains("-s0-"))
+        },
     );
     let out = stop(device);
     assert!(out.status.success());

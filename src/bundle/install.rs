@@ -583,6 +583,16 @@ impl Installer {
                 "the model manifest disagrees with the bundle's ABI",
             ));
         }
+        match self.refresh_bank(&model) {
+            Ok(true) => {
+                log::info!("the carried-over memory bank was enrolled again for this model")
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!(
+                "cannot enroll the carried-over memory bank again: {e:#}; the ensemble keeps \
+                 its old statistics"
+            ),
+        }
         let detector = self.golden_check(bundle, model.clone())?;
         crash_point("golden-checked");
         self.swaps
@@ -597,6 +607,56 @@ impl Installer {
             .map_err(|e| reject("install-failed", format!("{e:#}")))?;
         self.serving = model;
         Ok(m.version)
+    }
+
+    /// A carried-over bank's MAEDAY statistics (and so the ensemble's thresholds) belong to
+    /// the graph and schedule it was enrolled with. With a new one, enroll it again from
+    /// its stored good frames, same seed and settings. Returns whether it did.
+    fn refresh_bank(&self, model: &Model) -> Result<bool> {
+        let dir = model.dir.join("bank");
+        if !dir.join("bank.toml").is_file() {
+            return Ok(false);
+        }
+        let stored = StoredBank::load(&dir)?;
+        let m = &stored.meta;
+        let opts = DetectorOptions {
+            fit: m.fit.parse()?,
+            scorer: Some(ScorerKind::Maeday),
+            banks: Vec::new(),
+            ..self.s.serving.clone()
+        };
+        let mut detector = Detector::new(model.clone(), &opts)?;
+        if m.maeday.model_sha256 == model.manifest.graph_sha256
+            && m.maeday.schedule == detector.schedule.id()
+        {
+            return Ok(false);
+        }
+        let shots = m
+            .shots
+            .iter()
+            .map(|r| {
+                let file = r
+                    .file
+                    .as_ref()
+                    .context("the bank does not hold its good frames")?;
+                Ok(Shot {
+                    name: r.name.clone(),
+                    image: crate::preprocess::load_image(&dir.join(file))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let settings = EnrollSettings {
+            seed: m.seed,
+            coreset_fraction: m.coreset_fraction,
+            projection_dim: m.projection_dim,
+            augment: m.augment.clone(),
+            weights: m.weights,
+            rule: self.s.enroll.rule,
+        };
+        let extractor = Arc::new(open_extractor(self.s.serving.extractor.as_ref())?);
+        let mut fresh = enroll(&mut detector, extractor, &shots, &settings)?;
+        fresh.save(&dir, &shots)?;
+        Ok(true)
     }
 
     /// Load the staged model (in the background: the serving one keeps running), score the
