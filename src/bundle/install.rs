@@ -213,8 +213,7 @@ impl Slots {
         write_synced(&tmp.join(super::MANIFEST), &bundle.manifest_bytes)
             .map_err(|e| io(e.into()))?;
         // Banks are enrolled on the device and do not travel in bundles: the serving one
-        // carries over (with a new graph its MAEDAY statistics are stale until the next
-        // enrollment; the detector warns).
+        // carries over (`refresh_bank` enrolls it again if the graph or schedule changed).
         let bank = serving.dir.join("bank");
         if bank.join("bank.toml").is_file() {
             copy_dir(&bank, &tmp.join("bank")).map_err(io)?;
