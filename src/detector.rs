@@ -391,7 +391,8 @@ impl Detector {
             self.pre
                 .window_tensor(&placed.canvas, (wx, wy), &mut self.input);
             if !banks.is_empty() {
-                self.unnormalised(&mut image01);
+                self.pre
+                    .window_rgb01(&placed.canvas, (wx, wy), &mut image01);
             }
             times.preprocess += t.elapsed();
             let mut slot = 0;
@@ -475,23 +476,10 @@ impl Detector {
         let mut out = Vec::with_capacity(placed.windows.len());
         for &(wx, wy) in &placed.windows {
             self.pre
-                .window_tensor(&placed.canvas, (wx, wy), &mut self.input);
-            self.unnormalised(&mut image01);
+                .window_rgb01(&placed.canvas, (wx, wy), &mut image01);
             out.push(extractor.features(&image01)?);
         }
         Ok(out)
-    }
-
-    /// The current window as RGB in [0, 1] (the extractor's input), undoing the MAE's
-    /// mean/std normalisation.
-    fn unnormalised(&self, out: &mut Vec<f32>) {
-        let spec = &self.model.manifest.input;
-        let n = self.input.len() / 3;
-        out.clear();
-        out.extend(self.input.iter().enumerate().map(|(i, v)| {
-            let c = i / n;
-            v * spec.std[c] + spec.mean[c]
-        }));
     }
 }
 

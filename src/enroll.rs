@@ -31,7 +31,7 @@ use crate::calibration::{calibrate, CalibrationRule};
 use crate::dataset::list_images;
 use crate::detector::Detector;
 use crate::features::FeatureExtractor;
-use crate::manifest::Thresholds;
+use crate::manifest::{Standardise, Thresholds};
 use crate::preprocess::load_image;
 use crate::scorer::{BankScorer, BankThresholds, Normalisation, Weights};
 
@@ -214,12 +214,17 @@ pub fn check_shots(shots: &[Shot], expect: Option<(u32, u32)>) -> Result<()> {
     Ok(())
 }
 
-/// MAEDAY's statistics on the enrollment frames (valid for this model and schedule).
+/// MAEDAY's statistics on the enrollment frames (valid for this model, schedule and input
+/// standardisation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaedayStats {
     pub model_sha256: String,
     pub schedule: String,
+    /// The manifest's input standardisation the statistics were taken with (it changes
+    /// MAEDAY's maps as much as the graph does). Absent in banks from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardise: Option<Standardise>,
     pub norm: Normalisation,
 }
 
@@ -544,6 +549,7 @@ pub fn enroll(
         maeday: MaedayStats {
             model_sha256: detector.model.manifest.graph_sha256.clone(),
             schedule: detector.schedule.id(),
+            standardise: detector.model.manifest.input.standardise,
             norm: maeday_norm,
         },
         thresholds,

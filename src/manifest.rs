@@ -53,7 +53,29 @@ pub struct InputSpec {
     /// Per-channel normalisation: `(pixel / 255 - mean) / std`.
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Optional per-window contrast standardisation, applied before `mean`/`std`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardise: Option<Standardise>,
 }
+
+/// Per-window contrast standardisation: every window's pixels (in `[0, 1]`) are shifted
+/// and scaled, the same for all three channels, so that the window's gray level (the mean
+/// of the channels) has this mean and standard deviation.
+///
+/// Why: the same surface photographed at another exposure or gain changes the size of
+/// every reconstruction error, so without it the image score follows the lighting more
+/// than the defects (magnetic tiles, captured at several exposures, showed exactly that:
+/// `models/README.md#measured-on-real-defects`). The model must be trained on
+/// standardised crops; the workstation writes this table when it was.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Standardise {
+    pub mean: f32,
+    pub std: f32,
+}
+
+/// Added to a window's gray standard deviation so a flat window is not blown up to noise.
+pub const STANDARDISE_EPS: f32 = 1e-3;
 
 impl InputSpec {
     pub fn grid(&self) -> usize {
@@ -141,6 +163,14 @@ impl Manifest {
             i.std.iter().all(|s| s.is_finite() && *s > 0.0) && i.mean.iter().all(|m| m.is_finite()),
             "input.std must be positive and input.mean finite"
         );
+        if let Some(st) = i.standardise {
+            ensure!(
+                st.mean.is_finite() && st.std.is_finite() && st.std > 0.0,
+                "input.standardise needs a finite mean and a positive std, not mean {} std {}",
+                st.mean,
+                st.std
+            );
+        }
         ensure!(self.masks.n > 0, "masks.n must be at least 1");
         ensure!(
             self.masks.keep > 0 && self.masks.keep <= i.patches(),

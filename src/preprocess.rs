@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use image::imageops::{self, FilterType};
 use image::{DynamicImage, ImageReader, Rgb, RgbImage};
 
-use crate::manifest::InputSpec;
+use crate::manifest::{InputSpec, Standardise, STANDARDISE_EPS};
 
 pub const RESIZE_FILTER: FilterType = FilterType::Triangle;
 
@@ -99,6 +99,7 @@ pub struct Preprocessor {
     pub size: u32,
     mean: [f32; 3],
     std: [f32; 3],
+    standardise: Option<Standardise>,
     pub fit: Fit,
 }
 
@@ -114,6 +115,7 @@ impl Preprocessor {
             size: input.size as u32,
             mean: input.mean,
             std: input.std,
+            standardise: input.standardise,
             fit,
         })
     }
@@ -180,21 +182,59 @@ impl Preprocessor {
     }
 
     /// Write the window at `(x, y)` of `canvas` as a normalised CHW tensor into `out`
-    /// (resized to `3 * size * size`; the buffer is reused across frames).
+    /// (resized to `3 * size * size`; the buffer is reused across frames): standardised
+    /// when the manifest asks for it, then `(pixel / 255 - mean) / std` per channel.
     pub fn window_tensor(&self, canvas: &RgbImage, (x, y): (u32, u32), out: &mut Vec<f32>) {
+        self.window_rgb01(canvas, (x, y), out);
+        let plane = out.len() / 3;
+        // One affine map per channel: standardisation (the same for all channels),
+        // `(v - m) * gain + target`, composed with the mean/std normalisation. `m` is
+        // subtracted first so a flat window (huge gain) does not lose its precision.
+        let (m, gain, target) = match self.standardise {
+            Some(st) => {
+                let (m, sd) = gray_stats(out);
+                (m, st.std / (sd + STANDARDISE_EPS), st.mean)
+            }
+            None => (0.0, 1.0, 0.0),
+        };
+        for (c, chan) in out.chunks_mut(plane).enumerate() {
+            let (scale, offset) = (gain / self.std[c], (target - self.mean[c]) / self.std[c]);
+            for v in chan {
+                *v = (*v - m) * scale + offset;
+            }
+        }
+    }
+
+    /// The window at `(x, y)` as CHW RGB in `[0, 1]`, before any normalisation (what the
+    /// memory bank's feature extractor takes).
+    pub fn window_rgb01(&self, canvas: &RgbImage, (x, y): (u32, u32), out: &mut Vec<f32>) {
         let s = self.size as usize;
         out.resize(3 * s * s, 0.0);
-        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.std[c]));
-        let offset: [f32; 3] = std::array::from_fn(|c| self.mean[c] / self.std[c]);
         for row in 0..s {
             for col in 0..s {
                 let p = canvas.get_pixel(x + col as u32, y + row as u32).0;
                 for c in 0..3 {
-                    out[c * s * s + row * s + col] = p[c] as f32 * scale[c] - offset[c];
+                    out[c * s * s + row * s + col] = p[c] as f32 / 255.0;
                 }
             }
         }
     }
+}
+
+/// Mean and (population) standard deviation of the gray level, the mean of the three
+/// channels, of a CHW window; accumulated in f64 so large windows stay exact.
+fn gray_stats(chw: &[f32]) -> (f32, f32) {
+    let plane = chw.len() / 3;
+    let (mut sum, mut sq) = (0.0f64, 0.0f64);
+    for i in 0..plane {
+        let g = (chw[i] as f64 + chw[plane + i] as f64 + chw[2 * plane + i] as f64) / 3.0;
+        sum += g;
+        sq += g * g;
+    }
+    let n = plane.max(1) as f64;
+    let mean = sum / n;
+    let var = (sq / n - mean * mean).max(0.0);
+    (mean as f32, var.sqrt() as f32)
 }
 
 fn scaled(v: u32, scale: f64) -> u32 {
@@ -234,6 +274,7 @@ mod tests {
             channels: 3,
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
+            standardise: None,
         }
     }
 
@@ -293,6 +334,105 @@ mod tests {
         for c in 0..3 {
             let want = (128.0 / 255.0 - spec().mean[c]) / spec().std[c];
             assert!((t[c * 224 * 224 + 1000] - want).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn standardised_windows_ignore_exposure_and_flat_windows_stay_finite() {
+        let spec = InputSpec {
+            standardise: Some(Standardise {
+                mean: 0.45,
+                std: 0.225,
+            }),
+            ..spec()
+        };
+        let pre = Preprocessor::new(&spec, Fit::Squash).unwrap();
+        // A textured frame and the same frame at half the contrast, brighter.
+        let bright = image::GrayImage::from_fn(224, 224, |x, y| {
+            image::Luma([(40 + (x * 7 + y * 3) % 180) as u8])
+        });
+        let dim = image::GrayImage::from_fn(224, 224, |x, y| {
+            image::Luma([60 + bright.get_pixel(x, y).0[0] / 2])
+        });
+        let tensor = |img: image::GrayImage| {
+            let placed = pre.place(&DynamicImage::ImageLuma8(img)).unwrap();
+            let mut t = Vec::new();
+            pre.window_tensor(&placed.canvas, (0, 0), &mut t);
+            t
+        };
+        let (a, b) = (tensor(bright.clone()), tensor(dim));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        // Only the halved frame's rounding to whole gray levels differs.
+        assert!(
+            worst < 0.05,
+            "exposure changed the standardised tensor by {worst}"
+        );
+        // The window's gray level now has the target mean and std (a hair less: the eps).
+        let plane = 224 * 224;
+        let gray: Vec<f32> = (0..plane)
+            .map(|i| {
+                (0..3)
+                    .map(|c| a[c * plane + i] * spec.std[c] + spec.mean[c])
+                    .sum::<f32>()
+                    / 3.0
+            })
+            .collect();
+        let mean = gray.iter().sum::<f32>() / plane as f32;
+        let sd = (gray.iter().map(|g| (g - mean).powi(2)).sum::<f32>() / plane as f32).sqrt();
+        assert!(
+            (mean - 0.45).abs() < 1e-4 && (sd - 0.225).abs() < 2e-3,
+            "{mean} {sd}"
+        );
+        // A flat window maps to the target mean, not to amplified noise.
+        let flat = tensor(image::GrayImage::from_pixel(224, 224, image::Luma([200])));
+        for c in 0..3 {
+            let want = (0.45 - spec.mean[c]) / spec.std[c];
+            assert!((flat[c * plane + 7] - want).abs() < 1e-5);
+        }
+        // The extractor's view stays the raw frame.
+        let placed = pre.place(&DynamicImage::ImageLuma8(bright)).unwrap();
+        let mut raw = Vec::new();
+        pre.window_rgb01(&placed.canvas, (0, 0), &mut raw);
+        assert!((raw[5] - placed.canvas.get_pixel(5, 0).0[0] as f32 / 255.0).abs() < 1e-7);
+    }
+
+    #[test]
+    fn manifests_refuse_a_degenerate_standardisation() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fixture-recon/manifest.toml"
+        ))
+        .unwrap();
+        // An inline table inside [input], as the workstation writes it.
+        let text_ok = text.replace(
+            "std = [0.229, 0.224, 0.225]",
+            "std = [0.229, 0.224, 0.225]\nstandardise = { mean = 0.45, std = 0.225 }",
+        );
+        let m: crate::manifest::Manifest = toml::from_str(&text_ok).unwrap();
+        assert_eq!(
+            m.input.standardise,
+            Some(Standardise {
+                mean: 0.45,
+                std: 0.225
+            })
+        );
+        m.validate().unwrap();
+        for bad in [
+            "mean = 0.45, std = 0.0",
+            "mean = 0.45, std = -1.0",
+            "mean = nan, std = 0.2",
+        ] {
+            let t = text.replace(
+                "std = [0.229, 0.224, 0.225]",
+                &format!("std = [0.229, 0.224, 0.225]\nstandardise = {{ {bad} }}"),
+            );
+            let m: crate::manifest::Manifest = toml::from_str(&t).unwrap();
+            let err = m.validate().unwrap_err().to_string();
+            assert!(err.contains("input.standardise"), "{bad}: {err}");
         }
     }
 }

@@ -11,7 +11,7 @@ mod common;
 
 use maeday_edge::detector::{Detector, DetectorOptions};
 use maeday_edge::engine::{Engine, EngineOptions, Precision, TractEngine};
-use maeday_edge::manifest::Model;
+use maeday_edge::manifest::{Model, Standardise};
 use maeday_edge::preprocess::{load_image, Fit, Preprocessor};
 use maeday_edge::schedule::{MaskSchedule, ScheduleKind};
 use maeday_edge::scoring::{anomaly_map, anomaly_map_literal, gaussian_kernel};
@@ -176,6 +176,32 @@ fn detector_on_a_real_frame_reproduces_the_reference_end_to_end() {
             assert!((d.score - want_max).abs() <= 1e-4);
         }
     }
+}
+
+#[test]
+fn standardised_input_matches_numpy() {
+    // `[input.standardise]` vs the workstation's numpy (`python -m models.workstation
+    // input-reference`): the gray level of coffee-224.png set to mean 0.45, std 0.225.
+    let frame =
+        load_image(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples/coffee-224.png"))
+            .unwrap();
+    let mut input = Model::open(fixtures().join("fixture-recon"))
+        .unwrap()
+        .manifest
+        .input;
+    input.standardise = Some(Standardise {
+        mean: 0.45,
+        std: 0.225,
+    });
+    let pre = Preprocessor::new(&input, Fit::Squash).unwrap();
+    let placed = pre.place(&frame).unwrap();
+    let mut tensor = Vec::new();
+    pre.window_tensor(&placed.canvas, (0, 0), &mut tensor);
+    let want = npy_f32("image-standardised.npy");
+    let d = max_abs_diff(&tensor, &want);
+    assert!(d <= 1e-4, "standardised input vs numpy max |diff| {d}");
+    // And it is not the plain normalisation.
+    assert!(max_abs_diff(&tensor, &npy_f32("image.npy")) > 0.1);
 }
 
 #[test]

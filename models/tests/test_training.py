@@ -146,3 +146,44 @@ def test_few_shot_images_never_come_from_the_evaluation_set():
     assert shots != magnetic_tile_shots(root, 4, shot_seed=2)
     everything_else = set(normals) - set(magnetic_tile_shots(root, len(normals) - 392, 0))
     assert len(everything_else) == 392 and not set(shots) & everything_else
+
+
+def test_standardise_fixes_the_gray_level_and_ignores_exposure():
+    rgb = data.to_array(data.load_rgb(SAMPLES / "coffee-224.png"))
+    a = data.standardise(rgb, 0.45, 0.225)
+    gray = a.astype(np.float64).mean(axis=0)
+    assert abs(gray.mean() - 0.45) < 1e-5 and abs(gray.std() - 0.225) < 1e-3
+    # The same scene at half the exposure plus an offset standardises to the same tensor
+    # (up to the eps that keeps flat frames finite).
+    b = data.standardise(0.5 * rgb + 0.1, 0.45, 0.225)
+    assert np.abs(a - b).max() < 5e-3
+    # Batched input is standardised per image.
+    both = data.standardise(np.stack([rgb, 0.5 * rgb]), 0.45, 0.225)
+    assert np.abs(both[0] - a).max() < 1e-6
+    assert np.abs(both[1] - a).max() < 5e-3
+    # A flat frame becomes the target mean, not noise.
+    flat = data.standardise(np.full((3, 8, 8), 0.3, np.float32), 0.45, 0.225)
+    assert np.allclose(flat, 0.45)
+
+
+def test_standardised_pretraining_is_recorded_and_exported(tmp_path):
+    import tomllib
+
+    from models.workstation.__main__ import checkpoint_standardise, export_checked
+
+    images = [SAMPLES / "coffee.png", SAMPLES / "camera.png"]
+    base = PretrainRecipe(preset="fixture", steps=4, batch=4, lr=1e-3, warmup=1, seed=3,
+                          threads=1)
+    pretrain(base, images, tmp_path / "base", checkpoint_every=4, log=lambda *_: None)
+    assert checkpoint_standardise(tmp_path / "base" / "checkpoint.pth") is None
+    # Continued pretraining from that checkpoint, on standardised crops.
+    recipe = PretrainRecipe(preset="fixture", steps=2, batch=4, lr=1e-3, warmup=1, seed=4,
+                            threads=1, standardise=(0.45, 0.225),
+                            init=str(tmp_path / "base" / "checkpoint.pth"))
+    mae = pretrain(recipe, images, tmp_path / "std", checkpoint_every=2, log=lambda *_: None)
+    ckpt = tmp_path / "std" / "checkpoint.pth"
+    assert checkpoint_standardise(ckpt) == (0.45, 0.225)
+    export_checked(mae, tmp_path / "model", "m", "reconstruction", 4, "random", "t", "d",
+                   checkpoint_standardise(ckpt))
+    manifest = tomllib.loads((tmp_path / "model" / "manifest.toml").read_text())
+    assert manifest["input"]["standardise"] == {"mean": 0.45, "std": 0.225}

@@ -41,10 +41,12 @@ def load_checkpoint(mae: MAE, path: Path) -> None:
 
 
 def export_checked(mae: MAE, out: Path, name: str, output: str, masks: int, schedule_kind: str,
-                   training: str, description: str) -> Path:
+                   training: str, description: str,
+                   standardise: tuple[float, float] | None = None) -> Path:
     """Export graph + manifest, then prove onnxruntime computes what torch computes."""
     out = export_model(mae, out, name, output=output, n_masks=masks,
-                       schedule_kind=schedule_kind, training=training, description=description)
+                       schedule_kind=schedule_kind, training=training, description=description,
+                       standardise=standardise)
     onnx_path = out / f"{name}.onnx"
     image = np.random.default_rng(0).standard_normal((1, 3, mae.cfg.img_size, mae.cfg.img_size),
                                                      dtype=np.float32)
@@ -55,6 +57,14 @@ def export_checked(mae: MAE, out: Path, name: str, output: str, masks: int, sche
     if diff > 1e-4:
         raise SystemExit(f"parity check failed: {diff:.2e} > 1e-4")
     return onnx_path
+
+
+def checkpoint_standardise(path: Path) -> tuple[float, float] | None:
+    """The contrast standardisation a checkpoint was trained with (ours record it under
+    `standardise`; official MAE checkpoints have none)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    value = state.get("standardise") if isinstance(state, dict) else None
+    return None if value is None else (float(value[0]), float(value[1]))
 
 
 def mae_from_checkpoint(path: Path, preset: str | None) -> MAE:
@@ -80,8 +90,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         training = args.training or f"checkpoint {Path(args.checkpoint).name}"
     else:
         mae = MAE(PRESETS[args.preset or "tiny"])
+    standardise = checkpoint_standardise(Path(args.checkpoint)) if args.checkpoint else None
     export_checked(mae, Path(args.out), args.name, args.output, args.masks, args.schedule,
-                   training, args.description)
+                   training, args.description, standardise)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -95,19 +106,22 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         shots = magnetic_tile_shots(Path(args.magnetic_tile), args.shots, args.shot_seed,
                                     args.eval_limit, args.eval_seed)
     print("shots:", *[str(p) for p in shots], sep="\n  ")
+    # The shots are seen the way the runtime will see frames: standardised when the
+    # pretrained model was.
+    standardise = checkpoint_standardise(Path(args.checkpoint))
     recipe = FinetuneRecipe(iterations=args.iterations, lr=args.lr, optimizer=args.optimizer,
-                            seed=args.seed)
+                            seed=args.seed, standardise=standardise)
     summary = finetune(mae, shots, recipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "finetune.json").write_text(json.dumps(summary, indent=1) + "\n")
-    save_checkpoint(out / "checkpoint.pth", mae, finetune=summary)
+    save_checkpoint(out / "checkpoint.pth", mae, finetune=summary, standardise=standardise)
     training = (f"{args.training_prefix}; LoRA r{recipe.rank} {len(shots)}-shot "
                 f"(shot seed {args.shot_seed}), {recipe.optimizer} lr {recipe.lr:g}, {recipe.iterations} "
                 f"iterations, folded")
     export_checked(mae, out, args.name, args.output, args.masks, "random", training,
                    args.description or f"{len(shots)}-shot LoRA finetune of "
-                   f"{Path(args.checkpoint).parent.name}")
+                   f"{Path(args.checkpoint).parent.name}", standardise)
 
 
 def load_rgb_224(path: Path) -> np.ndarray:
@@ -201,7 +215,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     recipe = PretrainRecipe(preset=args.preset, steps=args.steps, batch=args.batch, lr=args.lr,
                             warmup=args.warmup, visible_weight=args.visible_weight,
-                            seed=args.seed, threads=args.threads)
+                            seed=args.seed, threads=args.threads,
+                            standardise=tuple(args.standardise) if args.standardise else None,
+                            init=args.init)
     images = default_training_images(Path(args.textures))
     print(f"pretraining {args.preset} on {len(images)} images: {recipe}")
     pretrain(recipe, images, Path(args.out), checkpoint_every=args.checkpoint_every)
@@ -319,6 +335,18 @@ def cmd_bank_reference(args) -> None:
     print(f"{ref}/bank-map.npy: bank {bank.shape}, map max {m.max():.4f}")
 
 
+def cmd_input_reference(args) -> None:
+    """The standardised input tensor of `coffee-224.png` for `tests/reference.rs`: what
+    `[input.standardise] mean 0.45 std 0.225` must make of it (numpy, float64 stats)."""
+    from . import data
+
+    ref = Path(args.reference)
+    rgb = load_rgb_224(REPO / "models" / "samples" / "coffee-224.png")
+    x = data.normalise(data.standardise(rgb, 0.45, 0.225))[None]
+    np.save(ref / "image-standardised.npy", x.astype(np.float32))
+    print(f"{ref}/image-standardised.npy: {x.shape}, mean {x.mean():.4f}, std {x.std():.4f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.workstation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -369,6 +397,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--checkpoint-every", type=int, default=200)
+    t.add_argument("--standardise", type=float, nargs=2, metavar=("MEAN", "STD"),
+                   help="standardise each crop's gray level to this mean and std (the "
+                        "exported manifest then asks the runtime to do the same)")
+    t.add_argument("--init", help="continue from this checkpoint instead of a random init")
     t.set_defaults(fn=cmd_pretrain)
     tb = sub.add_parser("table", help="markdown table of a folder of eval reports")
     tb.add_argument("folder")
@@ -384,6 +416,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the numpy bank-map reference for the Rust tests")
     br.add_argument("--reference", default=str(REPO / "tests" / "fixtures" / "reference"))
     br.set_defaults(fn=cmd_bank_reference)
+    ir = sub.add_parser("input-reference",
+                        help="the numpy standardised-input reference for the Rust tests")
+    ir.add_argument("--reference", default=str(REPO / "tests" / "fixtures" / "reference"))
+    ir.set_defaults(fn=cmd_input_reference)
     sub.add_parser("samples", help="rebuild models/samples").set_defaults(fn=cmd_samples)
     sub.add_parser("ort-lib", help="print the onnxruntime library path").set_defaults(
         fn=cmd_ort_lib)

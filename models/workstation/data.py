@@ -53,6 +53,17 @@ def normalise(rgb01: np.ndarray) -> np.ndarray:
     return ((rgb01 - mean) / std).astype(np.float32)
 
 
+def standardise(rgb01: np.ndarray, mean: float, std: float, eps: float = 1e-3) -> np.ndarray:
+    """Per-image contrast standardisation (the manifest's `[input.standardise]`): shift and
+    scale all channels of each [3, H, W] image alike so its gray level (the channel mean)
+    has `mean` and `std`. The runtime does the same per window (`src/preprocess.rs`)."""
+    x = np.asarray(rgb01, np.float64)
+    gray = x.mean(axis=-3, keepdims=True)
+    m = gray.mean(axis=(-2, -1), keepdims=True)
+    sd = gray.std(axis=(-2, -1), keepdims=True)
+    return ((x - m) / (sd + eps) * std + mean).astype(np.float32)
+
+
 def to_array(img: Image.Image) -> np.ndarray:
     """PIL RGB -> [3, H, W] float32 in [0, 1]."""
     return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
@@ -114,7 +125,11 @@ class Augment:
 
 
 def batch(images: list[Image.Image], augment: Augment, rng: np.random.Generator,
-          size: int) -> np.ndarray:
-    """`size` augmented crops of randomly chosen images, normalised: [B, 3, S, S]."""
+          size: int, standardised: tuple[float, float] | None = None) -> np.ndarray:
+    """`size` augmented crops of randomly chosen images, normalised: [B, 3, S, S]; each
+    crop standardised first when `standardised` = (mean, std) is given."""
     picks = rng.integers(0, len(images), size=size)
-    return normalise(np.stack([augment(images[i], rng) for i in picks]))
+    crops = np.stack([augment(images[i], rng) for i in picks])
+    if standardised is not None:
+        crops = standardise(crops, *standardised)
+    return normalise(crops)

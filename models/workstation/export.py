@@ -70,6 +70,8 @@ def toml_value(v) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v)} to TOML")
 
 
@@ -91,8 +93,10 @@ def write_manifest(path: Path, manifest: dict) -> None:
 def export_model(mae: MAE, out_dir: Path, name: str, *, output: str = "reconstruction",
                  n_masks: int = 32, keep_ratio: float = 0.25, schedule_kind: str = "random",
                  seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, training: str = "",
-                 description: str = "") -> Path:
-    """Export `mae` into `out_dir/<name>.onnx` + `out_dir/manifest.toml`; returns the dir."""
+                 description: str = "",
+                 standardise: tuple[float, float] | None = None) -> Path:
+    """Export `mae` into `out_dir/<name>.onnx` + `out_dir/manifest.toml`; returns the dir.
+    `standardise` = (mean, std) when the model was trained on contrast-standardised crops."""
     cfg: MAEConfig = mae.cfg
     keep_count = round(cfg.num_patches * keep_ratio)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +117,9 @@ def export_model(mae: MAE, out_dir: Path, name: str, *, output: str = "reconstru
         "scoring": {"gaussian_size": graph.head.kernel.shape[-1], "gaussian_sigma": 1.4},
         "architecture": {k: v for k, v in cfg.to_dict().items()},
     }
+    if standardise is not None:
+        manifest["input"]["standardise"] = {"mean": float(standardise[0]),
+                                            "std": float(standardise[1])}
     write_manifest(out_dir / "manifest.toml", manifest)
     return out_dir
 

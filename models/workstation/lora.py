@@ -98,6 +98,8 @@ class FinetuneRecipe:
     max_rotation: float = 180.0
     seed: int = 0
     threads: int = 2
+    # The pretrained model's contrast standardisation (mean, std), applied to every crop.
+    standardise: tuple[float, float] | None = None
 
 
 def finetune(mae: MAE, shots: list[Path], recipe: FinetuneRecipe, log=print) -> dict:
@@ -125,7 +127,8 @@ def finetune(mae: MAE, shots: list[Path], recipe: FinetuneRecipe, log=print) -> 
     mae.train()
     for it in range(recipe.iterations):
         # Copies of the shots, each with its own crop/rotation and its own random mask.
-        imgs = torch.from_numpy(data.batch(images, augment, rng, recipe.batch))
+        imgs = torch.from_numpy(data.batch(images, augment, rng, recipe.batch,
+                                           recipe.standardise))
         keep = random_keep(recipe.batch, cfg.num_patches, keep_count, gen)
         pred = mae.decode(mae.encode(imgs, keep), keep)
         loss = ((pred - mae.patchify(imgs)) ** 2).mean()  # all patches
@@ -137,7 +140,7 @@ def finetune(mae: MAE, shots: list[Path], recipe: FinetuneRecipe, log=print) -> 
             log(f"iter {it:3d}/{recipe.iterations}  loss {losses[-1]:.4f}")
     mae.eval()
     # Fold and prove the folded model computes what the LoRA model computes.
-    probe = torch.from_numpy(data.batch(images, augment, rng, 1))
+    probe = torch.from_numpy(data.batch(images, augment, rng, 1, recipe.standardise))
     probe_keep = torch.arange(0, cfg.num_patches, 4)[None]
     with torch.no_grad():
         before = mae(probe, probe_keep)

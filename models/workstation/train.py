@@ -37,6 +37,11 @@ class PretrainRecipe:
     gray: float = 0.3
     seed: int = 0
     threads: int = 2
+    # Per-crop contrast standardisation (mean, std) of the gray level, or None; exported
+    # models carry it as the manifest's `[input.standardise]`.
+    standardise: tuple[float, float] | None = None
+    # Start from this checkpoint's weights instead of a random init (continued pretraining).
+    init: str | None = None
 
 
 def random_keep(batch: int, num_patches: int, keep: int, gen: torch.Generator) -> torch.Tensor:
@@ -92,6 +97,9 @@ def pretrain(recipe: PretrainRecipe, image_paths: list[Path], out: Path,
     if not images:
         raise SystemExit("no training images")
     mae = MAE(PRESETS[recipe.preset])
+    if recipe.init:
+        state = torch.load(recipe.init, map_location="cpu", weights_only=True)
+        mae.load_state_dict(state.get("model", state))
     cfg = mae.cfg
     keep_count = round(cfg.num_patches * (1 - recipe.mask_ratio))
     decay = [p for n, p in mae.named_parameters() if p.requires_grad and p.ndim > 1
@@ -113,7 +121,8 @@ def pretrain(recipe: PretrainRecipe, image_paths: list[Path], out: Path,
     for step in range(recipe.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, recipe)
-        imgs = torch.from_numpy(data.batch(images, augment, rng, recipe.batch))
+        imgs = torch.from_numpy(data.batch(images, augment, rng, recipe.batch,
+                                           recipe.standardise))
         keep = random_keep(recipe.batch, cfg.num_patches, keep_count, gen)
         loss, hid, vis = patch_loss(mae, imgs, keep, recipe.visible_weight)
         opt.zero_grad(set_to_none=True)
@@ -129,7 +138,7 @@ def pretrain(recipe: PretrainRecipe, image_paths: list[Path], out: Path,
                 f"visible {vis:.4f}  {elapsed / (step + 1):.2f} s/step")
         if (step + 1) % checkpoint_every == 0 or step == recipe.steps - 1:
             save_checkpoint(out / "checkpoint.pth", mae, recipe=asdict(recipe), step=step + 1,
-                            seconds=elapsed)
+                            seconds=elapsed, standardise=recipe.standardise)
     log_file.close()
     mae.eval()
     return mae

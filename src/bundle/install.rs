@@ -609,8 +609,9 @@ impl Installer {
     }
 
     /// A carried-over bank's MAEDAY statistics (and so the ensemble's thresholds) belong to
-    /// the graph and schedule it was enrolled with. With a new one, enroll it again from
-    /// its stored good frames, same seed and settings. Returns whether it did.
+    /// the graph, schedule and input standardisation it was enrolled with. With a new one,
+    /// enroll it again from its stored good frames, same seed and settings. Returns
+    /// whether it did.
     fn refresh_bank(&self, model: &Model) -> Result<bool> {
         let dir = model.dir.join("bank");
         if !dir.join("bank.toml").is_file() {
@@ -627,6 +628,7 @@ impl Installer {
         let mut detector = Detector::new(model.clone(), &opts)?;
         if m.maeday.model_sha256 == model.manifest.graph_sha256
             && m.maeday.schedule == detector.schedule.id()
+            && m.maeday.standardise == model.manifest.input.standardise
         {
             return Ok(false);
         }
