@@ -11,6 +11,10 @@
 //!
 //! Resizing uses the `image` crate's triangle (bilinear) filter, whose support widens
 //! with the scale factor when shrinking, i.e. it is antialiased.
+//!
+//! A manifest with `[input] standardise` also standardises each window's contrast
+//! (statistics over the whole window, letterbox padding included) before normalising, so
+//! the scores do not follow the camera's exposure; see [`Standardise`].
 
 use std::path::Path;
 
