@@ -12,7 +12,7 @@ use crate::bank::{Features, MemoryBank};
 use crate::engine::{self, Engine, EngineOptions};
 use crate::enroll::StoredBank;
 use crate::features::{default_extractor_dir, FeatureExtractor};
-use crate::manifest::{Model, OutputKind, Thresholds};
+use crate::manifest::{Manifest, Model, OutputKind, Thresholds};
 use crate::preprocess::{Fit, Preprocessor};
 use crate::schedule::{MaskSchedule, ScheduleKind};
 use crate::scorer::{self, BankScorer, BankThresholds, Normalisation, ScorerKind, Weights};
@@ -35,6 +35,20 @@ pub struct DetectorOptions {
     pub extractor: Option<PathBuf>,
     /// Also return each scorer's standardised map (`Detection::parts`; for `eval`).
     pub keep_parts: bool,
+}
+
+impl DetectorOptions {
+    /// The mask schedule a detector with these options runs for a manifest: the
+    /// manifest's, with the overrides applied.
+    pub fn schedule_for(&self, m: &Manifest) -> Result<MaskSchedule> {
+        MaskSchedule::generate(
+            self.schedule.unwrap_or(m.masks.kind),
+            self.masks.unwrap_or(m.masks.n),
+            m.masks.keep,
+            m.input.patches(),
+            self.seed.unwrap_or(m.masks.seed),
+        )
+    }
 }
 
 impl Default for DetectorOptions {
@@ -115,13 +129,7 @@ pub struct Detector {
 impl Detector {
     pub fn new(model: Model, opts: &DetectorOptions) -> Result<Detector> {
         let m = &model.manifest;
-        let schedule = MaskSchedule::generate(
-            opts.schedule.unwrap_or(m.masks.kind),
-            opts.masks.unwrap_or(m.masks.n),
-            m.masks.keep,
-            m.input.patches(),
-            opts.seed.unwrap_or(m.masks.seed),
-        )?;
+        let schedule = opts.schedule_for(m)?;
         let pre = Preprocessor::new(&m.input, opts.fit)?;
         let kernel = scoring::gaussian_kernel(m.scoring.gaussian_size, m.scoring.gaussian_sigma);
         let engine = engine::build(&model, &schedule, &opts.engine)

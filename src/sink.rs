@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::bundle::install::{EnrollRequest, EnrollStatus, InstallerInput};
+use crate::bundle::install::{enroll_status_topic, EnrollRequest, EnrollStatus, InstallerInput};
 use crate::config::{Config, MaskPolicy, OutputConfig};
 use crate::detector::Detector;
 use crate::message::{self, FrameResult};
@@ -313,7 +313,7 @@ impl Sinks {
                 detail: Some(detail),
                 ..Default::default()
             };
-            let topic = format!("maeday/{}/enroll/status", self.device_id);
+            let topic = enroll_status_topic(&self.device_id);
             mqtt.publish_transient(&topic, message::encode(&st, self.output.format)?, false);
         }
         if let Some((_, rx)) = &self.installer {

@@ -349,6 +349,11 @@ pub struct EnrollJob {
     pub shots: Vec<Shot>,
 }
 
+/// Where enrollment progress, verdicts and refusals are published.
+pub fn enroll_status_topic(device_id: &str) -> String {
+    format!("maeday/{device_id}/enroll/status")
+}
+
 /// The `enroll/status` payload.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EnrollStatus {
@@ -431,7 +436,7 @@ impl Installer {
         )?;
         Ok(Installer {
             status_topic: format!("maeday/{}/bundle/status", s.device_id),
-            enroll_topic: format!("maeday/{}/enroll/status", s.device_id),
+            enroll_topic: enroll_status_topic(&s.device_id),
             s,
             slots,
             assembler,
@@ -625,13 +630,14 @@ impl Installer {
             banks: Vec::new(),
             ..self.s.serving.clone()
         };
-        let mut detector = Detector::new(model.clone(), &opts)?;
+        // Decided from the manifest alone: the engine is loaded only to enroll.
         if m.maeday.model_sha256 == model.manifest.graph_sha256
-            && m.maeday.schedule == detector.schedule.id()
+            && m.maeday.schedule == opts.schedule_for(&model.manifest)?.id()
             && m.maeday.standardise == model.manifest.input.standardise
         {
             return Ok(false);
         }
+        let mut detector = Detector::new(model.clone(), &opts)?;
         let shots = m
             .shots
             .iter()
