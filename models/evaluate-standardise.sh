@@ -12,21 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-eval-runs/standardise}
-DATA=${DATA:-../shared/data}
-MT=$DATA/magnetic-tile
-PY=${PYTHON:-python3}
-BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/maeday-edge}
-[ -x "$BIN" ] || cargo build --release
-mkdir -p "$OUT"
-DEFAULT=models/default
-CKPT=$(ls "$DEFAULT"/*.pth)
-
-ev() { # ev <report-name> <model> <dataset> [eval options...]
-  local name=$1 model=$2 data=$3; shift 3
-  if [ -s "$OUT/$name.json" ]; then echo "have $OUT/$name.json"; return; fi
-  echo "== $name"
-  "$BIN" eval --model "$model" --report "$OUT/$name.json" --dataset "$data" "$@"
-}
+. models/evaluate-common.sh
 
 # 1. Same weights, standardised input.
 M="$OUT/default-standardised"

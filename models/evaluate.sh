@@ -9,22 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-eval-runs}
-DATA=${DATA:-../shared/data}
-MT=$DATA/magnetic-tile
 FEWSHOT_MASKS=${FEWSHOT_MASKS:-8}
-PY=${PYTHON:-python3}
-BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/maeday-edge}
-[ -x "$BIN" ] || cargo build --release
-mkdir -p "$OUT"
-DEFAULT=models/default
-CKPT=$(ls "$DEFAULT"/*.pth)
-
-ev() { # ev <report-name> <model> <dataset> [eval options...]
-  local name=$1 model=$2 data=$3; shift 3
-  if [ -s "$OUT/$name.json" ]; then echo "have $OUT/$name.json"; return; fi
-  echo "== $name"
-  "$BIN" eval --model "$model" --report "$OUT/$name.json" --dataset "$data" "$@"
-}
+. models/evaluate-common.sh
 
 # Zero-shot: the shipped default on the 392 defective + 392 seeded MT_Free images.
 for n in 8 16 32; do ev "zs-random-n$n" "$DEFAULT" "$MT" --limit 392 --seed 0 --masks "$n"; done

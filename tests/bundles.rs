@@ -241,6 +241,25 @@ fn wait_for_from(
     }
 }
 
+/// Publish a command to the device; returns where the inbox stood, to wait from.
+fn command(client: &Client, inbox: &Inbox, text: &str) -> usize {
+    let from = inbox.lock().unwrap().len();
+    client
+        .publish("maeday/dev/command", QoS::AtLeastOnce, false, text)
+        .unwrap();
+    from
+}
+
+/// The memory bank of the model slot the device has active.
+fn active_bank_toml(state: &Path) -> PathBuf {
+    let active: toml::Table =
+        toml::from_str(&std::fs::read_to_string(state.join("active.toml")).unwrap()).unwrap();
+    state.join(format!(
+        "slots/{}/bank/bank.toml",
+        active["active"].as_str().unwrap()
+    ))
+}
+
 /// Publish a bundle's chunks (optionally shuffled with duplicates) and wait for the verdict.
 fn send(client: &Client, inbox: &Inbox, bytes: &[u8], messy: bool) -> Value {
     let mut chunks = split(bytes, 16 << 10);
@@ -459,10 +478,7 @@ fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_re
         Duration::from_secs(30),
         |t, v| t.ends_with("dev/status") && v["state"] == "online" && v["bundle_version"] == 5,
     );
-    let n = inbox.lock().unwrap().len();
-    client
-        .publish("maeday/dev/command", QoS::AtLeastOnce, false, "rollback")
-        .unwrap();
+    let n = command(&client, &inbox, "rollback");
     wait_for_from(
         &inbox,
         n,
@@ -858,9 +874,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
 
     // Unusable requests are refused without disturbing anything.
     for bad in ["enroll 0", "enroll 3 nosuchcamera", "enroll many"] {
-        client
-            .publish("maeday/dev/command", QoS::AtLeastOnce, false, bad)
-            .unwrap();
+        command(&client, &inbox, bad);
     }
     // Each is answered on enroll/status.
     let until = Instant::now() + Duration::from_secs(30);
@@ -889,10 +903,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
     ]) {
         assert!(d.contains(want), "{d:?} should say {want:?}");
     }
-    let from = inbox.lock().unwrap().len();
-    client
-        .publish("maeday/dev/command", QoS::AtLeastOnce, false, "enroll 3")
-        .unwrap();
+    let from = command(&client, &inbox, "enroll 3");
     let done = wait_for_from(
         &inbox,
         from,
@@ -942,19 +953,10 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
                     .is_some_and(|s| s.starts_with("ensemble (bank "))
         },
     );
-    let state = std::fs::read_to_string(tmp.path().join("state/active.toml")).unwrap();
-    let active: toml::Table = toml::from_str(&state).unwrap();
-    let slot = active["active"].as_str().unwrap();
-    assert!(tmp
-        .path()
-        .join(format!("state/slots/{slot}/bank/bank.toml"))
-        .is_file());
+    assert!(active_bank_toml(&tmp.path().join("state")).is_file());
 
     // `rollback` after an enrollment on the factory model returns to it: MAEDAY alone.
-    let from = inbox.lock().unwrap().len();
-    client
-        .publish("maeday/dev/command", QoS::AtLeastOnce, false, "rollback")
-        .unwrap();
+    let from = command(&client, &inbox, "rollback");
     wait_for_from(
         &inbox,
         from,
@@ -963,10 +965,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
         |t, v| t.ends_with("/result") && v["scorer"] == "maeday",
     );
     // Enroll again (same frames, same seed: the same bank).
-    let from = inbox.lock().unwrap().len();
-    client
-        .publish("maeday/dev/command", QoS::AtLeastOnce, false, "enroll 3")
-        .unwrap();
+    let from = command(&client, &inbox, "enroll 3");
     let again = wait_for_from(
         &inbox,
         from,
@@ -1021,13 +1020,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
         |t, v| t.ends_with("/result") && v["schedule"].as_str().is_some_and(|s| s.contains("-s7-")),
     );
     assert_eq!(r["scorer"], "ensemble");
-    let state: toml::Table =
-        toml::from_str(&std::fs::read_to_string(tmp.path().join("state/active.toml")).unwrap())
-            .unwrap();
-    let bank_toml = tmp.path().join(format!(
-        "state/slots/{}/bank/bank.toml",
-        state["active"].as_str().unwrap()
-    ));
+    let bank_toml = active_bank_toml(&tmp.path().join("state"));
     let bank: toml::Table = toml::from_str(&std::fs::read_to_string(bank_toml).unwrap()).unwrap();
     assert_eq!(
         bank["maeday"]["schedule"].as_str(),
@@ -1064,10 +1057,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
                 && v["schedule"].as_str().is_some_and(|s| s.contains("-s7-"))
         },
     );
-    let from = inbox.lock().unwrap().len();
-    client
-        .publish("maeday/dev/command", QoS::AtLeastOnce, false, "rollback")
-        .unwrap();
+    let from = command(&client, &inbox, "rollback");
     wait_for_from(
         &inbox,
         from,
