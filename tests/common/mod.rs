@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests.
 
+pub mod daemon;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
