@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The aarch64 build, checked under user-mode qemu (CI runs this; ~200x slower than native,
 # so only the tiny fixture graphs of tests/fixtures run here):
+#   0. checks the V4L2 structs and ioctl numbers against the arm64 kernel headers,
 #   1. cross-builds the daemon and the `reference` test suite for aarch64-unknown-linux-gnu
 #      and runs the suite under qemu: f32 against the torch/numpy references (<= 1e-4),
 #      the f16 plan on tract's native fp16 kernels (forced: qemu shows tract the host's
@@ -16,6 +17,9 @@ target=aarch64-unknown-linux-gnu
 tdir=${CARGO_TARGET_DIR:-target}
 
 bash cross/toolchain.sh
+# The hand-written V4L2 ABI (src/source/v4l2_abi.rs) against the arm64 kernel headers the
+# toolchain brought, and the host's (the x86 test binary compiles both with gcc).
+MAEDAY_EXPECT_ARM64_HEADERS=1 cargo test --test v4l2_abi
 export TRACT_CPU_AARCH64_KIND=a75 MAEDAY_EXPECT_NATIVE_F16=1
 cargo test --target "$target" --lib --test reference -- --nocapture 2>&1 | grep -v '^$'
 

@@ -17,6 +17,8 @@ use crate::config::{PipelineConfig, SourceConfig};
 pub mod replay;
 #[cfg(all(target_os = "linux", feature = "v4l2"))]
 pub mod v4l2;
+#[cfg(target_os = "linux")]
+pub mod v4l2_abi;
 
 /// What a source yields next.
 pub enum Next {
