@@ -159,6 +159,10 @@ pub struct ModelConfig {
     pub scorer: Option<crate::scorer::ScorerKind>,
     /// The memory bank's feature extractor; default: the shipped EfficientNet-Lite0.
     pub extractor: Option<PathBuf>,
+    /// A memory bank folder (from `enroll`) for a model folder that has no `bank/` of its
+    /// own (the demo ships one for the bundled model); a bank enrolled into a model slot
+    /// on the device takes precedence.
+    pub bank: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -501,6 +505,9 @@ impl Config {
             fix(p);
         }
         if let Some(p) = self.model.extractor.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.model.bank.as_mut() {
             fix(p);
         }
         if let Some(o) = self.model.ort.as_mut() {

@@ -423,6 +423,11 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         masks: config.model.masks,
         scorer: config.model.scorer,
         extractor: config.model.extractor.clone(),
+        // The config's bank serves a model folder without a bank of its own.
+        banks: match &config.model.bank {
+            Some(b) if !model_dir.join("bank").join("bank.toml").is_file() => vec![b.clone()],
+            _ => Vec::new(),
+        },
         ..Default::default()
     };
     let mut detector = Detector::new(model.clone(), &detector_options)?;

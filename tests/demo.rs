@@ -1,0 +1,81 @@
+//! The README's first command: `maeday-edge run` on its built-in default, the conveyor
+//! scene (demo/conveyor.gif) with the bundled model and the demo's memory bank. The
+//! console must show the belt going from normal to ANOMALOUS while the bolt rides through
+//! and back to normal once the belt is empty, and anomalous frames must leave a mask and
+//! a heatmap overlay a person can open.
+
+use std::process::Command;
+
+mod common;
+use common::daemon::BIN;
+
+/// Frames of demo/conveyor.gif (0-based) where the bolt is fully in view, and where the
+/// belt is empty (frame 23 still shows its tip at the edge; 1 and 22 show part of it).
+const BOLT: std::ops::RangeInclusive<u64> = 2..=21;
+const FRAMES: u64 = 37;
+
+fn empty_belt(frame: u64) -> bool {
+    frame == 0 || (24..FRAMES).contains(&frame)
+}
+
+#[test]
+fn the_built_in_demo_flags_the_bolt_and_not_the_empty_belt() {
+    let out = Command::new(BIN)
+        .args(["run", "--max-frames", "37"])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run the daemon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the demo failed:\n{stderr}");
+
+    // Console lines: `belt #<seq> score <s> <verdict> blobs <n> ...`. The replay loops
+    // and drops frames when scoring is slower than 2 fps, so seq counts captured frames:
+    // frame = (seq - 1) mod 37.
+    let mut verdicts = Vec::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.split("belt #").nth(1) else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let seq: u64 = words[0].parse().unwrap();
+        assert_eq!(words[1], "score", "{line}");
+        let verdict = words[3];
+        assert!(
+            matches!(verdict, "ok" | "ANOMALOUS"),
+            "the demo is calibrated: {line}"
+        );
+        let blobs: usize = words[5].parse().unwrap();
+        verdicts.push(((seq - 1) % FRAMES, verdict == "ANOMALOUS", blobs));
+    }
+    assert!(verdicts.len() >= 37, "37 frames scored: {verdicts:?}");
+    let flagged_bolt = verdicts
+        .iter()
+        .filter(|(f, a, _)| BOLT.contains(f) && *a)
+        .count();
+    let empty: Vec<_> = verdicts.iter().filter(|(f, _, _)| empty_belt(*f)).collect();
+    assert!(flagged_bolt >= 1, "no bolt frame flagged: {verdicts:?}");
+    assert!(
+        !empty.is_empty(),
+        "the loop reached the empty belt: {verdicts:?}"
+    );
+    assert!(
+        empty.iter().all(|(_, a, _)| !a),
+        "an empty-belt frame was flagged: {verdicts:?}"
+    );
+    assert!(
+        verdicts
+            .iter()
+            .any(|(f, a, blobs)| BOLT.contains(f) && *a && *blobs >= 1),
+        "the bolt frames report where: {verdicts:?}"
+    );
+    // normal -> ANOMALOUS -> normal, in this order, within the run.
+    let first_alarm = verdicts.iter().position(|v| v.1).unwrap();
+    assert!(
+        verdicts[first_alarm..]
+            .iter()
+            .any(|(f, a, _)| !a && empty_belt(*f)),
+        "the verdict went back to normal: {verdicts:?}"
+    );
+    let tested: Vec<_> = verdicts.iter().map(|(f, a, _)| (f, a)).collect();
+    eprintln!("frame, anomalous: {tested:?}");
+}
