@@ -249,7 +249,19 @@ fn enroll_refuses_unusable_input_with_a_clear_error() {
     let o = cli(&["score", "--scorer", "bank", "--masks", "2", &img]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("needs a memory bank"), "{}", stderr(&o));
-    let o = cli(&["run", "--scorer", "ensemble", "--max-frames", "1"]);
+    // (The built-in demo ships a bank: a config without one.)
+    let cfg = t("nobank.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "device_id = \"t\"\n[model]\nmasks = 2\n[[camera]]\nname = \"c\"\n\
+             source = {{ kind = \"replay\", path = \"{}\" }}\n",
+            t("tiny").display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    let o = cli(&["run", "--config", &cfg, "--scorer", "ensemble", "--max-frames", "1"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("needs a memory bank"), "{}", stderr(&o));
 }
