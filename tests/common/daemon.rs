@@ -73,7 +73,12 @@ impl Inbox {
         self.0.lock().unwrap().clone()
     }
 
-    pub fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&[(String, Vec<u8>)]) -> bool) {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[(String, Vec<u8>)]) -> bool,
+    ) {
         let until = Instant::now() + timeout;
         while Instant::now() < until {
             if done(&self.0.lock().unwrap()) {

@@ -111,8 +111,14 @@ fn results_of_two_runs_never_share_an_identity() {
     let results = inbox.results();
     let keys: BTreeSet<_> = results.iter().map(identity).collect();
     assert_eq!(keys.len(), 6, "a consumer de-duplicating keeps: {keys:?}");
-    let boots: Vec<u64> = results.iter().map(|r| r["boot"].as_u64().unwrap()).collect();
-    assert!(boots[0] < boots[5], "the spooled run comes first: {boots:?}");
+    let boots: Vec<u64> = results
+        .iter()
+        .map(|r| r["boot"].as_u64().unwrap())
+        .collect();
+    assert!(
+        boots[0] < boots[5],
+        "the spooled run comes first: {boots:?}"
+    );
     assert_eq!(seqs(&results), [1, 2, 3, 1, 2, 3]);
 
     // Every mask names its result by boot and seq.
@@ -203,7 +209,10 @@ fn an_oversized_picture_is_shrunk_and_blocks_nothing() {
         s["mqtt"]
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("max_packet_bytes"), "a warning names the limit:\n{stderr}");
+    assert!(
+        stderr.contains("max_packet_bytes"),
+        "a warning names the limit:\n{stderr}"
+    );
 }
 
 /// Attack 2, at rest: a spool from an earlier version or config holds a message over the
@@ -236,12 +245,20 @@ fn an_oversized_message_in_an_old_spool_is_dropped_not_retried_forever() {
         run_daemon(&["--config", cfg.to_str().unwrap(), "--max-frames", "0"]),
         Duration::from_secs(60),
     ));
-    inbox.wait_for("the result behind the oversized message", Duration::from_secs(10), |m| {
-        m.iter().any(|(t, _)| t.ends_with("/result"))
-    });
-    assert_eq!(inbox.results(), [serde_json::from_str::<Value>(&result).unwrap()]);
+    inbox.wait_for(
+        "the result behind the oversized message",
+        Duration::from_secs(10),
+        |m| m.iter().any(|(t, _)| t.ends_with("/result")),
+    );
+    assert_eq!(
+        inbox.results(),
+        [serde_json::from_str::<Value>(&result).unwrap()]
+    );
     assert!(
-        !inbox.messages().iter().any(|(t, _)| t.ends_with("/heatmap")),
+        !inbox
+            .messages()
+            .iter()
+            .any(|(t, _)| t.ends_with("/heatmap")),
         "the oversized message is never sent"
     );
     assert_eq!(s["mqtt"]["oversized_dropped"], 1, "{}", s["mqtt"]);
@@ -323,7 +340,9 @@ impl Drop for Tmpfs {
 fn a_full_disk_degrades_to_counted_drops_never_to_an_exit() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(disk) = Tmpfs::mount(&tmp.path().join("disk"), "8m") else {
-        println!("SKIPPED: cannot mount a tmpfs here (needs root); the full-disk attack is untested");
+        println!(
+            "SKIPPED: cannot mount a tmpfs here (needs root); the full-disk attack is untested"
+        );
         return;
     };
     let frames = photo_frames(tmp.path(), 4, Some((640, 480)));
