@@ -16,6 +16,7 @@
 //! with the on-disk [`spool`] for store-and-forward); `broker` is the embedded broker.
 
 pub mod bank;
+pub mod boot;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod bundle;
@@ -32,6 +33,7 @@ pub mod manifest;
 pub mod message;
 pub mod metrics;
 pub mod mqtt;
+pub mod packet;
 pub mod pipeline;
 pub mod preprocess;
 pub mod render;
@@ -41,4 +43,5 @@ pub mod scoring;
 pub mod sink;
 pub mod source;
 pub mod spool;
+pub mod throttle;
 pub mod watchdog;

@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use serde::Serialize;
 
 use crate::config::PayloadFormat;
@@ -43,6 +43,9 @@ pub struct LatencyMs {
 pub struct ResultPayload {
     pub device_id: String,
     pub camera: String,
+    /// Which start of the daemon (a persisted counter, see [`crate::boot`]): `seq` restarts
+    /// with every start, `(camera, boot, seq)` names a frame for good.
+    pub boot: u64,
     /// Frame number from this camera since the daemon started (1, 2, ...); gaps are drops.
     pub seq: u64,
     /// Capture time, milliseconds since the Unix epoch (UTC).
@@ -155,14 +158,15 @@ pub fn blobs(map: &AnomalyMap, threshold: f32, roi: [u32; 4]) -> Vec<Blob> {
     out
 }
 
-/// PNG bytes of a grey or RGB image, with `camera` and `seq` in tEXt chunks so a mask can be
-/// matched to its result message.
+/// PNG bytes of a grey or RGB image, with `camera`, `boot` and `seq` in tEXt chunks so a
+/// mask can be matched to its result message.
 pub fn png_bytes(
     pixels: &[u8],
     width: u32,
     height: u32,
     rgb: bool,
     camera: &str,
+    boot: u64,
     seq: u64,
 ) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -175,6 +179,7 @@ pub fn png_bytes(
     enc.set_depth(png::BitDepth::Eight);
     enc.set_compression(png::Compression::Fast);
     enc.add_text_chunk("maeday-camera".into(), camera.into())?;
+    enc.add_text_chunk("maeday-boot".into(), boot.to_string())?;
     enc.add_text_chunk("maeday-seq".into(), seq.to_string())?;
     let mut w = enc.write_header()?;
     w.write_image_data(pixels)?;
@@ -182,27 +187,72 @@ pub fn png_bytes(
     Ok(out)
 }
 
-/// The binary mask PNG of a result, at ROI resolution.
-pub fn mask_png(r: &FrameResult, threshold: f32) -> Result<Vec<u8>> {
-    let p = &r.payload;
-    let mask = render::binary_mask(&r.map, threshold, p.roi[2], p.roi[3]);
-    png_bytes(mask.as_raw(), p.roi[2], p.roi[3], false, &p.camera, p.seq)
+/// A mask or heatmap before encoding, so that it can be made smaller when its PNG does not
+/// fit in an MQTT packet.
+#[derive(Debug, Clone)]
+pub enum Picture {
+    /// The binary mask: 255 = anomalous.
+    Mask(GrayImage),
+    Heatmap(RgbImage),
 }
 
-/// The heatmap overlay PNG of a result (needs `roi_image`).
-pub fn heatmap_png(r: &FrameResult) -> Option<Result<Vec<u8>>> {
+impl Picture {
+    pub fn dimensions(&self) -> (u32, u32) {
+        match self {
+            Picture::Mask(m) => m.dimensions(),
+            Picture::Heatmap(h) => h.dimensions(),
+        }
+    }
+
+    /// The PNG, named by the result's camera, boot and seq.
+    pub fn png(&self, p: &ResultPayload) -> Result<Vec<u8>> {
+        let (w, h) = self.dimensions();
+        match self {
+            Picture::Mask(m) => png_bytes(m.as_raw(), w, h, false, &p.camera, p.boot, p.seq),
+            Picture::Heatmap(i) => png_bytes(i.as_raw(), w, h, true, &p.camera, p.boot, p.seq),
+        }
+    }
+
+    /// Half the width and height (rounded up), or `None` below 2 x 2. A mask keeps every
+    /// anomalous pixel (each output pixel is the max of its 2 x 2 block: a small defect must
+    /// not vanish); a heatmap is averaged.
+    pub fn halved(&self) -> Option<Picture> {
+        let (w, h) = self.dimensions();
+        if w < 2 && h < 2 {
+            return None;
+        }
+        let (hw, hh) = (w.div_ceil(2), h.div_ceil(2));
+        Some(match self {
+            Picture::Mask(m) => Picture::Mask(GrayImage::from_fn(hw, hh, |x, y| {
+                let mut v = 0u8;
+                for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                    let (sx, sy) = ((2 * x + dx).min(w - 1), (2 * y + dy).min(h - 1));
+                    v = v.max(m.get_pixel(sx, sy)[0]);
+                }
+                image::Luma([v])
+            })),
+            Picture::Heatmap(i) => Picture::Heatmap(image::imageops::resize(
+                i,
+                hw,
+                hh,
+                image::imageops::FilterType::Triangle,
+            )),
+        })
+    }
+}
+
+/// The binary mask of a result, at ROI resolution.
+pub fn mask_picture(r: &FrameResult, threshold: f32) -> Picture {
+    let p = &r.payload;
+    Picture::Mask(render::binary_mask(&r.map, threshold, p.roi[2], p.roi[3]))
+}
+
+/// The heatmap overlay of a result (needs `roi_image`).
+pub fn heatmap_picture(r: &FrameResult) -> Option<Picture> {
     let img = r.roi_image.as_ref()?;
     let p = &r.payload;
     let vmax = p.pixel_threshold.map(|t| 2.0 * t).unwrap_or(p.score);
-    let heat = render::heatmap_overlay(img, &r.map, vmax);
-    Some(png_bytes(
-        heat.as_raw(),
-        heat.width(),
-        heat.height(),
-        true,
-        &p.camera,
-        p.seq,
-    ))
+    Some(Picture::Heatmap(render::heatmap_overlay(img, &r.map, vmax)))
 }
 
 #[cfg(test)]
@@ -232,6 +282,7 @@ mod tests {
         let p = ResultPayload {
             device_id: "d".into(),
             camera: "c".into(),
+            boot: 3,
             seq: 7,
             captured_unix_ms: 1_700_000_000_000,
             score: 0.5,
@@ -261,7 +312,7 @@ mod tests {
 
     #[test]
     fn mask_png_decodes_and_names_its_frame() {
-        let bytes = png_bytes(&[0, 255, 255, 0], 2, 2, false, "cam", 42).unwrap();
+        let bytes = png_bytes(&[0, 255, 255, 0], 2, 2, false, "cam", 3, 42).unwrap();
         let dec = png::Decoder::new(std::io::Cursor::new(bytes));
         let reader = dec.read_info().unwrap();
         let texts: Vec<(String, String)> = reader
@@ -274,5 +325,22 @@ mod tests {
             texts.contains(&("maeday-seq".into(), "42".into())),
             "{texts:?}"
         );
+        assert!(
+            texts.contains(&("maeday-boot".into(), "3".into())),
+            "{texts:?}"
+        );
+    }
+
+    #[test]
+    fn a_halved_mask_keeps_a_single_anomalous_pixel() {
+        let mut m = GrayImage::new(5, 3);
+        m.put_pixel(3, 2, image::Luma([255]));
+        let Some(Picture::Mask(h)) = Picture::Mask(m).halved() else {
+            panic!("a 5x3 mask halves")
+        };
+        assert_eq!(h.dimensions(), (3, 2));
+        assert_eq!(h.get_pixel(1, 1)[0], 255);
+        assert_eq!(h.pixels().filter(|p| p[0] == 255).count(), 1);
+        assert!(Picture::Mask(GrayImage::new(1, 1)).halved().is_none());
     }
 }

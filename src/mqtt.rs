@@ -13,7 +13,11 @@
 //! reconnect; to have one owner of that state, each connection gets a fresh client and
 //! event loop (thread), and a lost connection is dropped whole. Subscriptions are re-sent
 //! after every CONNACK (a clean-session reconnect forgets them). The max packet size is set
-//! explicitly (rumqttc's default, 10 KiB, would reject mask PNGs).
+//! explicitly (rumqttc's default, 10 KiB, would reject mask PNGs), and no message over it is
+//! ever handed to the client: rumqttc fails the whole connection on one, and a message that
+//! goes back to the head of the spool would then fail every connection after it. The sinks
+//! shrink pictures to fit ([`crate::packet`]); what is over the limit here (from a spool
+//! written under another limit, or a topic too long) is dropped and counted.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -26,7 +30,9 @@ use rumqttc::{
 };
 
 use crate::config::{url_with_client_id, MqttConfig};
+use crate::packet;
 use crate::spool::{Message, Spool};
+use crate::throttle::{more, Throttle};
 
 /// Where an in-flight message came from.
 #[derive(Debug)]
@@ -62,8 +68,21 @@ pub struct MqttStats {
     pub spooled: u64,
     pub spool_messages: u64,
     pub spool_bytes: u64,
-    /// Dropped (oldest first) because the spool was full.
+    /// Dropped (oldest first) because the spool was full (`mqtt.spool.max_bytes` or a full
+    /// disk), or unreadable.
     pub spool_dropped: u64,
+    /// New messages lost because the spool's disk refused them even after dropping the
+    /// oldest.
+    pub spool_failed: u64,
+    /// IO errors of the spool's disk.
+    pub spool_errors: u64,
+    /// False once the spool fell back to memory (its folder could not hold it).
+    pub spool_on_disk: bool,
+    /// Masks and heatmaps made smaller, and results sent without their weakest blobs, to
+    /// fit `max_packet_bytes`.
+    pub oversized_shrunk: u64,
+    /// Messages over `max_packet_bytes` that could not be made to fit: dropped.
+    pub oversized_dropped: u64,
     pub connects: u64,
     pub disconnects: u64,
 }
@@ -99,6 +118,11 @@ pub struct MqttSink {
     stats: MqttStats,
     /// Shutting down: the disconnect that follows is ours, not a loss.
     closing: bool,
+    max_packet: usize,
+    /// Oversized spool entries read, to remove with the next acknowledgements.
+    discarded_spool: Vec<u64>,
+    oversize_log: Throttle,
+    spool_failed_log: Throttle,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -154,7 +178,7 @@ impl MqttSink {
                 client_auth,
             }));
         }
-        let spool = Spool::open(&cfg.spool.dir, cfg.spool.max_bytes)?;
+        let spool = Spool::open_or_memory(&cfg.spool.dir, cfg.spool.max_bytes);
         if !spool.is_empty() {
             log::info!(
                 "spool {} holds {} messages ({} bytes) from before: they go first",
@@ -184,6 +208,10 @@ impl MqttSink {
             received,
             stats: MqttStats::default(),
             closing: false,
+            max_packet: cfg.max_packet_bytes,
+            discarded_spool: Vec::new(),
+            oversize_log: Throttle::default(),
+            spool_failed_log: Throttle::default(),
         };
         sink.stats.spool_messages = sink.spool.len();
         sink.connect();
@@ -219,7 +247,43 @@ impl MqttSink {
         s.spool_messages = self.spool.len();
         s.spool_bytes = self.spool.bytes();
         s.spool_dropped = self.spool.dropped;
+        s.spool_errors = self.spool.errors;
+        s.spool_on_disk = self.spool.on_disk();
         s
+    }
+
+    /// `mqtt.max_packet_bytes`: no packet over it is sent.
+    pub fn max_packet_bytes(&self) -> usize {
+        self.max_packet
+    }
+
+    fn fits(&self, m: &Message) -> bool {
+        packet::fits(&m.topic, m.payload.len(), self.max_packet)
+    }
+
+    /// A message was made smaller to fit (`from` -> `to` payload bytes, or blobs left out).
+    pub fn count_shrunk(&mut self, topic: &str, what: &str) {
+        self.stats.oversized_shrunk += 1;
+        if let Some(n) = self.oversize_log.ready() {
+            log::warn!(
+                "{topic}: over mqtt.max_packet_bytes ({}): {what}{}",
+                self.max_packet,
+                more(n)
+            );
+        }
+    }
+
+    /// A message over the limit could not be made to fit: it is dropped.
+    pub fn count_oversized(&mut self, topic: &str, payload: usize) {
+        self.stats.oversized_dropped += 1;
+        if let Some(n) = self.oversize_log.ready() {
+            log::warn!(
+                "{topic}: {} bytes as a packet, over mqtt.max_packet_bytes ({}): dropped{}",
+                packet::publish_bytes(topic, payload),
+                self.max_packet,
+                more(n)
+            );
+        }
     }
 
     pub fn is_connected(&self) -> bool {
@@ -227,9 +291,11 @@ impl MqttSink {
     }
 
     /// Whether the sink wants more messages now. False only while connected and the
-    /// in-memory queue is full: the caller then waits (results are never dropped).
+    /// in-memory queue is full: the caller then waits (results are never dropped). (The
+    /// queue holds messages only while the spool is empty, or when the spool's disk refused
+    /// them: then they wait in memory behind the spool.)
     pub fn can_accept(&self) -> bool {
-        !self.connected || !self.spool.is_empty() || self.queue.len() < 4 * self.max_inflight
+        !self.connected || self.queue.len() < 4 * self.max_inflight
     }
 
     /// Nothing left to deliver (for a clean shutdown).
@@ -237,21 +303,59 @@ impl MqttSink {
         self.queue.is_empty() && self.spool.is_empty() && self.inflight.is_empty()
     }
 
-    /// Queue messages for at-least-once, in-order delivery.
+    /// Queue messages for at-least-once, in-order delivery. A message over
+    /// `max_packet_bytes` is dropped and counted (the sinks shrink what they can first).
     pub fn submit(&mut self, messages: Vec<Message>) -> Result<()> {
+        let mut ok = Vec::with_capacity(messages.len());
+        for m in messages {
+            if self.fits(&m) {
+                ok.push(m);
+            } else {
+                self.count_oversized(&m.topic, m.payload.len());
+            }
+        }
         if self.connected && self.spool.is_empty() {
-            self.queue.extend(messages);
+            self.queue.extend(ok);
+        } else if self.connected && !self.queue.is_empty() {
+            // Already waiting in memory behind the spool (its disk refused them): keep order.
+            self.queue.extend(ok);
         } else {
-            self.stats.spooled += messages.len() as u64;
-            self.spool.push(&messages)?;
+            self.spool_or_keep(ok);
         }
         Ok(())
+    }
+
+    /// Spool messages; while connected, what the spool's disk refuses waits in memory
+    /// behind the spool instead of being lost (the queue is bounded by `can_accept`).
+    fn spool_or_keep(&mut self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        if self.spool.push(&messages) {
+            self.stats.spooled += messages.len() as u64;
+        } else if self.connected {
+            self.queue.extend(messages);
+        } else {
+            self.stats.spool_failed += messages.len() as u64;
+            if let Some(n) = self.spool_failed_log.ready() {
+                log::warn!(
+                    "{} message(s) lost: the spool could not store them ({} lost in all){}",
+                    messages.len(),
+                    self.stats.spool_failed,
+                    more(n)
+                );
+            }
+        }
     }
 
     /// Publish a current-state message (status, metrics) if connected; otherwise it is
     /// dropped: a stale one is worth nothing later.
     pub fn publish_transient(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
         if !self.connected {
+            return;
+        }
+        if !packet::fits(topic, payload.len(), self.max_packet) {
+            self.count_oversized(topic, payload.len());
             return;
         }
         if let Some(c) = &self.client {
@@ -286,7 +390,7 @@ impl MqttSink {
         if self.client.is_none() && !self.closing && Instant::now() >= self.retry_at {
             self.connect();
         }
-        self.flush_acks()?;
+        self.flush_acks();
         Ok(())
     }
 
@@ -361,8 +465,8 @@ impl MqttSink {
         // Acknowledged spool entries first (they are delivered), then the oldest messages:
         // unacked in-memory ones, then the memory queue. While memory was in use the spool
         // was empty, so appending keeps the global order.
-        self.flush_acks()?;
-        self.spill_memory()?;
+        self.flush_acks();
+        self.spill_memory();
         self.spool_cursor = None;
         Ok(())
     }
@@ -370,7 +474,7 @@ impl MqttSink {
     /// Move every undelivered in-memory message (unacknowledged in-flight ones first, then
     /// the queue) to the end of the spool, in order. Spool-sourced in-flight entries are
     /// still in the spool; transient ones are dropped.
-    fn spill_memory(&mut self) -> Result<()> {
+    fn spill_memory(&mut self) {
         let mut back: Vec<Message> = Vec::new();
         for f in self.inflight.drain(..) {
             if let Origin::Memory(m) = f.origin {
@@ -378,8 +482,11 @@ impl MqttSink {
             }
         }
         back.extend(self.queue.drain(..));
-        self.stats.spooled += back.len() as u64;
-        self.spool.push(&back)
+        let was = self.connected;
+        // Not connected any more: what the disk refuses is lost (and counted).
+        self.connected = false;
+        self.spool_or_keep(back);
+        self.connected = was;
     }
 
     /// Hand messages to the client, up to `max_inflight` awaiting PUBACK.
@@ -387,15 +494,26 @@ impl MqttSink {
         if !self.connected {
             return Ok(());
         }
-        let Some(client) = self.client.as_ref() else {
+        if self.client.is_none() {
             return Ok(());
-        };
+        }
         let room = self.max_inflight.saturating_sub(self.inflight.len());
         if room == 0 {
             return Ok(());
         }
         if !self.spool.is_empty() {
-            for (id, m) in self.spool.peek(self.spool_cursor, room)? {
+            let batch = self.spool.next_batch(self.spool_cursor, room);
+            for (id, m) in batch {
+                if !packet::fits(&m.topic, m.payload.len(), self.max_packet) {
+                    // Spooled under another limit (or version): it can never be sent.
+                    self.spool_cursor = Some(id);
+                    self.discarded_spool.push(id);
+                    self.count_oversized(&m.topic, m.payload.len());
+                    continue;
+                }
+                let Some(client) = self.client.as_ref() else {
+                    break;
+                };
                 if client
                     .try_publish(m.topic, QoS::AtLeastOnce, false, m.payload)
                     .is_err()
@@ -408,7 +526,7 @@ impl MqttSink {
                     pkid: None,
                 });
             }
-        } else {
+        } else if let Some(client) = self.client.as_ref() {
             for _ in 0..room {
                 let Some(m) = self.queue.pop_front() else {
                     break;
@@ -429,12 +547,12 @@ impl MqttSink {
         Ok(())
     }
 
-    fn flush_acks(&mut self) -> Result<()> {
-        if !self.acked_spool.is_empty() {
-            let ids = std::mem::take(&mut self.acked_spool);
-            self.spool.remove(&ids)?;
+    fn flush_acks(&mut self) {
+        if !self.acked_spool.is_empty() || !self.discarded_spool.is_empty() {
+            let mut ids = std::mem::take(&mut self.acked_spool);
+            ids.append(&mut self.discarded_spool);
+            self.spool.remove(&ids);
         }
-        Ok(())
     }
 
     /// New status messages (the serving model changed): the online one is published
@@ -467,8 +585,8 @@ impl MqttSink {
         while Instant::now() < deadline && !self.is_idle() {
             self.poll(Duration::from_millis(20))?;
         }
-        self.flush_acks()?;
-        self.spill_memory()?;
+        self.flush_acks();
+        self.spill_memory();
         if !self.spool.is_empty() {
             log::warn!(
                 "{} messages stay in the spool for the next start",

@@ -232,6 +232,8 @@ pub struct MetricsPayload {
     pub overhead_fraction: f64,
     pub queues: QueueDepths,
     pub mqtt: Option<crate::mqtt::MqttStats>,
+    /// The folder sink (`files.dir`), if any.
+    pub files: Option<crate::sink::FileStats>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -276,7 +278,7 @@ impl Stats {
         &self,
         device_id: &str,
         slots: &FrameSlots,
-        mqtt: Option<crate::mqtt::MqttStats>,
+        sinks: crate::sink::SinkStats,
     ) -> MetricsPayload {
         let mut cameras = self
             .cameras
@@ -312,7 +314,8 @@ impl Stats {
                 frames_waiting: slots.waiting(),
                 results_waiting: self.results_waiting.load(Ordering::Relaxed),
             },
-            mqtt,
+            mqtt: sinks.mqtt,
+            files: sinks.files,
         }
     }
 }
@@ -432,6 +435,14 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     };
     let mut detector = Detector::new(model.clone(), &detector_options)?;
 
+    // Which start this is, recorded where results outlive the process, before the first
+    // result: `(camera, boot, seq)` names a frame across restarts.
+    let persistent: Vec<&std::path::Path> = (config.mqtt.iter().map(|m| m.spool.dir.as_path()))
+        .chain(config.files.iter().map(|f| f.dir.as_path()))
+        .collect();
+    let boot = crate::boot::next(&persistent);
+    log::info!("boot {boot}");
+
     #[cfg(feature = "embedded-broker")]
     if let Some(mqtt) = &config.mqtt {
         if let Some(listen) = mqtt.embedded_broker {
@@ -544,6 +555,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let result = inference_loop(
         &config,
         &opts,
+        boot,
         &mut detector,
         &swap_rx,
         enroll.as_ref(),
@@ -564,7 +576,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     for c in captures {
         let _ = c.join();
     }
-    let mqtt_stats = sink_thread
+    let sink_stats = sink_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the sink thread panicked"))??;
     // The sink thread held the installer's input: it ends once that is gone. An install
@@ -574,13 +586,14 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         let _ = t.join();
     }
     result?;
-    Ok(stats.snapshot(&config.device_id, &slots, mqtt_stats))
+    Ok(stats.snapshot(&config.device_id, &slots, sink_stats))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn inference_loop(
     config: &Config,
     opts: &RunOptions,
+    boot: u64,
     detector: &mut Detector,
     swaps: &Receiver<Swap>,
     enroll: Option<&EnrollLink>,
@@ -700,6 +713,7 @@ fn inference_loop(
         let payload = ResultPayload {
             device_id: config.device_id.clone(),
             camera: cam.name.clone(),
+            boot,
             seq,
             captured_unix_ms: message::unix_ms(captured),
             score: det.score,
@@ -769,7 +783,7 @@ fn sink_loop(
     liveness: &Liveness,
     device_id: &str,
     metrics_interval_s: f64,
-) -> Result<Option<crate::mqtt::MqttStats>> {
+) -> Result<crate::sink::SinkStats> {
     let interval = (metrics_interval_s > 0.0).then(|| Duration::from_secs_f64(metrics_interval_s));
     let mut next_metrics = interval.map(|i| Instant::now() + i);
     loop {
@@ -792,7 +806,11 @@ fn sink_loop(
         let metrics_asked = sinks.poll(Duration::from_millis(5))?;
         let due = next_metrics.is_some_and(|t| Instant::now() >= t);
         if due || metrics_asked {
-            let m = stats.snapshot(device_id, &slots, sinks.mqtt_stats());
+            let current = crate::sink::SinkStats {
+                mqtt: sinks.mqtt_stats(),
+                files: sinks.file_stats(),
+            };
+            let m = stats.snapshot(device_id, &slots, current);
             sinks.metrics(&m)?;
             if let (Some(i), true) = (interval, due) {
                 next_metrics = Some(Instant::now() + i);

@@ -1,10 +1,14 @@
 //! Where results go: the console (one line per frame), a folder (JSON lines + mask PNGs)
 //! and MQTT. All run on the sink thread, in frame order.
+//!
+//! Neither a full disk under the folder nor an MQTT packet limit stops the sinks: a line or
+//! PNG the disk refuses is dropped and counted, and pictures are made to fit in a packet
+//! (see [`crate::packet`]) before they are queued or spooled.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -14,10 +18,12 @@ use serde::Serialize;
 use crate::bundle::install::{enroll_status_topic, EnrollRequest, EnrollStatus, InstallerInput};
 use crate::config::{Config, MaskPolicy, OutputConfig};
 use crate::detector::Detector;
-use crate::message::{self, FrameResult};
+use crate::message::{self, FrameResult, Picture, ResultPayload};
 use crate::mqtt::{MqttSink, MqttStats, Received, StatusMessages};
+use crate::packet::{self, Fitted};
 use crate::pipeline::MetricsPayload;
 use crate::spool::Message;
+use crate::throttle::{more, Throttle};
 
 /// The retained `status` payload.
 #[derive(Debug, Clone, Serialize)]
@@ -39,27 +45,157 @@ pub struct StatusPayload {
     pub reason: Option<&'static str>,
 }
 
-/// A folder sink: `results.jsonl` (one JSON result per line) and `masks/<camera>-<seq>.png`.
+/// Counters of the folder sink (`files` in the metrics).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct FileStats {
+    /// Result lines appended to `results.jsonl`.
+    pub results: u64,
+    /// Mask PNGs written.
+    pub masks: u64,
+    /// Lines and PNGs the disk refused (full or failing): dropped.
+    pub failed: u64,
+}
+
+/// What the sinks counted, for the final metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkStats {
+    pub mqtt: Option<MqttStats>,
+    pub files: Option<FileStats>,
+}
+
+/// A folder sink: `results.jsonl` (one JSON result per line) and
+/// `masks/<camera>-<boot>-<seq>.png` (the boot keeps a restart from overwriting the masks
+/// of the run before).
 struct FileSink {
     dir: PathBuf,
-    lines: BufWriter<File>,
+    /// `results.jsonl`, opened on first use, and again after it could not be.
+    lines: Option<File>,
+    stats: FileStats,
+    log: Throttle,
 }
 
 impl FileSink {
-    fn open(dir: PathBuf) -> Result<FileSink> {
-        fs::create_dir_all(dir.join("masks"))
-            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-        let path = dir.join("results.jsonl");
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(FileSink {
+    /// Never fails: a folder that cannot be created now (a full disk) is tried again with
+    /// every result.
+    fn new(dir: PathBuf) -> FileSink {
+        let mut f = FileSink {
             dir,
-            lines: BufWriter::new(file),
-        })
+            lines: None,
+            stats: FileStats::default(),
+            log: Throttle::default(),
+        };
+        if let Err(e) = f.open() {
+            log::error!("files.dir: {e:#}; trying again with every result");
+        }
+        f
     }
+
+    fn open(&mut self) -> Result<&mut File> {
+        if self.lines.is_none() {
+            fs::create_dir_all(self.dir.join("masks"))
+                .with_context(|| format!("cannot create output folder {}", self.dir.display()))?;
+            let path = self.dir.join("results.jsonl");
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            self.lines = Some(file);
+        }
+        Ok(self.lines.as_mut().expect("opened above"))
+    }
+
+    /// Append one line whole or not at all: a partial write is cut off again, so the file
+    /// stays one JSON document per line when the disk fills up.
+    fn append(&mut self, line: &[u8]) -> Result<()> {
+        let path = self.dir.join("results.jsonl");
+        let f = self.open()?;
+        let len = f.metadata().map(|m| m.len()).ok();
+        if let Err(e) = f.write_all(line) {
+            if let Some(len) = len {
+                let _ = f.set_len(len);
+            }
+            return Err(e).with_context(|| format!("cannot append to {}", path.display()));
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, p: &ResultPayload, mask: Option<&[u8]>) {
+        let mut line = match serde_json::to_vec(p) {
+            Ok(l) => l,
+            Err(e) => return self.failed(&anyhow::Error::new(e)),
+        };
+        line.push(b'\n');
+        match self.append(&line) {
+            Ok(()) => self.stats.results += 1,
+            Err(e) => self.failed(&e),
+        }
+        if let Some(png) = mask {
+            let path = self
+                .dir
+                .join("masks")
+                .join(format!("{}-{}-{}.png", p.camera, p.boot, p.seq));
+            match write_whole(&path, png) {
+                Ok(()) => self.stats.masks += 1,
+                Err(e) => self.failed(&e),
+            }
+        }
+    }
+
+    fn failed(&mut self, e: &anyhow::Error) {
+        self.stats.failed += 1;
+        if let Some(n) = self.log.ready() {
+            log::warn!(
+                "files.dir: {e:#}: dropped ({} dropped in all){}",
+                self.stats.failed,
+                more(n)
+            );
+        }
+    }
+}
+
+/// Write a file, or leave none: a PNG cut short by a full disk is removed.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::write(path, bytes).map_err(|e| {
+        let _ = fs::remove_file(path);
+        anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
+    })
+}
+
+/// A mask or heatmap message that fits in a packet: as it is, made smaller, or none
+/// (counted and logged by the MQTT sink).
+fn fitted_picture(
+    mqtt: &mut MqttSink,
+    picture: &Picture,
+    full: Option<Vec<u8>>,
+    p: &ResultPayload,
+    topic: String,
+) -> Result<Option<Message>> {
+    let (w, h) = picture.dimensions();
+    let payload = match packet::fit_picture(picture, full, p, &topic, mqtt.max_packet_bytes())? {
+        Fitted::AsIs(png) => png,
+        Fitted::Shrunk {
+            png,
+            size,
+            full_bytes,
+        } => {
+            mqtt.count_shrunk(
+                &topic,
+                &format!(
+                    "{w}x{h} PNG of {full_bytes} bytes sent at {}x{} ({} bytes)",
+                    size.0,
+                    size.1,
+                    png.len()
+                ),
+            );
+            png
+        }
+        Fitted::TooLarge { full_bytes } => {
+            mqtt.count_oversized(&topic, full_bytes);
+            return Ok(None);
+        }
+    };
+    Ok(Some(Message { topic, payload }))
 }
 
 pub struct Sinks {
@@ -135,11 +271,7 @@ impl Sinks {
             device_id: config.device_id.clone(),
             output: config.output.clone(),
             console: config.console,
-            files: config
-                .files
-                .as_ref()
-                .map(|f| FileSink::open(f.dir.clone()))
-                .transpose()?,
+            files: config.files.as_ref().map(|f| FileSink::new(f.dir.clone())),
             grace: Duration::from_secs_f64(
                 config.mqtt.as_ref().map_or(0.0, |m| m.shutdown_grace_s),
             ),
@@ -162,6 +294,10 @@ impl Sinks {
 
     pub fn mqtt_stats(&self) -> Option<MqttStats> {
         self.mqtt.as_ref().map(|m| m.stats())
+    }
+
+    pub fn file_stats(&self) -> Option<FileStats> {
+        self.files.as_ref().map(|f| f.stats)
     }
 
     /// Whether this frame's mask goes out (policy and per-camera rate limit).
@@ -196,13 +332,14 @@ impl Sinks {
         }
         let mask = if self.wants_mask(r) {
             let t = r.payload.pixel_threshold.expect("wants_mask checks it");
-            Some(message::mask_png(r, t)?)
+            Some(message::mask_picture(r, t))
         } else {
             None
         };
         r.payload.mask = mask.is_some();
+        let mask_png = mask.as_ref().map(|m| m.png(&r.payload)).transpose()?;
         let heatmap = if self.output.heatmap {
-            message::heatmap_png(r).transpose()?
+            message::heatmap_picture(r)
         } else {
             None
         };
@@ -224,39 +361,53 @@ impl Sinks {
             );
         }
         if let Some(f) = self.files.as_mut() {
-            serde_json::to_writer(&mut f.lines, p)?;
-            f.lines.write_all(b"\n")?;
-            f.lines.flush()?;
-            if let Some(png) = &mask {
-                let path = f
-                    .dir
-                    .join("masks")
-                    .join(format!("{}-{}.png", p.camera, p.seq));
-                fs::write(&path, png)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
+            f.write(p, mask_png.as_deref());
         }
-        if self.mqtt.is_some() {
+        if let Some(mqtt) = self.mqtt.as_mut() {
             let topic = |what: &str| format!("maeday/{}/{}/{what}", self.device_id, p.camera);
-            let mut msgs = vec![Message {
-                topic: topic("result"),
-                payload: message::encode(p, self.output.format)?,
-            }];
-            if let Some(png) = mask {
-                msgs.push(Message {
-                    topic: topic("mask"),
-                    payload: png,
-                });
+            // Pictures first: whether the mask fits decides the result's `mask` field.
+            let mask_msg = match &mask {
+                Some(pic) => fitted_picture(mqtt, pic, mask_png, p, topic("mask"))?,
+                None => None,
+            };
+            let heatmap_msg = match &heatmap {
+                Some(pic) => fitted_picture(mqtt, pic, None, p, topic("heatmap"))?,
+                None => None,
+            };
+            let sent;
+            let p = if p.mask && mask_msg.is_none() {
+                sent = ResultPayload {
+                    mask: false,
+                    ..p.clone()
+                };
+                &sent
+            } else {
+                p
+            };
+            let result_topic = topic("result");
+            let max = mqtt.max_packet_bytes();
+            let mut msgs = Vec::with_capacity(3);
+            match packet::fit_result(p, self.output.format, &result_topic, max)? {
+                Some((payload, left_out)) => {
+                    if left_out > 0 {
+                        mqtt.count_shrunk(
+                            &result_topic,
+                            &format!("result sent without its {left_out} weakest blob(s)"),
+                        );
+                    }
+                    msgs.push(Message {
+                        topic: result_topic,
+                        payload,
+                    });
+                }
+                None => {
+                    let len = message::encode(p, self.output.format)?.len();
+                    mqtt.count_oversized(&result_topic, len);
+                }
             }
-            if let Some(png) = heatmap {
-                msgs.push(Message {
-                    topic: topic("heatmap"),
-                    payload: png,
-                });
-            }
-            if let Some(m) = self.mqtt.as_mut() {
-                m.submit(msgs)?;
-            }
+            msgs.extend(mask_msg);
+            msgs.extend(heatmap_msg);
+            mqtt.submit(msgs)?;
         }
         Ok(())
     }
@@ -351,7 +502,7 @@ impl Sinks {
         if self.console {
             let l = &m.latency_ms;
             log::info!(
-                "metrics: {:.2} fps, model p50 {:.0} ms, end-to-end p50 {:.0} / p95 {:.0} ms, overhead {:.1}% of model, dropped {}, corrupt {}{}",
+                "metrics: {:.2} fps, model p50 {:.0} ms, end-to-end p50 {:.0} / p95 {:.0} ms, overhead {:.1}% of model, dropped {}, corrupt {}{}{}",
                 m.fps,
                 l.inference.p50,
                 l.end_to_end.p50,
@@ -359,7 +510,23 @@ impl Sinks {
                 100.0 * m.overhead_fraction,
                 m.cameras.iter().map(|c| c.dropped).sum::<u64>(),
                 m.cameras.iter().map(|c| c.corrupt).sum::<u64>(),
-                m.mqtt.map(|q| format!(", MQTT {} (spool {})", if q.connected { "up" } else { "down" }, q.spool_messages)).unwrap_or_default()
+                m.mqtt.map(|q| format!(
+                    ", MQTT {} (spool {}{}{}{})",
+                    if q.connected { "up" } else { "down" },
+                    q.spool_messages,
+                    if q.spool_on_disk { "" } else { " in memory" },
+                    if q.spool_dropped + q.spool_failed > 0 {
+                        format!(", dropped {} oldest, lost {}", q.spool_dropped, q.spool_failed)
+                    } else {
+                        String::new()
+                    },
+                    if q.oversized_shrunk + q.oversized_dropped > 0 {
+                        format!(", oversized: {} shrunk, {} dropped", q.oversized_shrunk, q.oversized_dropped)
+                    } else {
+                        String::new()
+                    },
+                )).unwrap_or_default(),
+                m.files.filter(|f| f.failed > 0).map(|f| format!(", files dropped {}", f.failed)).unwrap_or_default()
             );
         }
         let topic = format!("maeday/{}/metrics", self.device_id);
@@ -394,14 +561,12 @@ impl Sinks {
     }
 
     /// Flush everything; MQTT gets its grace period, then says offline.
-    pub fn close(mut self) -> Result<Option<MqttStats>> {
-        if let Some(f) = self.files.as_mut() {
-            f.lines.flush()?;
-        }
+    pub fn close(mut self) -> Result<SinkStats> {
+        let files = self.file_stats();
         // Stop the installer (it ends when its input closes).
         self.installer = None;
         let Some(mut m) = self.mqtt.take() else {
-            return Ok(None);
+            return Ok(SinkStats { mqtt: None, files });
         };
         // A clean stop replaces the Last Will's reason with "shutdown".
         m.set_offline_reason(message::encode(
@@ -412,6 +577,9 @@ impl Sinks {
             },
             self.output.format,
         )?);
-        Ok(Some(m.shutdown(self.grace)?))
+        Ok(SinkStats {
+            mqtt: Some(m.shutdown(self.grace)?),
+            files,
+        })
     }
 }

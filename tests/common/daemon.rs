@@ -200,3 +200,12 @@ pub fn assert_complete_in_order(seen: &[u64], n: u64) {
     }
     assert_eq!(firsts, (1..=n).collect::<Vec<_>>(), "received {seen:?}");
 }
+
+/// `mqtt_section` with its own shutdown grace (seconds): a run against an unreachable
+/// broker then ends without waiting 15 s for it.
+pub fn mqtt_section_grace(url: &str, spool: &Path, grace_s: f64, extra: &str) -> String {
+    format!(
+        "[mqtt]\nurl = \"{url}\"\nspool = {{ dir = \"{}\" }}\nshutdown_grace_s = {grace_s:?}\n{extra}\n",
+        spool.display()
+    )
+}
