@@ -52,6 +52,8 @@ pub struct FileStats {
     pub results: u64,
     /// Mask PNGs written.
     pub masks: u64,
+    /// Heatmap overlay PNGs written (beside each mask, with `output.heatmap`).
+    pub heatmaps: u64,
     /// Lines and PNGs the disk refused (full or failing): dropped.
     pub failed: u64,
 }
@@ -63,9 +65,10 @@ pub struct SinkStats {
     pub files: Option<FileStats>,
 }
 
-/// A folder sink: `results.jsonl` (one JSON result per line) and
+/// A folder sink: `results.jsonl` (one JSON result per line),
 /// `masks/<camera>-<boot>-<seq>.png` (the boot keeps a restart from overwriting the masks
-/// of the run before).
+/// of the run before) and, with `output.heatmap`, the same frames' heatmap overlays in
+/// `heatmaps/` (only beside a mask: a picture per frame would fill the disk).
 struct FileSink {
     dir: PathBuf,
     /// `results.jsonl`, opened on first use, and again after it could not be.
@@ -93,6 +96,7 @@ impl FileSink {
     fn open(&mut self) -> Result<&mut File> {
         if self.lines.is_none() {
             fs::create_dir_all(self.dir.join("masks"))
+                .and_then(|()| fs::create_dir_all(self.dir.join("heatmaps")))
                 .with_context(|| format!("cannot create output folder {}", self.dir.display()))?;
             let path = self.dir.join("results.jsonl");
             let file = OpenOptions::new()
@@ -120,7 +124,7 @@ impl FileSink {
         Ok(())
     }
 
-    fn write(&mut self, p: &ResultPayload, mask: Option<&[u8]>) {
+    fn write(&mut self, p: &ResultPayload, mask: Option<&[u8]>, heatmap: Option<&[u8]>) {
         let mut line = match serde_json::to_vec(p) {
             Ok(l) => l,
             Err(e) => return self.failed(&anyhow::Error::new(e)),
@@ -137,6 +141,16 @@ impl FileSink {
                 .join(format!("{}-{}-{}.png", p.camera, p.boot, p.seq));
             match write_whole(&path, png) {
                 Ok(()) => self.stats.masks += 1,
+                Err(e) => self.failed(&e),
+            }
+        }
+        if let (Some(_), Some(png)) = (mask, heatmap) {
+            let path = self
+                .dir
+                .join("heatmaps")
+                .join(format!("{}-{}-{}.png", p.camera, p.boot, p.seq));
+            match write_whole(&path, png) {
+                Ok(()) => self.stats.heatmaps += 1,
                 Err(e) => self.failed(&e),
             }
         }
@@ -361,7 +375,11 @@ impl Sinks {
             );
         }
         if let Some(f) = self.files.as_mut() {
-            f.write(p, mask_png.as_deref());
+            let heatmap_png = match (&mask_png, &heatmap) {
+                (Some(_), Some(h)) => Some(h.png(p)?),
+                _ => None,
+            };
+            f.write(p, mask_png.as_deref(), heatmap_png.as_deref());
         }
         if let Some(mqtt) = self.mqtt.as_mut() {
             let topic = |what: &str| format!("maeday/{}/{}/{what}", self.device_id, p.camera);

@@ -18,6 +18,26 @@ fn empty_belt(frame: u64) -> bool {
     frame == 0 || (24..FRAMES).contains(&frame)
 }
 
+/// The boot of the newest result line (this run's).
+fn summary_boot(results: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(results).unwrap();
+    let last = text.lines().last().expect("results.jsonl has lines");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    v["boot"].as_u64().expect("results carry their boot")
+}
+
+/// (seq, line) of every ANOMALOUS console line.
+fn alarms_of(stderr: &str) -> Vec<(u64, &str)> {
+    stderr
+        .lines()
+        .filter(|l| l.contains(" ANOMALOUS "))
+        .filter_map(|l| {
+            let seq = l.split("belt #").nth(1)?.split_whitespace().next()?;
+            Some((seq.parse().ok()?, l))
+        })
+        .collect()
+}
+
 #[test]
 fn the_built_in_demo_flags_the_bolt_and_not_the_empty_belt() {
     let out = Command::new(BIN)
@@ -76,6 +96,22 @@ fn the_built_in_demo_flags_the_bolt_and_not_the_empty_belt() {
             .any(|(f, a, _)| !a && empty_belt(*f)),
         "the verdict went back to normal: {verdicts:?}"
     );
+    // Every anomalous frame left its mask and its heatmap overlay, as PNGs that decode to
+    // the frame's size.
+    let out_dir = std::path::Path::new("/tmp/maeday-edge-demo/out");
+    let boot = summary_boot(&out_dir.join("results.jsonl"));
+    for (seq, _) in alarms_of(&stderr) {
+        for kind in ["masks", "heatmaps"] {
+            let path = out_dir.join(kind).join(format!("belt-{boot}-{seq}.png"));
+            let img = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(
+                (img.width(), img.height()),
+                (480, 270),
+                "{}",
+                path.display()
+            );
+        }
+    }
     let tested: Vec<_> = verdicts.iter().map(|(f, a, _)| (f, a)).collect();
     eprintln!("frame, anomalous: {tested:?}");
 }

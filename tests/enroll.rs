@@ -261,7 +261,15 @@ fn enroll_refuses_unusable_input_with_a_clear_error() {
     )
     .unwrap();
     let cfg = cfg.display().to_string();
-    let o = cli(&["run", "--config", &cfg, "--scorer", "ensemble", "--max-frames", "1"]);
+    let o = cli(&[
+        "run",
+        "--config",
+        &cfg,
+        "--scorer",
+        "ensemble",
+        "--max-frames",
+        "1",
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("needs a memory bank"), "{}", stderr(&o));
 }
