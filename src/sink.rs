@@ -140,9 +140,10 @@ impl Sinks {
                 .as_ref()
                 .map(|f| FileSink::open(f.dir.clone()))
                 .transpose()?,
-            grace: Duration::from_secs_f64(
-                config.mqtt.as_ref().map_or(0.0, |m| m.shutdown_grace_s),
-            ),
+            grace: config
+                .mqtt
+                .as_ref()
+                .map_or(Duration::ZERO, |m| m.shutdown_grace()),
             mqtt,
             commands,
             installer,
@@ -177,10 +178,9 @@ impl Sinks {
             return false;
         }
         let now = Instant::now();
-        let rate = self.output.mask_max_per_sec;
-        if rate > 0.0 {
+        if let Some(interval) = self.output.mask_interval() {
             if let Some(last) = self.last_mask.get(&p.camera) {
-                if now.duration_since(*last) < Duration::from_secs_f64(1.0 / rate) {
+                if now.duration_since(*last) < interval {
                     return false;
                 }
             }

@@ -46,8 +46,12 @@ pub fn open(
     stop: Arc<AtomicBool>,
 ) -> Result<Box<dyn FrameSource>> {
     match cfg {
-        SourceConfig::Replay { path, fps, looping } => Ok(Box::new(replay::ReplaySource::open(
-            path, *fps, *looping, stop,
+        SourceConfig::Replay { path, looping, .. } => Ok(Box::new(replay::ReplaySource::open(
+            path,
+            cfg.replay_period(),
+            *looping,
+            pipeline.decode_limits(),
+            stop,
         )?)),
         #[cfg(all(target_os = "linux", feature = "v4l2"))]
         SourceConfig::V4l2 { .. } => Ok(Box::new(v4l2::V4l2Source::new(cfg, pipeline, stop)?)),
