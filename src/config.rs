@@ -1071,6 +1071,61 @@ source = { kind = "v4l2", format = "H264", width = 640, height = 480 }
         Config::parse(&v, Path::new("/")).unwrap();
     }
 
+    /// The deterministic cousin of the `config` fuzz target: every number in the shipped
+    /// configs replaced, one at a time, by extreme values; what validates must convert
+    /// into Durations, Instants and channel capacities without a panic.
+    #[test]
+    fn extreme_numbers_in_the_shipped_configs_are_refused_or_safe() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config");
+        let values = [
+            "0",
+            "1e-300",
+            "1e300",
+            "-1",
+            "nan",
+            "inf",
+            "0.001",
+            "1000",
+            "65536",
+            "9000000000000000000",
+            "18446744073709551615",
+        ];
+        let is_word = |b: u8| b.is_ascii_alphanumeric() || b"._-/".contains(&b);
+        let (mut tried, mut accepted) = (0, 0);
+        for name in ["demo.toml", "conveyor.toml", "fod-cart.toml"] {
+            let seed = std::fs::read_to_string(dir.join(name)).unwrap();
+            let b = seed.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if !(b[i].is_ascii_digit() && (i == 0 || !is_word(b[i - 1]))) {
+                    i += 1;
+                    continue;
+                }
+                let j = i + b[i..].iter().take_while(|&&c| is_word(c)).count();
+                for v in values {
+                    tried += 1;
+                    let text = format!("{}{v}{}", &seed[..i], &seed[j..]);
+                    let Ok(c) = Config::parse(&text, &dir) else {
+                        continue;
+                    };
+                    accepted += 1;
+                    let now = std::time::Instant::now();
+                    let _ = c.cameras[0].source.replay_period().map(|p| now + p);
+                    let _ = c.output.mask_interval().map(|p| now + p);
+                    let _ = c.output.metrics_interval().map(|p| now + p);
+                    let _ = c.mqtt.as_ref().map(|m| now + m.shutdown_grace());
+                    let _ = std::sync::mpsc::sync_channel::<()>(c.pipeline.result_queue);
+                    assert!(c.model.masks.unwrap_or(1) <= 256, "{name}: {v}");
+                }
+                i = j;
+            }
+        }
+        assert!(
+            tried > 100 && accepted > 10,
+            "{tried} tried, {accepted} accepted"
+        );
+    }
+
     #[test]
     fn check_sources_reads_the_first_frame_header_for_the_roi() {
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples");

@@ -164,6 +164,7 @@ fn a_huge_png_is_refused_before_it_is_decoded_and_memory_stays_bounded() {
         std::thread::sleep(Duration::from_millis(20));
     }
     peak = peak.max(peak_rss_mib(pid));
+    eprintln!("peak RSS with a 16000x16000 frame in the replay: {peak} MiB");
     assert!(Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -179,7 +180,6 @@ fn a_huge_png_is_refused_before_it_is_decoded_and_memory_stays_bounded() {
     assert!(stderr(&out).contains("16000x16000"), "{}", stderr(&out));
     // The model, tract's plans and a 224x224 frame take ~200 MiB; decoding the huge
     // frame alone would add 256 MiB (grey) + 768 MiB (RGB).
-    eprintln!("peak RSS with a 16000x16000 frame in the replay: {peak} MiB");
     assert!(peak < 600, "peak RSS {peak} MiB");
 
     // The limit is the config's: a frame over `pipeline.max_frame_pixels` is corrupt.
@@ -326,4 +326,38 @@ fn an_roi_outside_the_frame_fails_check_and_is_one_log_line_at_run_time() {
         .unwrap();
     assert!(!out.status.success(), "--check accepted the V4L2 ROI");
     assert!(stderr(&out).contains("camera[0].roi"), "{}", stderr(&out));
+}
+
+/// The CLI tools decode through the same limits: `score` reports a frame over the
+/// default `pipeline.max_frame_pixels` and a truncated JPEG as unreadable (exit code 1)
+/// and still scores the good image.
+#[test]
+fn score_refuses_a_huge_png_and_a_truncated_jpeg_and_scores_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = tmp.path().join("huge.png");
+    write_huge_png(&huge, 16000);
+    let photo = image::open(repo().join("models/samples/chelsea.png")).unwrap();
+    let mut jpeg = Vec::new();
+    photo
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let cut = tmp.path().join("cut.jpg");
+    std::fs::write(&cut, &jpeg[..jpeg.len() * 2 / 3]).unwrap();
+    let good = repo().join("models/samples/coffee-224.png");
+    let out = Command::new(BIN)
+        .args(["score", "--masks", "2", "--threads", "1"])
+        .args([&huge, &cut, &good])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let scored: Vec<&str> = stdout.lines().collect();
+    assert_eq!(scored.len(), 1, "{stdout}");
+    assert!(scored[0].contains("coffee-224.png"), "{stdout}");
+    assert!(err.contains("16000x16000"), "{err}");
+    assert!(err.contains("truncated JPEG"), "{err}");
 }
