@@ -275,16 +275,19 @@ pub enum SourceConfig {
 }
 
 impl SourceConfig {
-    /// A replay's frame period (None: as fast as scored, or not a replay). `validate`
-    /// keeps `fps` where this is a sane Duration.
+    /// A replay's frame period (None: as fast as scored, or not a replay).
     pub fn replay_period(&self) -> Option<Duration> {
         match self {
-            SourceConfig::Replay { fps, .. } if *fps > 0.0 => {
-                Some(Duration::from_secs_f64(1.0 / fps))
-            }
-            _ => None,
+            SourceConfig::Replay { fps, .. } => rate_period(*fps),
+            SourceConfig::V4l2 { .. } => None,
         }
     }
+}
+
+/// The period of a rate in events per second; None for 0 (no rate). `validate` keeps
+/// every rate it is used for in [0.001, 1000], where this is a sane Duration.
+pub fn rate_period(per_second: f64) -> Option<Duration> {
+    (per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / per_second))
 }
 
 fn default_device() -> PathBuf {
@@ -335,7 +338,7 @@ impl Default for OutputConfig {
 impl OutputConfig {
     /// The least time between two masks of a camera (None: no limit).
     pub fn mask_interval(&self) -> Option<Duration> {
-        (self.mask_max_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / self.mask_max_per_sec))
+        rate_period(self.mask_max_per_sec)
     }
 
     /// Time between `metrics` messages (None: never).

@@ -112,7 +112,20 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 
 /// Decode one image (any supported format, guessed from the bytes) within `limits`.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+    decode_guessing(bytes, None, limits)
+}
+
+/// Decode with the format guessed from the bytes, else `hint` (a file's extension).
+fn decode_guessing(
+    bytes: &[u8],
+    hint: Option<ImageFormat>,
+    limits: &DecodeLimits,
+) -> Result<DynamicImage> {
+    let mut reader = ImageReader::new(Cursor::new(bytes));
+    if let Some(f) = hint {
+        reader.set_format(f);
+    }
+    let reader = reader
         .with_guessed_format()
         .context("cannot read the image")?;
     let Some(format) = reader.format() else {
@@ -199,7 +212,8 @@ pub fn read_bounded(path: &Path, limits: &DecodeLimits) -> Result<Vec<u8>> {
 /// Decode an image file within `limits`, with the path in every error.
 pub fn load(path: &Path, limits: &DecodeLimits) -> Result<DynamicImage> {
     let bytes = read_bounded(path, limits)?;
-    decode(&bytes, limits).with_context(|| format!("cannot decode image {}", path.display()))
+    decode_guessing(&bytes, ImageFormat::from_path(path).ok(), limits)
+        .with_context(|| format!("cannot decode image {}", path.display()))
 }
 
 /// The size of an image file from its header alone (nothing is decoded).

@@ -350,8 +350,8 @@ fn capture_loop(
 ) {
     let every = src.wants_every_frame();
     let mut seq = 0u64;
-    // Frame sizes already reported as not holding the ROI: one log line per size, not one
-    // per frame.
+    // Frame sizes already reported as not holding the ROI: one log line per size (for the
+    // first 16 sizes), not one per frame.
     let mut roi_misfits: Vec<(u32, u32)> = Vec::new();
     loop {
         if every && !slots.wait_free(camera, &stop) {
@@ -369,7 +369,7 @@ fn capture_loop(
                     c.corrupt += 1;
                 });
                 let size = image.dimensions();
-                if !roi_misfits.contains(&size) {
+                if roi_misfits.len() < 16 && !roi_misfits.contains(&size) {
                     roi_misfits.push(size);
                     log::error!(
                         "{}: frame {seq}: roi {r:?} does not fit the {}x{} frame: frames of this \

@@ -46,9 +46,9 @@ pub fn open(
     stop: Arc<AtomicBool>,
 ) -> Result<Box<dyn FrameSource>> {
     match cfg {
-        SourceConfig::Replay { path, looping, .. } => Ok(Box::new(replay::ReplaySource::open(
+        SourceConfig::Replay { path, fps, looping } => Ok(Box::new(replay::ReplaySource::open(
             path,
-            cfg.replay_period(),
+            *fps,
             *looping,
             pipeline.decode_limits(),
             stop,

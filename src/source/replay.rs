@@ -16,6 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use image::RgbImage;
 
 use super::{sleep_until, FrameSource, Next};
+use crate::config::rate_period;
 use crate::dataset::list_images;
 use crate::decode::{gif_frames, load, read_bounded, DecodeLimits};
 
@@ -84,12 +85,11 @@ fn is_gif(path: &Path) -> bool {
 }
 
 impl ReplaySource {
-    /// `period` None = as fast as the pipeline takes them (see
-    /// [`crate::config::SourceConfig::replay_period`]). Every frame is decoded within
+    /// `fps` 0 = as fast as the pipeline takes them. Every frame is decoded within
     /// `limits`; one that is not is a corrupt frame, not an error.
     pub fn open(
         path: &Path,
-        period: Option<Duration>,
+        fps: f64,
         looping: bool,
         limits: DecodeLimits,
         stop: Arc<AtomicBool>,
@@ -113,9 +113,10 @@ impl ReplaySource {
         let what = format!(
             "replay {} ({count} frames, {}, {})",
             path.display(),
-            match period {
-                Some(p) => format!("{} fps", 1.0 / p.as_secs_f64()),
-                None => "as fast as scored".into(),
+            if fps > 0.0 {
+                format!("{fps} fps")
+            } else {
+                "as fast as scored".into()
             },
             if looping { "looping" } else { "once" }
         );
@@ -124,7 +125,7 @@ impl ReplaySource {
             frames,
             limits,
             next: 0,
-            period,
+            period: rate_period(fps),
             looping,
             deadline: Instant::now(),
             stop,
@@ -198,7 +199,7 @@ mod tests {
             panic!("../shared/data/conveyor is missing: the tests need ../shared beside the repo");
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let mut src = ReplaySource::open(&gif, None, false, DecodeLimits::default(), stop).unwrap();
+        let mut src = ReplaySource::open(&gif, 0.0, false, DecodeLimits::default(), stop).unwrap();
         let mut n = 0;
         loop {
             match src.next_frame() {
@@ -223,7 +224,7 @@ mod tests {
         std::fs::copy(samples.join("coffee.png"), dir.path().join("c.png")).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let mut src =
-            ReplaySource::open(dir.path(), None, false, DecodeLimits::default(), stop).unwrap();
+            ReplaySource::open(dir.path(), 0.0, false, DecodeLimits::default(), stop).unwrap();
         let kinds: Vec<&str> = std::iter::from_fn(|| match src.next_frame() {
             Next::Frame(_) => Some("frame"),
             Next::Corrupt(_) => Some("corrupt"),
@@ -241,7 +242,7 @@ mod tests {
         for looping in [false, true] {
             let stop = Arc::new(AtomicBool::new(false));
             let mut src =
-                ReplaySource::open(&gif, None, looping, DecodeLimits::default(), stop).unwrap();
+                ReplaySource::open(&gif, 0.0, looping, DecodeLimits::default(), stop).unwrap();
             match src.next_frame() {
                 Next::Corrupt(e) => assert!(format!("{e:#}").contains("65535x65535"), "{e:#}"),
                 _ => panic!("not corrupt"),
@@ -255,7 +256,7 @@ mod tests {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let mut src =
-            ReplaySource::open(&clip, None, false, DecodeLimits::new(100_000), stop).unwrap();
+            ReplaySource::open(&clip, 0.0, false, DecodeLimits::new(100_000), stop).unwrap();
         assert!(matches!(src.next_frame(), Next::Corrupt(_)));
         assert!(matches!(src.next_frame(), Next::End));
     }
@@ -265,8 +266,7 @@ mod tests {
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples/co*.png");
         let stop = Arc::new(AtomicBool::new(false));
         let mut src =
-            ReplaySource::open(&samples, None, true, DecodeLimits::default(), stop.clone())
-                .unwrap();
+            ReplaySource::open(&samples, 0.0, true, DecodeLimits::default(), stop.clone()).unwrap();
         // coffee-224, coffee, coins: 3 files, then it starts again.
         for _ in 0..7 {
             assert!(matches!(src.next_frame(), Next::Frame(_)));
@@ -275,7 +275,7 @@ mod tests {
         assert!(matches!(src.next_frame(), Next::End));
         assert!(ReplaySource::open(
             Path::new("/nonexistent/x*.png"),
-            None,
+            0.0,
             false,
             DecodeLimits::default(),
             stop
