@@ -7,11 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 
 use crate::convert::PixelFormat;
+use crate::decode::{DecodeLimits, MAX_FRAME_PIXELS_RANGE};
 use crate::engine::{Backend, OrtSettings, Precision};
 use crate::manifest::Thresholds;
 use crate::preprocess::Fit;
@@ -276,6 +278,22 @@ pub enum SourceConfig {
     },
 }
 
+impl SourceConfig {
+    /// A replay's frame period (None: as fast as scored, or not a replay).
+    pub fn replay_period(&self) -> Option<Duration> {
+        match self {
+            SourceConfig::Replay { fps, .. } => rate_period(*fps),
+            SourceConfig::V4l2 { .. } => None,
+        }
+    }
+}
+
+/// The period of a rate in events per second; None for 0 (no rate). `validate` keeps
+/// every rate it is used for in [0.001, 1000], where this is a sane Duration.
+pub fn rate_period(per_second: f64) -> Option<Duration> {
+    (per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / per_second))
+}
+
 fn default_device() -> PathBuf {
     PathBuf::from("/dev/video0")
 }
@@ -318,6 +336,18 @@ impl Default for OutputConfig {
             heatmap: false,
             metrics_interval_s: default_metrics_interval(),
         }
+    }
+}
+
+impl OutputConfig {
+    /// The least time between two masks of a camera (None: no limit).
+    pub fn mask_interval(&self) -> Option<Duration> {
+        rate_period(self.mask_max_per_sec)
+    }
+
+    /// Time between `metrics` messages (None: never).
+    pub fn metrics_interval(&self) -> Option<Duration> {
+        (self.metrics_interval_s > 0.0).then(|| Duration::from_secs_f64(self.metrics_interval_s))
     }
 }
 
@@ -373,6 +403,12 @@ pub struct MqttConfig {
     /// in the spool for the next start).
     #[serde(default = "default_grace")]
     pub shutdown_grace_s: f64,
+}
+
+impl MqttConfig {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace_s)
+    }
 }
 
 fn default_url() -> String {
@@ -445,6 +481,11 @@ pub struct PipelineConfig {
     pub reconnect_min_s: f64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_s: f64,
+    /// The largest frame decoded (width x height); larger ones are refused from their
+    /// header, before any allocation, and counted as corrupt. Bounds the memory a frame
+    /// (file, GIF, MJPEG buffer) can take.
+    #[serde(default = "default_max_frame_pixels")]
+    pub max_frame_pixels: u64,
 }
 
 impl Default for PipelineConfig {
@@ -453,8 +494,19 @@ impl Default for PipelineConfig {
             result_queue: default_result_queue(),
             reconnect_min_s: default_reconnect_min(),
             reconnect_max_s: default_reconnect_max(),
+            max_frame_pixels: default_max_frame_pixels(),
         }
     }
+}
+
+impl PipelineConfig {
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits::new(self.max_frame_pixels)
+    }
+}
+
+fn default_max_frame_pixels() -> u64 {
+    crate::decode::DEFAULT_MAX_FRAME_PIXELS
 }
 
 fn default_result_queue() -> usize {
@@ -544,10 +596,17 @@ impl Config {
             "camera: at least one [[camera]] is needed"
         );
         if let Some(m) = self.model.masks {
-            ensure!(m > 0, "model.masks: must be at least 1");
+            // The batch holds all N masked copies of a window: 256 is ~150 MB of input.
+            ensure!(
+                (1..=MAX_MASKS).contains(&m),
+                "model.masks: must be 1 to {MAX_MASKS} (got {m})"
+            );
         }
         if let Some(t) = self.model.threads {
-            ensure!(t > 0, "model.threads: must be at least 1");
+            ensure!(
+                (1..=MAX_THREADS).contains(&t),
+                "model.threads: must be 1 to {MAX_THREADS} (got {t})"
+            );
         }
         if let Some(o) = &self.model.ort {
             ensure!(
@@ -567,21 +626,46 @@ impl Config {
             e.coreset_fraction
         );
         ensure!(
-            e.maeday_weight >= 0.0 && e.bank_weight > 0.0,
-            "enroll: maeday_weight must be >= 0 and bank_weight > 0"
+            e.maeday_weight.is_finite()
+                && e.bank_weight.is_finite()
+                && e.maeday_weight >= 0.0
+                && e.bank_weight > 0.0,
+            "enroll: maeday_weight must be finite and >= 0, bank_weight finite and > 0"
         );
-        e.settings()?;
+        let settings = e.settings()?;
+        for (i, a) in settings.augment.iter().enumerate() {
+            // Each augmentation multiplies the bank's rows: each at most once.
+            ensure!(
+                !settings.augment[..i].contains(a),
+                "enroll.augment[{i}]: {:?} is listed twice",
+                e.augment[i]
+            );
+        }
+        let p = &self.pipeline;
+        ensure!(
+            MAX_FRAME_PIXELS_RANGE.contains(&p.max_frame_pixels),
+            "pipeline.max_frame_pixels: must be {} to {} (got {})",
+            MAX_FRAME_PIXELS_RANGE.start(),
+            MAX_FRAME_PIXELS_RANGE.end(),
+            p.max_frame_pixels
+        );
         for (i, cam) in self.cameras.iter().enumerate() {
             let key = format!("camera[{i}]");
             topic_level(&format!("{key}.name"), &cam.name)?;
             if self.cameras[..i].iter().any(|c| c.name == cam.name) {
                 bail!("{key}.name: {:?} is used by another camera", cam.name);
             }
-            if let Some([_, _, w, h]) = cam.roi {
+            if let Some([x, y, w, h]) = cam.roi {
                 ensure!(
                     w >= 8 && h >= 8,
                     "{key}.roi: width and height must be at least 8 (got {w}x{h})"
                 );
+                if let SourceConfig::V4l2 { width, height, .. } = cam.source {
+                    ensure!(
+                        roi_fits([x, y, w, h], width, height),
+                        "{key}.roi: [{x}, {y}, {w}, {h}] does not fit the {width}x{height} frame"
+                    );
+                }
             }
             ensure!(
                 (0.0..0.9).contains(&cam.tile_overlap),
@@ -595,10 +679,12 @@ impl Config {
                 );
             }
             match &cam.source {
-                SourceConfig::Replay { fps, .. } => ensure!(
-                    fps.is_finite() && *fps >= 0.0,
-                    "{key}.source.fps: must be >= 0 (0 = as fast as possible), got {fps}"
-                ),
+                SourceConfig::Replay { fps, .. } => zero_or_range(
+                    &format!("{key}.source.fps"),
+                    *fps,
+                    MIN_RATE..=MAX_FPS,
+                    "as fast as scored",
+                )?,
                 SourceConfig::V4l2 {
                     format,
                     width,
@@ -616,7 +702,15 @@ impl Config {
                         *width > 0 && *height > 0,
                         "{key}.source: width and height must be > 0"
                     );
-                    ensure!(*fps > 0, "{key}.source.fps: must be > 0");
+                    ensure!(
+                        *width as u64 * *height as u64 <= p.max_frame_pixels,
+                        "{key}.source: {width}x{height} is over pipeline.max_frame_pixels ({})",
+                        p.max_frame_pixels
+                    );
+                    ensure!(
+                        (1..=MAX_FPS as u32).contains(fps),
+                        "{key}.source.fps: must be 1 to {MAX_FPS} (got {fps})"
+                    );
                     ensure!(
                         (1..=32).contains(buffers),
                         "{key}.source.buffers: must be 1..=32 (got {buffers})"
@@ -625,35 +719,44 @@ impl Config {
             }
         }
         let o = &self.output;
-        ensure!(
-            o.mask_max_per_sec.is_finite() && o.mask_max_per_sec >= 0.0,
-            "output.mask_max_per_sec: must be >= 0 (0 = no limit)"
-        );
-        ensure!(
-            o.metrics_interval_s.is_finite() && o.metrics_interval_s >= 0.0,
-            "output.metrics_interval_s: must be >= 0 (0 = never)"
-        );
+        zero_or_range(
+            "output.mask_max_per_sec",
+            o.mask_max_per_sec,
+            MIN_RATE..=MAX_FPS,
+            "no limit",
+        )?;
+        zero_or_range(
+            "output.metrics_interval_s",
+            o.metrics_interval_s,
+            0.1..=MAX_INTERVAL_S,
+            "never",
+        )?;
         if let Some(m) = &self.mqtt {
             let url = url_with_client_id(&m.url, "probe");
             rumqttc::MqttOptions::parse_url(url)
                 .map_err(|e| anyhow::anyhow!("mqtt.url: {:?} is not usable: {e}", m.url))?;
             ensure!(
-                m.max_packet_bytes >= 1024,
-                "mqtt.max_packet_bytes: must be at least 1024 (got {})",
+                (1024..=MAX_PACKET_BYTES).contains(&m.max_packet_bytes),
+                "mqtt.max_packet_bytes: must be 1024 to {MAX_PACKET_BYTES} (MQTT's own limit; got {})",
                 m.max_packet_bytes
             );
             ensure!(
                 (1..=u16::MAX as usize).contains(&m.max_inflight),
                 "mqtt.max_inflight: must be 1..=65535"
             );
-            ensure!(m.keep_alive_s >= 5, "mqtt.keep_alive_s: must be at least 5");
+            ensure!(
+                (5..=u16::MAX as u64).contains(&m.keep_alive_s),
+                "mqtt.keep_alive_s: must be 5 to 65535 (got {})",
+                m.keep_alive_s
+            );
             ensure!(
                 m.spool.max_bytes >= 4096,
                 "mqtt.spool.max_bytes: must be at least 4096"
             );
             ensure!(
-                m.shutdown_grace_s.is_finite() && m.shutdown_grace_s >= 0.0,
-                "mqtt.shutdown_grace_s: must be >= 0"
+                m.shutdown_grace_s.is_finite() && (0.0..=MAX_GRACE_S).contains(&m.shutdown_grace_s),
+                "mqtt.shutdown_grace_s: must be 0 to {MAX_GRACE_S} (got {})",
+                m.shutdown_grace_s
             );
             if let Some(t) = &m.tls {
                 ensure!(
@@ -688,21 +791,105 @@ impl Config {
                 m.max_packet_bytes
             );
             ensure!(
-                b.max_bundle_bytes >= b.max_chunk_bytes as u64,
-                "bundles.max_bundle_bytes: must be at least max_chunk_bytes"
+                b.max_bundle_bytes >= b.max_chunk_bytes as u64 && b.max_bundle_bytes <= MAX_BUNDLE_BYTES,
+                "bundles.max_bundle_bytes: must be at least max_chunk_bytes and at most {MAX_BUNDLE_BYTES} (got {})",
+                b.max_bundle_bytes
             );
         }
-        let p = &self.pipeline;
         ensure!(
-            p.result_queue > 0,
-            "pipeline.result_queue: must be at least 1"
+            (1..=MAX_RESULT_QUEUE).contains(&p.result_queue),
+            "pipeline.result_queue: must be 1 to {MAX_RESULT_QUEUE} (got {})",
+            p.result_queue
         );
+        for (key, v) in [
+            ("pipeline.reconnect_min_s", p.reconnect_min_s),
+            ("pipeline.reconnect_max_s", p.reconnect_max_s),
+        ] {
+            ensure!(
+                v.is_finite() && (0.01..=MAX_INTERVAL_S).contains(&v),
+                "{key}: must be 0.01 to {MAX_INTERVAL_S} (got {v})"
+            );
+        }
         ensure!(
-            p.reconnect_min_s > 0.0 && p.reconnect_max_s >= p.reconnect_min_s,
-            "pipeline.reconnect_min_s/reconnect_max_s: need 0 < min <= max"
+            p.reconnect_max_s >= p.reconnect_min_s,
+            "pipeline.reconnect_min_s/reconnect_max_s: need min <= max"
         );
         Ok(())
     }
+}
+
+impl Config {
+    /// What `run --check` adds to [`Config::validate`]: the checks that read the replay
+    /// files (their headers only). The first readable frame of each replay must be within
+    /// `pipeline.max_frame_pixels` and hold the camera's ROI. (At run time a frame that
+    /// breaks either is counted as corrupt.)
+    pub fn check_sources(&self) -> Result<()> {
+        let limits = self.pipeline.decode_limits();
+        for (i, cam) in self.cameras.iter().enumerate() {
+            let SourceConfig::Replay { path, .. } = &cam.source else {
+                continue;
+            };
+            let key = format!("camera[{i}]");
+            let files = crate::source::replay::expand(path)
+                .with_context(|| format!("{key}.source.path"))?;
+            // Corrupt files are skipped at run time: so here.
+            let first = files
+                .iter()
+                .take(8)
+                .find_map(|f| crate::decode::dimensions(f).ok().map(|d| (f, d)));
+            let Some((file, (w, h))) = first else {
+                continue;
+            };
+            limits
+                .check(w, h)
+                .with_context(|| format!("{key}.source.path: {}", file.display()))?;
+            if let Some(roi) = cam.roi {
+                ensure!(
+                    roi_fits(roi, w, h),
+                    "{key}.roi: {roi:?} does not fit the {w}x{h} frames of {}",
+                    file.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `[x, y, width, height]` lies inside a `frame_width` x `frame_height` frame.
+pub fn roi_fits([x, y, w, h]: [u32; 4], frame_width: u32, frame_height: u32) -> bool {
+    x as u64 + w as u64 <= frame_width as u64 && y as u64 + h as u64 <= frame_height as u64
+}
+
+// Upper bounds of numeric keys: each keeps a Duration, a capacity or an allocation the
+// value drives sane (an unbounded `fps = 1e-300` or `result_queue = 9e18` panics at run time).
+/// Frames per second (replays, V4L2) and masks per second.
+const MAX_FPS: f64 = 1000.0;
+/// The slowest rate (one per 1000 s): a smaller one overflows `Duration` as a period.
+const MIN_RATE: f64 = 0.001;
+/// Metrics interval and reconnect backoff: a day.
+const MAX_INTERVAL_S: f64 = 86_400.0;
+const MAX_GRACE_S: f64 = 3600.0;
+const MAX_RESULT_QUEUE: usize = 4096;
+const MAX_MASKS: usize = 256;
+const MAX_THREADS: usize = 256;
+/// MQTT's largest packet (remaining length 268,435,455).
+const MAX_PACKET_BYTES: usize = 268_435_455;
+const MAX_BUNDLE_BYTES: u64 = 4 << 30;
+
+/// `value` is 0 (meaning `zero_means`) or finite and in `range`; the error names `key`.
+fn zero_or_range(
+    key: &str,
+    value: f64,
+    range: std::ops::RangeInclusive<f64>,
+    zero_means: &str,
+) -> Result<()> {
+    ensure!(
+        value == 0.0 || (value.is_finite() && range.contains(&value)),
+        "{key}: must be 0 ({zero_means}) or {} to {} (got {value})",
+        range.start(),
+        range.end()
+    );
+    Ok(())
 }
 
 /// A name used as one MQTT topic level: no wildcards, no separators, not empty.
@@ -781,6 +968,201 @@ source = { kind = "v4l2", format = "H264", width = 640, height = 480 }
 "#;
         let e = bad(v4l);
         assert!(e.contains("camera[0].source.format"), "{e}");
+    }
+
+    #[test]
+    fn values_that_would_panic_at_run_time_are_refused_naming_their_key() {
+        let bad = |text: &str| {
+            format!(
+                "{:#}",
+                Config::parse(text, Path::new("/")).expect_err("must fail")
+            )
+        };
+        let with = |section: &str| format!("{MINIMAL}\n{section}\n");
+        for (text, key) in [
+            (
+                MINIMAL.replace("\"frames\"", "\"frames\", fps = 1e-300"),
+                "camera[0].source.fps",
+            ),
+            (
+                MINIMAL.replace("\"frames\"", "\"frames\", fps = nan"),
+                "camera[0].source.fps",
+            ),
+            (
+                with("[mqtt]\nshutdown_grace_s = 1e30"),
+                "mqtt.shutdown_grace_s",
+            ),
+            (with("[mqtt]\nkeep_alive_s = 70000"), "mqtt.keep_alive_s"),
+            (
+                with("[mqtt]\nmax_packet_bytes = 300000000"),
+                "mqtt.max_packet_bytes",
+            ),
+            (
+                with("[output]\nmask_max_per_sec = 1e-30"),
+                "output.mask_max_per_sec",
+            ),
+            (
+                with("[output]\nmetrics_interval_s = 1e30"),
+                "output.metrics_interval_s",
+            ),
+            (
+                with("[output]\nmetrics_interval_s = 1e-300"),
+                "output.metrics_interval_s",
+            ),
+            (
+                with("[pipeline]\nresult_queue = 9000000000000000000"),
+                "pipeline.result_queue",
+            ),
+            (
+                with("[pipeline]\nreconnect_max_s = 1e30"),
+                "pipeline.reconnect_max_s",
+            ),
+            (
+                with("[pipeline]\nmax_frame_pixels = 0"),
+                "pipeline.max_frame_pixels",
+            ),
+            (
+                with("[pipeline]\nmax_frame_pixels = 1000000000000"),
+                "pipeline.max_frame_pixels",
+            ),
+            (
+                MINIMAL.replace("[[camera]]", "[model]\nmasks = 100000\n[[camera]]"),
+                "model.masks",
+            ),
+            (
+                MINIMAL.replace("[[camera]]", "[model]\nthreads = 100000\n[[camera]]"),
+                "model.threads",
+            ),
+            (
+                with("[enroll]\naugment = [\"hflip\", \"hflip\"]"),
+                "enroll.augment[1]",
+            ),
+            (with("[enroll]\nbank_weight = inf"), "bank_weight"),
+        ] {
+            let e = bad(&text);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let v4l2 = |size: &str, extra: &str| {
+            format!(
+                "device_id = \"d\"\n[[camera]]\nname = \"c\"\n\
+                 source = {{ kind = \"v4l2\", {size} }}\n{extra}"
+            )
+        };
+        let e = bad(&v4l2(
+            "width = 640, height = 480",
+            "roi = [600, 0, 100, 100]",
+        ));
+        assert!(e.contains("camera[0].roi") && e.contains("640x480"), "{e}");
+        let e = bad(&v4l2("width = 100000, height = 100000", ""));
+        assert!(e.contains("max_frame_pixels"), "{e}");
+        let e = bad(&v4l2("width = 640, height = 480, fps = 100000", ""));
+        assert!(e.contains("camera[0].source.fps"), "{e}");
+        // The edges of each range are accepted and convert without a panic.
+        let edges = format!(
+            "{}\n[output]\nmask_max_per_sec = 0.001\nmetrics_interval_s = 86400\n\
+             [mqtt]\nshutdown_grace_s = 3600\nkeep_alive_s = 65535\n\
+             [pipeline]\nresult_queue = 4096\nreconnect_min_s = 0.01\nreconnect_max_s = 86400\n",
+            MINIMAL
+                .replace("\"frames\"", "\"frames\", fps = 0.001")
+                .replace("[[camera]]", "[model]\nmasks = 256\n[[camera]]")
+        );
+        let c = Config::parse(&edges, Path::new("/")).unwrap();
+        assert_eq!(
+            c.cameras[0].source.replay_period(),
+            Some(Duration::from_secs(1000))
+        );
+        assert_eq!(c.output.mask_interval(), Some(Duration::from_secs(1000)));
+        assert_eq!(
+            c.output.metrics_interval(),
+            Some(Duration::from_secs(86400))
+        );
+        assert_eq!(c.mqtt.unwrap().shutdown_grace(), Duration::from_secs(3600));
+        let v = v4l2("width = 640, height = 480", "roi = [540, 380, 100, 100]");
+        Config::parse(&v, Path::new("/")).unwrap();
+    }
+
+    /// The deterministic cousin of the `config` fuzz target: every number in the shipped
+    /// configs replaced, one at a time, by extreme values; what validates must convert
+    /// into Durations, Instants and channel capacities without a panic.
+    #[test]
+    fn extreme_numbers_in_the_shipped_configs_are_refused_or_safe() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config");
+        let values = [
+            "0",
+            "1e-300",
+            "1e300",
+            "-1",
+            "nan",
+            "inf",
+            "0.001",
+            "1000",
+            "65536",
+            "9000000000000000000",
+            "18446744073709551615",
+        ];
+        let is_word = |b: u8| b.is_ascii_alphanumeric() || b"._-/".contains(&b);
+        let (mut tried, mut accepted) = (0, 0);
+        for name in ["demo.toml", "conveyor.toml", "fod-cart.toml"] {
+            let seed = std::fs::read_to_string(dir.join(name)).unwrap();
+            let b = seed.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if !(b[i].is_ascii_digit() && (i == 0 || !is_word(b[i - 1]))) {
+                    i += 1;
+                    continue;
+                }
+                let j = i + b[i..].iter().take_while(|&&c| is_word(c)).count();
+                for v in values {
+                    tried += 1;
+                    let text = format!("{}{v}{}", &seed[..i], &seed[j..]);
+                    let Ok(c) = Config::parse(&text, &dir) else {
+                        continue;
+                    };
+                    accepted += 1;
+                    let now = std::time::Instant::now();
+                    let _ = c.cameras[0].source.replay_period().map(|p| now + p);
+                    let _ = c.output.mask_interval().map(|p| now + p);
+                    let _ = c.output.metrics_interval().map(|p| now + p);
+                    let _ = c.mqtt.as_ref().map(|m| now + m.shutdown_grace());
+                    let _ = std::sync::mpsc::sync_channel::<()>(c.pipeline.result_queue);
+                    assert!(c.model.masks.unwrap_or(1) <= 256, "{name}: {v}");
+                }
+                i = j;
+            }
+        }
+        assert!(
+            tried > 100 && accepted > 10,
+            "{tried} tried, {accepted} accepted"
+        );
+    }
+
+    #[test]
+    fn check_sources_reads_the_first_frame_header_for_the_roi() {
+        let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples");
+        let text = |roi: &str| {
+            format!(
+                "device_id = \"d\"\n[[camera]]\nname = \"c\"\n\
+                 source = {{ kind = \"replay\", path = \"coffee-224.png\" }}\n{roi}"
+            )
+        };
+        let ok = Config::parse(&text("roi = [0, 0, 224, 224]"), &samples).unwrap();
+        ok.check_sources().unwrap();
+        let off = Config::parse(&text("roi = [200, 0, 100, 100]"), &samples).unwrap();
+        let e = format!("{:#}", off.check_sources().unwrap_err());
+        assert!(e.contains("camera[0].roi") && e.contains("224x224"), "{e}");
+        let small = Config::parse(
+            &format!("{}\n[pipeline]\nmax_frame_pixels = 10000\n", text("")),
+            &samples,
+        )
+        .unwrap();
+        let e = format!("{:#}", small.check_sources().unwrap_err());
+        assert!(
+            e.contains("camera[0].source.path") && e.contains("224x224"),
+            "{e}"
+        );
+        let missing = Config::parse(MINIMAL, Path::new("/nonexistent")).unwrap();
+        let e = format!("{:#}", missing.check_sources().unwrap_err());
+        assert!(e.contains("camera[0].source.path"), "{e}");
     }
 
     #[test]

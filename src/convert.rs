@@ -4,10 +4,13 @@
 //! camera. A driver hands over a buffer whose *length* is the allocation and whose
 //! `bytesused` is what the frame occupies: callers pass only the `bytesused` prefix, and a
 //! buffer shorter than the format needs is an error (a truncated or corrupt frame), never a
-//! panic.
+//! panic. MJPEG goes through [`crate::decode`]: bounded by the negotiated size, and a JPEG
+//! cut short (no end-of-image marker) is corrupt, not a grey-filled frame.
 
 use anyhow::{bail, ensure, Context, Result};
 use image::{DynamicImage, GrayImage, RgbImage};
+
+use crate::decode::{self, DecodeLimits};
 
 /// The pixel formats the runtime accepts from a camera.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +52,10 @@ pub fn to_rgb(format: PixelFormat, width: u32, height: u32, used: &[u8]) -> Resu
     let pixels = width as usize * height as usize;
     match format {
         PixelFormat::Mjpeg => {
-            let img = image::load_from_memory_with_format(used, image::ImageFormat::Jpeg)
+            // The stream was negotiated at this size: the decoder refuses a larger frame
+            // from its header, before allocating, and a buffer cut short (no EOI marker).
+            let limits = DecodeLimits::new(pixels as u64);
+            let img = decode::decode_as(used, image::ImageFormat::Jpeg, &limits)
                 .with_context(|| format!("corrupt MJPEG frame ({} bytes)", used.len()))?;
             ensure!(
                 img.width() == width && img.height() == height,
@@ -57,7 +63,7 @@ pub fn to_rgb(format: PixelFormat, width: u32, height: u32, used: &[u8]) -> Resu
                 img.width(),
                 img.height()
             );
-            Ok(img.to_rgb8())
+            Ok(img.into_rgb8())
         }
         PixelFormat::Grey => {
             ensure!(
@@ -179,8 +185,24 @@ mod tests {
             .unwrap();
         let back = to_rgb(PixelFormat::Mjpeg, w, h, &jpeg).unwrap();
         assert!(psnr(&img, &back) > 30.0);
-        // A stream negotiated at another size is an error, not a silent resize.
+        // A stream negotiated at another size is an error, not a silent resize; a frame
+        // larger than negotiated is refused from its header, before it is decoded.
         assert!(to_rgb(PixelFormat::Mjpeg, w + 2, h, &jpeg).is_err());
+        let e = format!(
+            "{:#}",
+            to_rgb(PixelFormat::Mjpeg, w / 2, h / 2, &jpeg).unwrap_err()
+        );
+        assert!(e.contains(&format!("{w}x{h}")), "{e}");
+        // A buffer cut short is corrupt (the JPEG decoder alone would fill it with grey),
+        // a buffer padded with zeros after the end-of-image marker is not.
+        let e = format!(
+            "{:#}",
+            to_rgb(PixelFormat::Mjpeg, w, h, &jpeg[..jpeg.len() * 3 / 4]).unwrap_err()
+        );
+        assert!(e.contains("truncated JPEG"), "{e}");
+        let mut padded = jpeg.clone();
+        padded.extend_from_slice(&[0; 4096]);
+        to_rgb(PixelFormat::Mjpeg, w, h, &padded).unwrap();
     }
 
     #[test]

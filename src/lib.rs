@@ -10,7 +10,8 @@
 //! Few-shot: [`enroll`] (good frames -> [`features`] -> [`bank`], on disk) and [`scorer`]
 //! (MAEDAY, the memory bank, or their standardised sum).
 //!
-//! The daemon (`run`): [`config`] -> [`source`] (V4L2 via [`convert`], or replay) ->
+//! The daemon (`run`): [`config`] -> [`source`] (V4L2 via [`convert`], or replay; every
+//! frame decoded within [`decode`]'s limits) ->
 //! [`pipeline`] (capture / inference / sink threads, newest-frame slots, latency stats) ->
 //! [`message`] (result payloads, masks) -> [`sink`] (console, files) and [`mqtt`] (QoS 1
 //! with the on-disk [`spool`] for store-and-forward); `broker` is the embedded broker.
@@ -25,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod convert;
 pub mod dataset;
+pub mod decode;
 pub mod detector;
 pub mod engine;
 pub mod enroll;

@@ -443,6 +443,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config.model.scorer = scorer;
             }
             if check {
+                config.check_sources()?;
                 println!("config ok: {} camera(s)", config.cameras.len());
                 return Ok(ExitCode::SUCCESS);
             }

@@ -31,7 +31,7 @@ use crate::bundle::install::{
 };
 use crate::bundle::read_public_key;
 use crate::commands::default_model_dir;
-use crate::config::Config;
+use crate::config::{roi_fits, Config};
 use crate::detector::{Detector, DetectorOptions};
 use crate::engine::EngineOptions;
 use crate::enroll::Shot;
@@ -346,12 +346,16 @@ fn roi_of(frame: &RgbImage, roi: Option<[u32; 4]>) -> Result<[u32; 4]> {
 fn capture_loop(
     mut src: Box<dyn source::FrameSource>,
     camera: usize,
+    roi: Option<[u32; 4]>,
     slots: Arc<FrameSlots>,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
 ) {
     let every = src.wants_every_frame();
     let mut seq = 0u64;
+    // Frame sizes already reported as not holding the ROI: one log line per size (for the
+    // first 16 sizes), not one per frame.
+    let mut roi_misfits: Vec<(u32, u32)> = Vec::new();
     loop {
         if every && !slots.wait_free(camera, &stop) {
             break;
@@ -359,6 +363,27 @@ fn capture_loop(
         let next = src.next_frame();
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        if let (Next::Frame(image), Some(r)) = (&next, roi) {
+            if !roi_fits(r, image.width(), image.height()) {
+                seq += 1;
+                stats.camera(camera, |c| {
+                    c.captured += 1;
+                    c.corrupt += 1;
+                });
+                let size = image.dimensions();
+                if roi_misfits.len() < 16 && !roi_misfits.contains(&size) {
+                    roi_misfits.push(size);
+                    log::error!(
+                        "{}: frame {seq}: roi {r:?} does not fit the {}x{} frame: frames of this \
+                         size are counted as corrupt (logged once)",
+                        src.describe(),
+                        size.0,
+                        size.1
+                    );
+                }
+                continue;
+            }
         }
         match next {
             Next::Frame(image) => {
@@ -527,7 +552,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let sink_thread = {
         let (stats, slots) = (stats.clone(), slots.clone());
         let device = config.device_id.clone();
-        let interval = config.output.metrics_interval_s;
+        let interval = config.output.metrics_interval();
         let liveness = liveness.clone();
         std::thread::Builder::new()
             .name("sinks".into())
@@ -539,10 +564,11 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let mut captures: Vec<JoinHandle<()>> = Vec::new();
     for (i, src) in sources.into_iter().enumerate() {
         let (slots, stats, stop) = (slots.clone(), stats.clone(), stop.clone());
+        let roi = config.cameras[i].roi;
         captures.push(
             std::thread::Builder::new()
                 .name(format!("capture-{i}"))
-                .spawn(move || capture_loop(src, i, slots, stats, stop))?,
+                .spawn(move || capture_loop(src, i, roi, slots, stats, stop))?,
         );
     }
 
@@ -782,9 +808,8 @@ fn sink_loop(
     slots: Arc<FrameSlots>,
     liveness: &Liveness,
     device_id: &str,
-    metrics_interval_s: f64,
+    interval: Option<Duration>,
 ) -> Result<crate::sink::SinkStats> {
-    let interval = (metrics_interval_s > 0.0).then(|| Duration::from_secs_f64(metrics_interval_s));
     let mut next_metrics = interval.map(|i| Instant::now() + i);
     loop {
         liveness.sink_alive();

@@ -18,13 +18,17 @@
 
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, ImageReader, Rgb, RgbImage};
+use image::{DynamicImage, Rgb, RgbImage};
 
+use crate::decode::DecodeLimits;
 use crate::manifest::{InputSpec, Standardise, STANDARDISE_EPS};
 
 pub const RESIZE_FILTER: FilterType = FilterType::Triangle;
+
+/// The most elongated frame `tile` accepts: its canvas is then at most 64 windows long.
+pub const MAX_TILE_ASPECT: u32 = 64;
 
 /// How a frame of any shape is mapped onto `size x size` windows.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,23 +63,10 @@ impl std::fmt::Display for Fit {
     }
 }
 
-/// Decode an image file, with the path in every error.
+/// Decode an image file within the default [`DecodeLimits`] (what `score`, `eval`,
+/// `enroll` and `calibrate` read), with the path in every error.
 pub fn load_image(path: &Path) -> Result<DynamicImage> {
-    let reader = ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?;
-    ensure!(
-        reader.format().is_some(),
-        "{} is not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, PNM)",
-        path.display()
-    );
-    reader.decode().with_context(|| {
-        format!(
-            "cannot decode image {} (corrupt or truncated?)",
-            path.display()
-        )
-    })
+    crate::decode::load(path, &DecodeLimits::default())
 }
 
 /// A rectangle in canvas pixels.
@@ -162,6 +153,13 @@ impl Preprocessor {
                 }
             }
             Fit::Tile { overlap } => {
+                // The canvas is the frame scaled so its shorter side is one window: its
+                // size grows with the aspect ratio, so bound that (a 16000x1 frame would
+                // otherwise make a 3.5 Gpx canvas).
+                ensure!(
+                    w.max(h) / w.min(h) <= MAX_TILE_ASPECT,
+                    "a {w}x{h} frame is too elongated to tile (aspect ratio over {MAX_TILE_ASPECT}:1)"
+                );
                 let scale = s as f64 / w.min(h) as f64;
                 let (cw, ch) = (scaled(w, scale).max(s), scaled(h, scale).max(s));
                 let canvas = resize(&rgb, cw, ch);

@@ -286,9 +286,10 @@ impl Sinks {
             output: config.output.clone(),
             console: config.console,
             files: config.files.as_ref().map(|f| FileSink::new(f.dir.clone())),
-            grace: Duration::from_secs_f64(
-                config.mqtt.as_ref().map_or(0.0, |m| m.shutdown_grace_s),
-            ),
+            grace: config
+                .mqtt
+                .as_ref()
+                .map_or(Duration::ZERO, |m| m.shutdown_grace()),
             mqtt,
             commands,
             installer,
@@ -327,10 +328,9 @@ impl Sinks {
             return false;
         }
         let now = Instant::now();
-        let rate = self.output.mask_max_per_sec;
-        if rate > 0.0 {
+        if let Some(interval) = self.output.mask_interval() {
             if let Some(last) = self.last_mask.get(&p.camera) {
-                if now.duration_since(*last) < Duration::from_secs_f64(1.0 / rate) {
+                if now.duration_since(*last) < interval {
                     return false;
                 }
             }

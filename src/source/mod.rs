@@ -49,7 +49,11 @@ pub fn open(
 ) -> Result<Box<dyn FrameSource>> {
     match cfg {
         SourceConfig::Replay { path, fps, looping } => Ok(Box::new(replay::ReplaySource::open(
-            path, *fps, *looping, stop,
+            path,
+            *fps,
+            *looping,
+            pipeline.decode_limits(),
+            stop,
         )?)),
         #[cfg(all(target_os = "linux", feature = "v4l2"))]
         SourceConfig::V4l2 { .. } => Ok(Box::new(v4l2::V4l2Source::new(cfg, pipeline, stop)?)),

@@ -2,7 +2,10 @@
 //!
 //! This is the built-in default source and what tests and demos drive. Files are decoded
 //! lazily (a folder of 1080p frames is not held in memory); a GIF's frames are decoded
-//! once at open (GIF decoding is sequential by nature and clips are small).
+//! once at open (GIF decoding is sequential by nature and clips are small: at most
+//! [`crate::decode::GIF_CLIP_MAX_BYTES`]). Every decode is bounded by the
+//! [`DecodeLimits`] (`pipeline.max_frame_pixels`); a file or GIF beyond them is a corrupt
+//! frame, counted and skipped, never an allocation the device cannot make.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,21 +13,37 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use image::codecs::gif::GifDecoder;
-use image::{AnimationDecoder, DynamicImage, RgbImage};
+use image::RgbImage;
 
 use super::{sleep_until, FrameSource, Next};
+use crate::config::rate_period;
 use crate::dataset::list_images;
-use crate::preprocess::load_image;
+use crate::decode::{gif_frames, load, read_bounded, DecodeLimits};
 
 enum Frames {
     Files(Vec<PathBuf>),
-    Decoded(Vec<RgbImage>),
+    /// A GIF's frames; `damage` (why the rest could not be decoded) follows them as one
+    /// corrupt frame.
+    Decoded {
+        frames: Vec<RgbImage>,
+        damage: Option<String>,
+    },
+}
+
+impl Frames {
+    /// Positions per pass (a damaged GIF's damage counts as one).
+    fn len(&self) -> usize {
+        match self {
+            Frames::Files(f) => f.len(),
+            Frames::Decoded { frames, damage } => frames.len() + usize::from(damage.is_some()),
+        }
+    }
 }
 
 pub struct ReplaySource {
     what: String,
     frames: Frames,
+    limits: DecodeLimits,
     next: usize,
     period: Option<Duration>,
     looping: bool,
@@ -65,35 +84,32 @@ fn is_gif(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gif"))
 }
 
-fn decode_gif(path: &Path) -> Result<Vec<RgbImage>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let decoder = GifDecoder::new(std::io::BufReader::new(file))
-        .with_context(|| format!("{} is not a readable GIF", path.display()))?;
-    let mut out = Vec::new();
-    for frame in decoder.into_frames() {
-        let frame = frame.with_context(|| {
-            format!("corrupt GIF {} after {} frames", path.display(), out.len())
-        })?;
-        out.push(DynamicImage::ImageRgba8(frame.into_buffer()).to_rgb8());
-    }
-    ensure!(!out.is_empty(), "GIF {} has no frames", path.display());
-    Ok(out)
-}
-
 impl ReplaySource {
-    /// `fps` 0 = as fast as the pipeline takes them.
-    pub fn open(path: &Path, fps: f64, looping: bool, stop: Arc<AtomicBool>) -> Result<Self> {
+    /// `fps` 0 = as fast as the pipeline takes them. Every frame is decoded within
+    /// `limits`; one that is not is a corrupt frame, not an error.
+    pub fn open(
+        path: &Path,
+        fps: f64,
+        looping: bool,
+        limits: DecodeLimits,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self> {
         let files = expand(path)?;
         let frames = if files.len() == 1 && is_gif(&files[0]) {
-            Frames::Decoded(decode_gif(&files[0])?)
+            let gif = &files[0];
+            // A GIF that cannot be (fully) decoded within the limits keeps the frames
+            // before the damage and replays the damage as one corrupt frame per pass.
+            let (frames, damage) = match read_bounded(gif, &limits) {
+                Ok(bytes) => gif_frames(&bytes, &limits),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            let damage =
+                damage.map(|e| format!("{:#}", e.context(format!("GIF {}", gif.display()))));
+            Frames::Decoded { frames, damage }
         } else {
             Frames::Files(files)
         };
-        let count = match &frames {
-            Frames::Files(f) => f.len(),
-            Frames::Decoded(f) => f.len(),
-        };
+        let count = frames.len();
         let what = format!(
             "replay {} ({count} frames, {}, {})",
             path.display(),
@@ -107,8 +123,9 @@ impl ReplaySource {
         Ok(ReplaySource {
             what,
             frames,
+            limits,
             next: 0,
-            period: (fps > 0.0).then(|| Duration::from_secs_f64(1.0 / fps)),
+            period: rate_period(fps),
             looping,
             deadline: Instant::now(),
             stop,
@@ -121,12 +138,14 @@ impl FrameSource for ReplaySource {
         if self.stop.load(Ordering::Relaxed) {
             return Next::End;
         }
-        let len = match &self.frames {
-            Frames::Files(f) => f.len(),
-            Frames::Decoded(f) => f.len(),
-        };
+        let len = self.frames.len();
         if self.next >= len {
-            if !self.looping {
+            // A replay with nothing decodable does not spin through corrupt frames.
+            let any_good = match &self.frames {
+                Frames::Files(_) => true,
+                Frames::Decoded { frames, .. } => !frames.is_empty(),
+            };
+            if !self.looping || !any_good {
                 return Next::End;
             }
             self.next = 0;
@@ -141,9 +160,15 @@ impl FrameSource for ReplaySource {
         let i = self.next;
         self.next += 1;
         match &self.frames {
-            Frames::Decoded(f) => Next::Frame(f[i].clone()),
-            Frames::Files(f) => match load_image(&f[i]) {
-                Ok(img) => Next::Frame(img.to_rgb8()),
+            Frames::Decoded { frames, damage } => match frames.get(i) {
+                Some(f) => Next::Frame(f.clone()),
+                None => Next::Corrupt(anyhow::anyhow!(
+                    "{}",
+                    damage.as_deref().unwrap_or("no frame")
+                )),
+            },
+            Frames::Files(f) => match load(&f[i], &self.limits) {
+                Ok(img) => Next::Frame(img.into_rgb8()),
                 Err(e) => Next::Corrupt(e),
             },
         }
@@ -174,7 +199,7 @@ mod tests {
             panic!("../shared/data/conveyor is missing: the tests need ../shared beside the repo");
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let mut src = ReplaySource::open(&gif, 0.0, false, stop).unwrap();
+        let mut src = ReplaySource::open(&gif, 0.0, false, DecodeLimits::default(), stop).unwrap();
         let mut n = 0;
         loop {
             match src.next_frame() {
@@ -198,7 +223,8 @@ mod tests {
         std::fs::write(dir.path().join("b.png"), &bytes[..bytes.len() / 3]).unwrap();
         std::fs::copy(samples.join("coffee.png"), dir.path().join("c.png")).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let mut src = ReplaySource::open(dir.path(), 0.0, false, stop).unwrap();
+        let mut src =
+            ReplaySource::open(dir.path(), 0.0, false, DecodeLimits::default(), stop).unwrap();
         let kinds: Vec<&str> = std::iter::from_fn(|| match src.next_frame() {
             Next::Frame(_) => Some("frame"),
             Next::Corrupt(_) => Some("corrupt"),
@@ -209,16 +235,51 @@ mod tests {
     }
 
     #[test]
+    fn a_gif_beyond_the_limits_is_one_corrupt_frame_per_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let gif = dir.path().join("bomb.gif");
+        std::fs::write(&gif, crate::decode::tests::screen_bomb_gif()).unwrap();
+        for looping in [false, true] {
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut src =
+                ReplaySource::open(&gif, 0.0, looping, DecodeLimits::default(), stop).unwrap();
+            match src.next_frame() {
+                Next::Corrupt(e) => assert!(format!("{e:#}").contains("65535x65535"), "{e:#}"),
+                _ => panic!("not corrupt"),
+            }
+            // Nothing decodable: it ends, even when looping (no corrupt-frame spin).
+            assert!(matches!(src.next_frame(), Next::End));
+        }
+        // The real clip with a per-frame limit below its 480x270 frames.
+        let Some(clip) = conveyor() else {
+            panic!("../shared/data/conveyor is missing");
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut src =
+            ReplaySource::open(&clip, 0.0, false, DecodeLimits::new(100_000), stop).unwrap();
+        assert!(matches!(src.next_frame(), Next::Corrupt(_)));
+        assert!(matches!(src.next_frame(), Next::End));
+    }
+
+    #[test]
     fn glob_and_looping() {
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples/co*.png");
         let stop = Arc::new(AtomicBool::new(false));
-        let mut src = ReplaySource::open(&samples, 0.0, true, stop.clone()).unwrap();
+        let mut src =
+            ReplaySource::open(&samples, 0.0, true, DecodeLimits::default(), stop.clone()).unwrap();
         // coffee-224, coffee, coins: 3 files, then it starts again.
         for _ in 0..7 {
             assert!(matches!(src.next_frame(), Next::Frame(_)));
         }
         stop.store(true, Ordering::Relaxed);
         assert!(matches!(src.next_frame(), Next::End));
-        assert!(ReplaySource::open(Path::new("/nonexistent/x*.png"), 0.0, false, stop).is_err());
+        assert!(ReplaySource::open(
+            Path::new("/nonexistent/x*.png"),
+            0.0,
+            false,
+            DecodeLimits::default(),
+            stop
+        )
+        .is_err());
     }
 }
