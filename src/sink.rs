@@ -143,7 +143,10 @@ impl Sinks {
             )?);
             commands = Some(rx);
             if let Some(m) = mqtt.as_mut() {
-                m.clear_retained_on(vec![format!("{base}/command"), format!("{base}/bundle/chunk")]);
+                m.clear_retained_on(vec![
+                    format!("{base}/command"),
+                    format!("{base}/bundle/chunk"),
+                ]);
             }
         }
         let auth = match &config.bundles {

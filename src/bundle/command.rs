@@ -88,9 +88,10 @@ impl CommandAuth {
             .with_context(|| format!("cannot create {}", state_dir.display()))?;
         let seq_path = state_dir.join("command-seq");
         let last_seq = match fs::read_to_string(&seq_path) {
-            Ok(t) => t.trim().parse().with_context(|| {
-                format!("corrupt {} (fix or remove it)", seq_path.display())
-            })?,
+            Ok(t) => t
+                .trim()
+                .parse()
+                .with_context(|| format!("corrupt {} (fix or remove it)", seq_path.display()))?,
             Err(_) => 0,
         };
         Ok(CommandAuth {
@@ -146,7 +147,12 @@ impl CommandAuth {
             .trusted
             .iter()
             .find(|k| key_id(k) == c.key_id)
-            .ok_or_else(|| format!("signed by key {} which this device does not trust", c.key_id))?;
+            .ok_or_else(|| {
+                format!(
+                    "signed by key {} which this device does not trust",
+                    c.key_id
+                )
+            })?;
         let sig: [u8; 64] = hex::decode(&c.sig)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -206,7 +212,10 @@ mod tests {
         let key = super::super::generate_key().unwrap();
         let other = super::super::generate_key().unwrap();
         let mut a = auth(dir.path(), &key);
-        assert_eq!(a.check(b" rollback\n"), Checked::Unsigned("rollback".into()));
+        assert_eq!(
+            a.check(b" rollback\n"),
+            Checked::Unsigned("rollback".into())
+        );
         let ok = sign(&key, "dev", 5, "rollback").encode();
         assert_eq!(a.check(&ok), Checked::Signed("rollback".into()));
         // Replayed, also after a restart (the seq is persisted).
@@ -214,8 +223,14 @@ mod tests {
         let mut a = auth(dir.path(), &key);
         assert!(matches!(a.check(&ok), Checked::Refused { why: w, .. } if w.contains("replayed")));
         let cases = [
-            (sign(&key, "other", 9, "rollback").encode(), "signed for device"),
-            (sign(&other, "dev", 9, "rollback").encode(), "does not trust"),
+            (
+                sign(&key, "other", 9, "rollback").encode(),
+                "signed for device",
+            ),
+            (
+                sign(&other, "dev", 9, "rollback").encode(),
+                "does not trust",
+            ),
             (
                 {
                     let mut c = sign(&key, "dev", 9, "rollback");

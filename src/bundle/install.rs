@@ -523,7 +523,10 @@ impl Installer {
         let sha = chunk.bundle_sha256.clone();
         match self.assembler.add(&chunk) {
             Ok(Progress::Finished) => {
-                log::debug!("bundle {sha}: late chunk {} dropped (already done)", chunk.index);
+                log::debug!(
+                    "bundle {sha}: late chunk {} dropped (already done)",
+                    chunk.index
+                );
             }
             Ok(Progress::Receiving {
                 received,

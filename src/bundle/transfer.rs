@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -139,8 +139,8 @@ pub struct Assembler {
     dir: PathBuf,
     limits: Limits,
     transfers: HashMap<String, Transfer>,
-    /// Bundles installed or rejected lately: their late chunks are dropped.
-    finished: VecDeque<String>,
+    /// Bundles installed or rejected lately, and when: their late chunks are dropped.
+    finished: VecDeque<(String, Instant)>,
 }
 
 fn valid_hex64(s: &str) -> bool {
@@ -151,8 +151,11 @@ fn folder_name(sha: &str, total: u64, count: u32) -> String {
     format!("{}-{total}-{count}", sha.to_ascii_lowercase())
 }
 
-/// Remembered finished bundles (a late duplicate comes within seconds of the verdict).
+/// Remembered finished bundles, and for how long: late duplicates (QoS 1 redeliveries,
+/// chunks queued behind the install, a sender's re-sends) come within seconds of the
+/// verdict; the same bundle sent again later is a new transfer.
 const FINISHED: usize = 64;
+const LATE: Duration = Duration::from_secs(5);
 
 impl Assembler {
     /// Open the incoming folder, taking over the partial transfers it holds (a restart
@@ -179,7 +182,8 @@ impl Assembler {
             }
         }
         a.sweep(SystemTime::now());
-        while a.transfers.len() > a.limits.max_transfers || a.bytes() > a.limits.max_incoming_bytes {
+        while a.transfers.len() > a.limits.max_transfers || a.bytes() > a.limits.max_incoming_bytes
+        {
             a.evict_oldest(None);
         }
         Ok(a)
@@ -281,11 +285,12 @@ impl Assembler {
         for n in names {
             self.remove(&n);
         }
-        if remember && !self.finished.contains(&sha) {
+        if remember {
+            self.finished.retain(|(s, _)| *s != sha);
             if self.finished.len() >= FINISHED {
                 self.finished.pop_front();
             }
-            self.finished.push_back(sha);
+            self.finished.push_back((sha, Instant::now()));
         }
     }
 
@@ -337,7 +342,8 @@ impl Assembler {
             ));
         }
         let sha = c.bundle_sha256.to_ascii_lowercase();
-        if self.finished.contains(&sha) {
+        self.finished.retain(|(_, at)| at.elapsed() < LATE);
+        if self.finished.iter().any(|(s, _)| *s == sha) {
             return Ok(Progress::Finished);
         }
         let now = SystemTime::now();
@@ -496,7 +502,9 @@ mod tests {
         let sha = "ab".repeat(32);
         let mut refused = 0;
         for i in 0..6 {
-            if a.add(&forged(&sha, 1000, i, 6, vec![i as u8; 1000])).is_err() {
+            if a.add(&forged(&sha, 1000, i, 6, vec![i as u8; 1000]))
+                .is_err()
+            {
                 refused += 1;
             }
         }
