@@ -373,39 +373,32 @@ impl Assembler {
         let old = t.have.get(&c.index).copied();
         // A copy already here: the same bytes are a duplicate; other bytes replace it (one
         // of the two is forged; the whole-bundle hash decides, and a sender re-sends).
-        if old.is_some_and(|n| n == c.data.len() as u64)
-            && fs::read(&path).is_ok_and(|d| d == c.data)
-        {
-            let t = self.transfers.get_mut(&name).expect("present");
-            t.updated = now;
-            return Ok(Progress::Receiving {
-                received: t.have.len() as u32,
-                count: t.count,
-                missing: t.missing(64),
-            });
-        }
+        let duplicate = old.is_some_and(|n| n == c.data.len() as u64)
+            && fs::read(&path).is_ok_and(|d| d == c.data);
         let after = t.bytes - old.unwrap_or(0) + c.data.len() as u64;
-        if after > t.total {
-            return Err(reject(
-                "too-large",
-                format!(
-                    "chunk {} takes the transfer to {after} bytes, above its declared {}",
-                    c.index, t.total
-                ),
-            ));
-        }
-        let grow = c.data.len() as u64 - old.unwrap_or(0).min(c.data.len() as u64);
-        while self.bytes() + grow > self.limits.max_incoming_bytes {
-            if !self.evict_oldest(Some(&name)) {
+        if !duplicate {
+            if after > t.total {
                 return Err(reject(
                     "too-large",
-                    "the incoming area is full (bundles.max_incoming_bytes)",
+                    format!(
+                        "chunk {} takes the transfer to {after} bytes, above its declared {}",
+                        c.index, t.total
+                    ),
                 ));
             }
+            let grow = c.data.len() as u64 - old.unwrap_or(0).min(c.data.len() as u64);
+            while self.bytes() + grow > self.limits.max_incoming_bytes {
+                if !self.evict_oldest(Some(&name)) {
+                    return Err(reject(
+                        "too-large",
+                        "the incoming area is full (bundles.max_incoming_bytes)",
+                    ));
+                }
+            }
+            let tmp = dir.join(format!("{}.tmp", c.index));
+            fs::write(&tmp, &c.data).map_err(io)?;
+            fs::rename(&tmp, &path).map_err(io)?;
         }
-        let tmp = dir.join(format!("{}.tmp", c.index));
-        fs::write(&tmp, &c.data).map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)?;
         let t = self.transfers.get_mut(&name).expect("present");
         t.have.insert(c.index, c.data.len() as u64);
         t.bytes = after;
@@ -460,6 +453,12 @@ mod tests {
         // A fresh assembler (a restart) resumes from disk.
         let mut a = Assembler::new(dir.path(), Limits::new(4096, 1 << 20)).unwrap();
         match a.add(&chunks[8]).unwrap() {
+            Progress::Complete(b) => assert_eq!(b, bundle),
+            other => panic!("{other:?}"),
+        }
+        // A crash before the transfer was discarded: any chunk sent again completes it.
+        let mut a = Assembler::new(dir.path(), Limits::new(4096, 1 << 20)).unwrap();
+        match a.add(&chunks[0]).unwrap() {
             Progress::Complete(b) => assert_eq!(b, bundle),
             other => panic!("{other:?}"),
         }
