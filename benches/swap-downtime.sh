@@ -50,7 +50,7 @@ sleep 3
 sleep 3
 "$bin" bundle send --bundle "$tmp/v3.bundle" --mqtt-url "mqtt://127.0.0.1:$port" --device dev 2>/dev/null | python3 -c 'import json,sys; v=json.load(sys.stdin); print("v3:", v["state"], "install_ms %.0f" % v["install_ms"])'
 sleep 3
-mosquitto_pub -h 127.0.0.1 -p "$port" -t maeday/dev/command -m rollback
+"$bin" bundle command --key "$tmp/ws.key" --device dev --mqtt-url "mqtt://127.0.0.1:$port" rollback >/dev/null 2>&1
 sleep 4
 kill -TERM $dev; wait $dev || true
 python3 - "$tmp/results" "$tmp/summary" "$fps" <<'PY'

@@ -127,6 +127,20 @@ pub struct BundlesConfig {
     pub max_bundle_bytes: u64,
     #[serde(default = "default_chunk_bytes")]
     pub max_chunk_bytes: usize,
+    /// Partial transfers kept at once under `state_dir/incoming` (the least recently
+    /// updated one is evicted for a new one): unsigned chunks cannot pile up.
+    #[serde(default = "default_max_transfers")]
+    pub max_transfers: usize,
+    /// A partial transfer that gets no chunk for this long is deleted.
+    #[serde(default = "default_transfer_expiry")]
+    pub transfer_expiry_s: u64,
+    /// Bound on all partial transfers together.
+    #[serde(default = "default_incoming_bytes")]
+    pub max_incoming_bytes: u64,
+    /// Accept unsigned `enroll` commands (only for a broker where nobody else can publish
+    /// on the command topic). `rollback` is always signed.
+    #[serde(default)]
+    pub allow_unsigned_enroll: bool,
 }
 
 fn default_bundle_bytes() -> u64 {
@@ -134,6 +148,15 @@ fn default_bundle_bytes() -> u64 {
 }
 fn default_chunk_bytes() -> usize {
     256 << 10
+}
+fn default_max_transfers() -> usize {
+    4
+}
+fn default_transfer_expiry() -> u64 {
+    3600
+}
+fn default_incoming_bytes() -> u64 {
+    512 << 20
 }
 
 fn yes() -> bool {
@@ -399,6 +422,10 @@ pub struct MqttConfig {
     pub spool: SpoolConfig,
     /// Run an MQTT broker inside the daemon, listening here (e.g. "127.0.0.1:1883").
     pub embedded_broker: Option<SocketAddr>,
+    /// Username -> password for the embedded broker; without it the broker is anonymous
+    /// (and warns when it listens beyond loopback).
+    #[serde(default)]
+    pub embedded_broker_users: std::collections::HashMap<String, String>,
     /// Seconds to wait at shutdown for the broker to take what is queued (the rest stays
     /// in the spool for the next start).
     #[serde(default = "default_grace")]
@@ -768,6 +795,12 @@ impl Config {
                     "mqtt.tls: is set but mqtt.url is not mqtts://"
                 );
             }
+            for (user, pass) in &m.embedded_broker_users {
+                ensure!(
+                    !user.is_empty() && !pass.is_empty(),
+                    "mqtt.embedded_broker_users: user names and passwords must not be empty"
+                );
+            }
             #[cfg(not(feature = "embedded-broker"))]
             ensure!(
                 m.embedded_broker.is_none(),
@@ -793,6 +826,20 @@ impl Config {
             ensure!(
                 b.max_bundle_bytes >= b.max_chunk_bytes as u64 && b.max_bundle_bytes <= MAX_BUNDLE_BYTES,
                 "bundles.max_bundle_bytes: must be at least max_chunk_bytes and at most {MAX_BUNDLE_BYTES} (got {})",
+                b.max_bundle_bytes
+            );
+            ensure!(
+                (1..=64).contains(&b.max_transfers),
+                "bundles.max_transfers: must be 1 to 64 (got {})",
+                b.max_transfers
+            );
+            ensure!(
+                b.transfer_expiry_s >= 1,
+                "bundles.transfer_expiry_s: must be at least 1"
+            );
+            ensure!(
+                b.max_incoming_bytes >= b.max_bundle_bytes,
+                "bundles.max_incoming_bytes: must be at least max_bundle_bytes ({})",
                 b.max_bundle_bytes
             );
         }

@@ -69,6 +69,10 @@ enum Command {
         listen: std::net::SocketAddr,
         #[arg(long, default_value_t = 1 << 20)]
         max_payload_bytes: usize,
+        /// Only accept clients that log in as USER:PASSWORD (repeatable); without it the
+        /// broker is anonymous.
+        #[arg(long = "user", value_name = "USER:PASSWORD")]
+        users: Vec<String>,
     },
     /// Score images: one JSON line per image on stdout.
     Score {
@@ -202,6 +206,21 @@ enum BundleCommand {
         #[arg(long = "trusted", required = true)]
         trusted: Vec<PathBuf>,
     },
+    /// Sign a command that changes what a device serves (`rollback`, `enroll [frames]
+    /// [camera]`) and publish it (or, without --mqtt-url, print it).
+    Command {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        mqtt_url: Option<String>,
+        /// Replay protection: above the last one the device accepted (default: now in ms).
+        #[arg(long)]
+        seq: Option<u64>,
+        #[arg(required = true, trailing_var_arg = true)]
+        words: Vec<String>,
+    },
     /// Send a bundle over MQTT in chunks; with --device, wait for its verdict.
     Send {
         #[arg(long)]
@@ -249,6 +268,19 @@ fn bundle_command(c: BundleCommand) -> Result<ExitCode> {
         })?,
         BundleCommand::Sign { bundle, key, out } => cli::sign(&bundle, &key, &out)?,
         BundleCommand::Verify { bundle, trusted } => cli::verify(&bundle, &trusted)?,
+        BundleCommand::Command {
+            key,
+            device,
+            mqtt_url,
+            seq,
+            words,
+        } => cli::command(&cli::CommandOptions {
+            key,
+            device,
+            mqtt_url,
+            seq,
+            words,
+        })?,
         BundleCommand::Send {
             bundle,
             mqtt_url,
@@ -460,9 +492,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Broker {
             listen,
             max_payload_bytes,
+            users,
         } => {
             let stop = stop_flag()?;
-            maeday_edge::broker::start(listen, max_payload_bytes)?;
+            let users = users
+                .iter()
+                .map(|u| match u.split_once(':') {
+                    Some((n, p)) if !n.is_empty() && !p.is_empty() => {
+                        Ok((n.to_string(), p.to_string()))
+                    }
+                    _ => anyhow::bail!("--user {u:?}: expected USER:PASSWORD"),
+                })
+                .collect::<Result<_>>()?;
+            maeday_edge::broker::start_with_users(listen, max_payload_bytes, &users)?;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rumqttc::{
-    Client, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    Client, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS, StateError,
     TlsConfiguration, Transport,
 };
 
@@ -123,6 +123,13 @@ pub struct MqttSink {
     discarded_spool: Vec<u64>,
     oversize_log: Throttle,
     spool_failed_log: Throttle,
+    /// This device's own command/chunk topics: a retained message found there is cleared
+    /// (a zero-length retained publish), since commands and chunks are never retained.
+    clearable: Vec<String>,
+    /// The last connection died on an incoming packet over the limit (typically a retained
+    /// command re-sent at every subscribe): clear `clearable` before subscribing again.
+    clear_on_connect: bool,
+    connected_at: Instant,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -212,6 +219,9 @@ impl MqttSink {
             discarded_spool: Vec::new(),
             oversize_log: Throttle::default(),
             spool_failed_log: Throttle::default(),
+            clearable: Vec::new(),
+            clear_on_connect: false,
+            connected_at: Instant::now(),
         };
         sink.stats.spool_messages = sink.spool.len();
         sink.connect();
@@ -239,6 +249,11 @@ impl MqttSink {
             Ok(_) => self.client = Some(client),
             Err(e) => log::error!("cannot start the MQTT event thread: {e}"),
         }
+    }
+
+    /// Topics of this device on which a retained message is cleared when seen.
+    pub fn clear_retained_on(&mut self, topics: Vec<String>) {
+        self.clearable = topics;
     }
 
     pub fn stats(&self) -> MqttStats {
@@ -399,12 +414,18 @@ impl MqttSink {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 log::info!("MQTT connected ({:?})", ack.code);
                 self.connected = true;
-                self.backoff = MIN_BACKOFF;
+                self.connected_at = Instant::now();
                 self.stats.connects += 1;
                 self.spool_cursor = None;
                 let topic = self.status.topic.clone();
                 let online = self.status.online.clone();
                 self.publish_transient(&topic, online, true);
+                if std::mem::take(&mut self.clear_on_connect) {
+                    for t in self.clearable.clone() {
+                        log::warn!("clearing any retained message on {t} before subscribing");
+                        self.publish_transient(&t, Vec::new(), true);
+                    }
+                }
                 if let Some(c) = &self.client {
                     for t in &self.subscriptions {
                         if let Err(e) = c.try_subscribe(t.clone(), QoS::AtLeastOnce) {
@@ -432,6 +453,21 @@ impl MqttSink {
                 }
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
+                // Commands and chunks are events, never state: a retained one would run
+                // again at every reconnect. An empty one is a clear (ours, or the broker's).
+                if p.retain {
+                    if !p.payload.is_empty() {
+                        log::warn!(
+                            "ignoring a retained message on {} ({}): commands and chunks are never retained",
+                            p.topic,
+                            crate::bundle::command::excerpt(&p.payload, 80)
+                        );
+                        if self.clearable.contains(&p.topic) {
+                            self.publish_transient(&p.topic.clone(), Vec::new(), true);
+                        }
+                    }
+                    return Ok(());
+                }
                 if let Some(tx) = &self.received {
                     let _ = tx.send(Received {
                         topic: p.topic.clone(),
@@ -447,6 +483,24 @@ impl MqttSink {
 
     /// The connection failed or dropped: give it up, keep every unacknowledged message.
     fn lost(&mut self, e: ConnectionError) -> Result<()> {
+        use rumqttc::mqttbytes::Error as Bytes;
+        if let ConnectionError::MqttState(StateError::Deserialization(
+            Bytes::PayloadSizeLimitExceeded(n),
+        )) = &e
+        {
+            log::warn!(
+                "an incoming message of {n} bytes is over mqtt.max_packet_bytes and cannot be \
+                 read: it is dropped with this connection; retained messages on {:?} are \
+                 cleared at the next connect",
+                self.clearable
+            );
+            self.clear_on_connect = true;
+        }
+        // A connection that lived a while resets the backoff; one that dies right after
+        // its CONNACK (a packet it cannot take, a broker that kicks it) backs off further.
+        if self.connected && self.connected_at.elapsed() >= Duration::from_secs(2) {
+            self.backoff = MIN_BACKOFF;
+        }
         if self.closing {
             log::debug!("MQTT disconnected: {e}");
         } else if self.connected {

@@ -471,7 +471,11 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     #[cfg(feature = "embedded-broker")]
     if let Some(mqtt) = &config.mqtt {
         if let Some(listen) = mqtt.embedded_broker {
-            crate::broker::start(listen, mqtt.max_packet_bytes)?;
+            crate::broker::start_with_users(
+                listen,
+                mqtt.max_packet_bytes,
+                &mqtt.embedded_broker_users,
+            )?;
         }
     }
 
@@ -511,7 +515,13 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
             groups: b.groups.clone(),
             trusted,
             max_bundle_bytes: b.max_bundle_bytes,
-            max_chunk_bytes: b.max_chunk_bytes,
+            limits: crate::bundle::transfer::Limits {
+                max_chunk_bytes: b.max_chunk_bytes,
+                max_bundle_bytes: b.max_bundle_bytes,
+                max_transfers: b.max_transfers,
+                expiry: std::time::Duration::from_secs(b.transfer_expiry_s),
+                max_incoming_bytes: b.max_incoming_bytes,
+            },
             state_dir: b.state_dir.clone(),
             serving: detector_options.clone(),
             factory: factory.clone(),

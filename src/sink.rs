@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::bundle::install::{enroll_status_topic, EnrollRequest, EnrollStatus, InstallerInput};
+use crate::bundle::command::{excerpt, Checked, CommandAuth, MAX_COMMAND_BYTES};
+use crate::bundle::install::{
+    enroll_status_topic, BundleStatus, EnrollRequest, EnrollStatus, InstallerInput,
+};
 use crate::config::{Config, MaskPolicy, OutputConfig};
 use crate::detector::Detector;
 use crate::message::{self, FrameResult, Picture, ResultPayload};
@@ -226,6 +229,15 @@ pub struct Sinks {
     grace: Duration,
     last_mask: HashMap<String, Instant>,
     status: StatusPayload,
+    /// Checks signed commands (with `[bundles]`: its trusted keys and state folder).
+    auth: Option<CommandAuth>,
+    allow_unsigned_enroll: bool,
+}
+
+/// Where a refused command is answered.
+enum Refusal {
+    Bundle(String),
+    Enroll(String),
 }
 
 impl Sinks {
@@ -280,7 +292,25 @@ impl Sinks {
                 Some(tx),
             )?);
             commands = Some(rx);
+            if let Some(m) = mqtt.as_mut() {
+                m.clear_retained_on(vec![
+                    format!("{base}/command"),
+                    format!("{base}/bundle/chunk"),
+                ]);
+            }
         }
+        let auth = match &config.bundles {
+            Some(b) => {
+                let keys = b
+                    .trusted_keys
+                    .iter()
+                    .map(|p| crate::bundle::read_public_key(p))
+                    .collect::<Result<Vec<_>>>()
+                    .context("bundles.trusted_keys")?;
+                Some(CommandAuth::open(&config.device_id, keys, &b.state_dir)?)
+            }
+            None => None,
+        };
         Ok(Sinks {
             device_id: config.device_id.clone(),
             output: config.output.clone(),
@@ -296,6 +326,11 @@ impl Sinks {
             enroll: None,
             last_mask: HashMap::new(),
             status,
+            auth,
+            allow_unsigned_enroll: config
+                .bundles
+                .as_ref()
+                .is_some_and(|b| b.allow_unsigned_enroll),
         })
     }
 
@@ -443,47 +478,48 @@ impl Sinks {
         }
         let mut asked = false;
         let mut refused = Vec::new();
-        if let Some(rx) = &self.commands {
-            while let Ok(msg) = rx.try_recv() {
-                let to_installer = |input: InstallerInput| match &self.installer {
-                    Some((tx, _)) => {
-                        let _ = tx.send(input);
-                    }
-                    None => log::warn!("{}: bundles are not enabled (no [bundles])", msg.topic),
-                };
-                if msg.topic.ends_with("/bundle/chunk") {
-                    to_installer(InstallerInput::Chunk(msg.payload));
-                    continue;
-                }
-                let text = String::from_utf8_lossy(&msg.payload);
-                let mut words = text.split_whitespace();
-                match words.next() {
-                    Some("metrics") => asked = true,
-                    Some("rollback") => to_installer(InstallerInput::Rollback),
-                    Some("enroll") => {
-                        let args: Vec<&str> = words.collect();
-                        if let Err(why) = self.enroll_command(&args) {
-                            log::warn!("{}: {why}", msg.topic);
-                            refused.push(why);
-                        }
-                    }
-                    _ => log::warn!(
-                        "unknown command {text:?} on {} (known: metrics, rollback, enroll [frames] [camera])",
-                        msg.topic
-                    ),
-                }
+        let received: Vec<Received> = match &self.commands {
+            Some(rx) => rx.try_iter().collect(),
+            None => Vec::new(),
+        };
+        for msg in received {
+            if msg.topic.ends_with("/bundle/chunk") {
+                self.to_installer(&msg.topic, InstallerInput::Chunk(msg.payload));
+                continue;
+            }
+            if let Some(r) = self.command(&msg, &mut asked) {
+                refused.push(r);
             }
         }
         let mqtt = self.mqtt.as_mut().expect("checked above");
-        // A refused `enroll` is answered where its verdict would have come.
-        for detail in refused {
-            let st = EnrollStatus {
-                state: "rejected",
-                detail: Some(detail),
-                ..Default::default()
+        // A refused command is answered where its verdict would have come.
+        for r in refused {
+            let (topic, payload) = match r {
+                Refusal::Enroll(detail) => (
+                    enroll_status_topic(&self.device_id),
+                    message::encode(
+                        &EnrollStatus {
+                            state: "rejected",
+                            detail: Some(detail),
+                            ..Default::default()
+                        },
+                        self.output.format,
+                    )?,
+                ),
+                Refusal::Bundle(detail) => (
+                    format!("maeday/{}/bundle/status", self.device_id),
+                    message::encode(
+                        &BundleStatus {
+                            state: "rejected",
+                            reason: Some("unauthorized"),
+                            detail: Some(detail),
+                            ..Default::default()
+                        },
+                        self.output.format,
+                    )?,
+                ),
             };
-            let topic = enroll_status_topic(&self.device_id);
-            mqtt.publish_transient(&topic, message::encode(&st, self.output.format)?, false);
+            mqtt.publish_transient(&topic, payload, false);
         }
         if let Some((_, rx)) = &self.installer {
             for m in rx.try_iter() {
@@ -491,6 +527,78 @@ impl Sinks {
             }
         }
         Ok(asked)
+    }
+
+    fn to_installer(&self, topic: &str, input: InstallerInput) {
+        match &self.installer {
+            Some((tx, _)) => {
+                let _ = tx.send(input);
+            }
+            None => log::warn!("{topic}: bundles are not enabled (no [bundles])"),
+        }
+    }
+
+    /// Run one message of the command topic, or say why not. `metrics` is open to anyone;
+    /// `rollback` and `enroll` change what serves and must be signed (`bundle::command`),
+    /// `enroll` unsigned only with `bundles.allow_unsigned_enroll`.
+    fn command(&mut self, msg: &Received, asked: &mut bool) -> Option<Refusal> {
+        if msg.payload.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        let checked = match self.auth.as_mut() {
+            Some(a) => a.check(&msg.payload),
+            None if msg.payload.len() > MAX_COMMAND_BYTES => Checked::Refused {
+                command: None,
+                why: format!("command of {} bytes", msg.payload.len()),
+            },
+            None => Checked::Unsigned(String::from_utf8_lossy(&msg.payload).trim().to_string()),
+        };
+        let (text, signed) = match checked {
+            Checked::Unsigned(t) => (t, false),
+            Checked::Signed(t) => (t, true),
+            Checked::Refused { command, why } => {
+                log::warn!(
+                    "command refused on {}: {why} ({})",
+                    msg.topic,
+                    excerpt(&msg.payload, 200)
+                );
+                let why = format!("refused: {why}");
+                return Some(match command {
+                    Some(c) if c.starts_with("enroll") => Refusal::Enroll(why),
+                    _ => Refusal::Bundle(why),
+                });
+            }
+        };
+        let mut words = text.split_whitespace();
+        let unsigned = |what: &str| {
+            let why = format!(
+                "unauthorized: {what} changes the serving model and must be signed by a trusted \
+                 key (maeday-edge bundle command)"
+            );
+            log::warn!("{}: unsigned {what} refused", msg.topic);
+            why
+        };
+        match words.next() {
+            Some("metrics") => *asked = true,
+            Some("rollback") if !signed => return Some(Refusal::Bundle(unsigned("rollback"))),
+            Some("rollback") => self.to_installer(&msg.topic, InstallerInput::Rollback),
+            Some("enroll") if !signed && !self.allow_unsigned_enroll => {
+                return Some(Refusal::Enroll(unsigned("enroll")))
+            }
+            Some("enroll") => {
+                let args: Vec<&str> = words.collect();
+                if let Err(why) = self.enroll_command(&args) {
+                    log::warn!("{}: {why}", msg.topic);
+                    return Some(Refusal::Enroll(why));
+                }
+            }
+            _ => log::warn!(
+                "unknown command {:?} on {} (known: metrics, rollback, enroll [frames] [camera])",
+                excerpt(text.as_bytes(), 200),
+                msg.topic
+            ),
+        }
+        None
     }
 
     /// Pass an `enroll [frames] [camera]` command to the inference thread, or say why not.

@@ -241,11 +241,15 @@ fn wait_for_from(
     }
 }
 
-/// Publish a command to the device; returns where the inbox stood, to wait from.
-fn command(client: &Client, inbox: &Inbox, text: &str) -> usize {
+/// Publish a command to the device, signed by the workstation key (`rollback` and
+/// `enroll` must be); returns where the inbox stood, to wait from.
+fn command(client: &Client, inbox: &Inbox, key: &ed25519_dalek::SigningKey, text: &str) -> usize {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let payload = maeday_edge::bundle::command::sign(key, "dev", seq, text).encode();
     let from = inbox.lock().unwrap().len();
     client
-        .publish("maeday/dev/command", QoS::AtLeastOnce, false, text)
+        .publish("maeday/dev/command", QoS::AtLeastOnce, false, payload)
         .unwrap();
     from
 }
@@ -478,7 +482,7 @@ fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_re
         Duration::from_secs(30),
         |t, v| t.ends_with("dev/status") && v["state"] == "online" && v["bundle_version"] == 5,
     );
-    let n = command(&client, &inbox, "rollback");
+    let n = command(&client, &inbox, &ws.key, "rollback");
     wait_for_from(
         &inbox,
         n,
@@ -874,7 +878,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
 
     // Unusable requests are refused without disturbing anything.
     for bad in ["enroll 0", "enroll 3 nosuchcamera", "enroll many"] {
-        command(&client, &inbox, bad);
+        command(&client, &inbox, &ws.key, bad);
     }
     // Each is answered on enroll/status.
     let until = Instant::now() + Duration::from_secs(30);
@@ -903,7 +907,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
     ]) {
         assert!(d.contains(want), "{d:?} should say {want:?}");
     }
-    let from = command(&client, &inbox, "enroll 3");
+    let from = command(&client, &inbox, &ws.key, "enroll 3");
     let done = wait_for_from(
         &inbox,
         from,
@@ -956,7 +960,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
     assert!(active_bank_toml(&tmp.path().join("state")).is_file());
 
     // `rollback` after an enrollment on the factory model returns to it: MAEDAY alone.
-    let from = command(&client, &inbox, "rollback");
+    let from = command(&client, &inbox, &ws.key, "rollback");
     wait_for_from(
         &inbox,
         from,
@@ -965,7 +969,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
         |t, v| t.ends_with("/result") && v["scorer"] == "maeday",
     );
     // Enroll again (same frames, same seed: the same bank).
-    let from = command(&client, &inbox, "enroll 3");
+    let from = command(&client, &inbox, &ws.key, "enroll 3");
     let again = wait_for_from(
         &inbox,
         from,
@@ -1057,7 +1061,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
                 && v["schedule"].as_str().is_some_and(|s| s.contains("-s7-"))
         },
     );
-    let from = command(&client, &inbox, "rollback");
+    let from = command(&client, &inbox, &ws.key, "rollback");
     wait_for_from(
         &inbox,
         from,

@@ -311,3 +311,51 @@ pub fn send(o: &SendOptions) -> Result<Option<serde_json::Value>> {
     }
     bail!("no verdict from the device within {:?}", o.wait)
 }
+
+pub struct CommandOptions {
+    pub key: PathBuf,
+    pub device: String,
+    /// Publish here; `None`: print the signed command only (for another MQTT client).
+    pub mqtt_url: Option<String>,
+    /// Default: the clock in milliseconds (the device wants it above the last one).
+    pub seq: Option<u64>,
+    pub words: Vec<String>,
+}
+
+/// Sign a serving-changing command (`rollback`, `enroll [frames] [camera]`) for one device
+/// and publish it on `maeday/<device>/command` (QoS 1, not retained). Prints the payload.
+pub fn command(o: &CommandOptions) -> Result<()> {
+    let key = read_signing_key(&o.key)?;
+    let text = o.words.join(" ");
+    ensure!(!text.trim().is_empty(), "give the command, e.g. rollback");
+    let seq = match o.seq {
+        Some(s) => s,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_millis() as u64,
+    };
+    let payload = super::command::sign(&key, &o.device, seq, &text).encode();
+    println!("{}", String::from_utf8_lossy(&payload));
+    let Some(url) = &o.mqtt_url else {
+        return Ok(());
+    };
+    let id = format!("maeday-bundle-command-{}", std::process::id());
+    let opts = MqttOptions::parse_url(url_with_client_id(url, &id))
+        .map_err(|e| anyhow::anyhow!("MQTT URL {url:?}: {e}"))?;
+    let (client, mut conn) = Client::new(opts, 16);
+    let topic = format!("maeday/{}/command", o.device);
+    client.publish(topic.clone(), QoS::AtLeastOnce, false, payload)?;
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        match conn.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => {
+                eprintln!("published to {topic}");
+                return Ok(());
+            }
+            Ok(Err(e)) => bail!("MQTT: {e}"),
+            _ => {}
+        }
+    }
+    bail!("the broker at {url} did not take the command within 30 s")
+}

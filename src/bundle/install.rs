@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use super::transfer::{Assembler, Chunk, Progress};
+use super::transfer::{Assembler, Chunk, Limits, Progress};
 use super::{reject, Abi, Bundle, Rejection};
 use std::sync::Arc;
 
@@ -48,6 +48,9 @@ pub struct SlotState {
     pub previous_version: u64,
     /// The highest bundle version ever installed: anything at or below it is a downgrade.
     pub highest_version: u64,
+    /// sha256 of the signed `bundle.toml` of that version: the same bundle sent again is
+    /// not a downgrade (it re-installs what the device already trusted).
+    pub highest_sha256: Option<String>,
 }
 
 pub struct Slots {
@@ -153,6 +156,38 @@ impl Slots {
         factory.to_path_buf()
     }
 
+    /// The bundle version a slot holds (0: none, or an enrollment on the factory model).
+    fn holds(&self, slot: &str) -> u64 {
+        let st = &self.state;
+        if st.active.as_deref() == Some(slot) {
+            st.active_version
+        } else if st.previous.as_deref() == Some(slot) {
+            st.previous_version
+        } else {
+            0
+        }
+    }
+
+    /// Where an enrollment may be staged: a slot that does not serve and does not hold the
+    /// newest installed bundle (after a rollback the inactive slot may hold it: enrolling
+    /// there would destroy it, and the device would refuse it again as a downgrade).
+    pub fn enrollment_slot(&self) -> Result<&'static str> {
+        let st = &self.state;
+        let newest = st.highest_version;
+        ["a", "b"]
+            .into_iter()
+            .filter(|s| st.active.as_deref() != Some(*s))
+            .find(|s| newest == 0 || st.active_version == newest || self.holds(s) != newest)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the inactive slot {} holds bundle v{newest}, the newest installed, and \
+                     enrolling would overwrite it: roll back to it (or install a newer \
+                     bundle) and enroll on that",
+                    self.inactive()
+                )
+            })
+    }
+
     fn inactive(&self) -> &'static str {
         if self.state.active.as_deref() == Some("a") {
             "b"
@@ -235,7 +270,7 @@ impl Slots {
         bank: &mut StoredBank,
         shots: &[Shot],
     ) -> Result<(String, PathBuf)> {
-        let slot = self.inactive().to_string();
+        let slot = self.enrollment_slot()?.to_string();
         let dir = self.slot_dir(&slot);
         let tmp = self.dir.join("slots").join(format!("{slot}.tmp"));
         let _ = fs::remove_dir_all(&tmp);
@@ -260,8 +295,9 @@ impl Slots {
         Ok((slot, dir))
     }
 
-    /// Make `slot` the active one (atomically), the old active the previous one.
-    pub fn activate(&mut self, slot: &str, version: u64) -> Result<()> {
+    /// Make `slot` the active one (atomically), the old active the previous one. `sha`:
+    /// the bundle's signed manifest hash, recorded with a new highest version.
+    pub fn activate(&mut self, slot: &str, version: u64, sha: Option<&str>) -> Result<()> {
         let mut next = self.state.clone();
         if next.active.as_deref() != Some(slot) {
             next.previous = next.active.take();
@@ -269,7 +305,10 @@ impl Slots {
         }
         next.active = Some(slot.to_string());
         next.active_version = version;
-        next.highest_version = next.highest_version.max(version);
+        if version > next.highest_version || (version == next.highest_version && sha.is_some()) {
+            next.highest_version = version;
+            next.highest_sha256 = sha.map(str::to_string);
+        }
         self.persist(next)
     }
 
@@ -399,7 +438,8 @@ pub struct InstallerSettings {
     pub groups: Vec<String>,
     pub trusted: Vec<VerifyingKey>,
     pub max_bundle_bytes: u64,
-    pub max_chunk_bytes: usize,
+    /// Bounds on partial transfers.
+    pub limits: Limits,
     pub state_dir: PathBuf,
     /// How serving detectors are built (device overrides such as the mask count).
     pub serving: DetectorOptions,
@@ -429,11 +469,7 @@ impl Installer {
         outbox: Sender<Message>,
         swaps: Sender<Swap>,
     ) -> Result<Installer> {
-        let assembler = Assembler::new(
-            &s.state_dir.join("incoming"),
-            s.max_chunk_bytes,
-            s.max_bundle_bytes,
-        )?;
+        let assembler = Assembler::new(&s.state_dir.join("incoming"), s.limits.clone())?;
         Ok(Installer {
             status_topic: format!("maeday/{}/bundle/status", s.device_id),
             enroll_topic: enroll_status_topic(&s.device_id),
@@ -486,7 +522,17 @@ impl Installer {
         };
         let sha = chunk.bundle_sha256.clone();
         match self.assembler.add(&chunk) {
-            Ok(Progress::Receiving { received, count }) => {
+            Ok(Progress::Finished) => {
+                log::debug!(
+                    "bundle {sha}: late chunk {} dropped (already done)",
+                    chunk.index
+                );
+            }
+            Ok(Progress::Receiving {
+                received,
+                count,
+                missing,
+            }) => {
                 // Report every chunk for small transfers, every 5% for large ones.
                 let step = (count / 20).max(1);
                 if received % step == 0 || received + 1 == count {
@@ -495,7 +541,7 @@ impl Installer {
                         bundle_sha256: sha.clone(),
                         received: Some(received),
                         count: Some(count),
-                        missing: self.assembler.missing(&sha, count, 64),
+                        missing,
                         ..Default::default()
                     });
                 }
@@ -506,7 +552,10 @@ impl Installer {
                 let parsed = Bundle::parse(&bytes, self.s.max_bundle_bytes);
                 let version = parsed.as_ref().ok().map(|b| b.manifest.version);
                 let result = parsed.and_then(|b| self.install(&b));
-                self.assembler.discard(&sha);
+                // Late chunks of a decided bundle are dropped; one that failed for a local
+                // reason (disk, thread) may be sent again.
+                let retry = matches!(&result, Err(r) if r.reason == "install-failed");
+                self.assembler.discard(&sha, !retry);
                 match result {
                     Ok(version) => {
                         let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -562,7 +611,14 @@ impl Installer {
                 ),
             ));
         }
-        if m.version <= self.slots.state.highest_version {
+        let sha = super::sha256_hex(&bundle.manifest_bytes);
+        let st = &self.slots.state;
+        // The newest installed bundle itself, sent again (its slot was lost or rolled back
+        // from): not a downgrade.
+        let again = m.version == st.highest_version
+            && st.active_version != m.version
+            && st.highest_sha256.as_deref() == Some(sha.as_str());
+        if m.version <= st.highest_version && !again {
             return Err(reject(
                 "downgrade",
                 format!(
@@ -607,7 +663,7 @@ impl Installer {
             .map_err(|_| reject("install-failed", "the inference thread has stopped"))?;
         crash_point("switched");
         self.slots
-            .activate(&slot, m.version)
+            .activate(&slot, m.version, Some(&sha))
             .map_err(|e| reject("install-failed", format!("{e:#}")))?;
         self.serving = model;
         Ok(m.version)
@@ -737,6 +793,8 @@ impl Installer {
             ..base.clone()
         });
         let result = (|| -> Result<StoredBank> {
+            // Refused before the bank is built if it could only go where the newest bundle is.
+            self.slots.enrollment_slot()?;
             let size = job
                 .shots
                 .first()
@@ -761,7 +819,7 @@ impl Installer {
             self.swaps
                 .send(Swap { detector, version })
                 .map_err(|_| anyhow::anyhow!("the inference thread has stopped"))?;
-            self.slots.activate(&slot, version.unwrap_or(0))?;
+            self.slots.activate(&slot, version.unwrap_or(0), None)?;
             self.serving = model;
             Ok(bank)
         })();

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub mod cli;
+pub mod command;
 pub mod install;
 pub mod transfer;
 
