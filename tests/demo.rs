@@ -18,23 +18,19 @@ fn empty_belt(frame: u64) -> bool {
     frame == 0 || (24..FRAMES).contains(&frame)
 }
 
-/// The boot of the newest result line (this run's).
-fn summary_boot(results: &std::path::Path) -> u64 {
+/// (boot, seq) of this run's results (the newest boot in the file) that have a mask.
+fn masked_results(results: &std::path::Path) -> Vec<(u64, u64)> {
     let text = std::fs::read_to_string(results).unwrap();
-    let last = text.lines().last().expect("results.jsonl has lines");
-    let v: serde_json::Value = serde_json::from_str(last).unwrap();
-    v["boot"].as_u64().expect("results carry their boot")
-}
-
-/// (seq, line) of every ANOMALOUS console line.
-fn alarms_of(stderr: &str) -> Vec<(u64, &str)> {
-    stderr
+    let rows: Vec<serde_json::Value> = text
         .lines()
-        .filter(|l| l.contains(" ANOMALOUS "))
-        .filter_map(|l| {
-            let seq = l.split("belt #").nth(1)?.split_whitespace().next()?;
-            Some((seq.parse().ok()?, l))
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let boot = rows.last().expect("results.jsonl has lines")["boot"]
+        .as_u64()
+        .expect("results carry their boot");
+    rows.iter()
+        .filter(|r| r["boot"].as_u64() == Some(boot) && r["mask"] == true)
+        .map(|r| (boot, r["seq"].as_u64().unwrap()))
         .collect()
 }
 
@@ -96,11 +92,12 @@ fn the_built_in_demo_flags_the_bolt_and_not_the_empty_belt() {
             .any(|(f, a, _)| !a && empty_belt(*f)),
         "the verdict went back to normal: {verdicts:?}"
     );
-    // Every anomalous frame left its mask and its heatmap overlay, as PNGs that decode to
-    // the frame's size.
+    // Anomalous frames (those the mask rate limit lets through: `mask` in the result) left
+    // their mask and heatmap overlay, PNGs of the frame's size, named by boot and seq.
     let out_dir = std::path::Path::new("/tmp/maeday-edge-demo/out");
-    let boot = summary_boot(&out_dir.join("results.jsonl"));
-    for (seq, _) in alarms_of(&stderr) {
+    let masked = masked_results(&out_dir.join("results.jsonl"));
+    assert!(!masked.is_empty(), "no anomalous frame left a mask");
+    for (boot, seq) in masked {
         for kind in ["masks", "heatmaps"] {
             let path = out_dir.join(kind).join(format!("belt-{boot}-{seq}.png"));
             let img = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

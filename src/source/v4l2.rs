@@ -95,6 +95,7 @@ impl Open {
         path: &Path,
         want: (PixelFormat, u32, u32, u32),
         count: u32,
+        max_pixels: u64,
     ) -> Result<(Self, String)> {
         let (format, width, height, fps) = want;
         let cpath = CString::new(path.as_os_str().as_bytes())
@@ -162,6 +163,13 @@ impl Open {
         ensure!(
             pix.width > 0 && pix.height > 0,
             "the driver granted an empty frame size"
+        );
+        // A driver may grant more than was asked: never map and decode past the limit.
+        ensure!(
+            pix.width as u64 * pix.height as u64 <= max_pixels,
+            "the driver granted {}x{}, over pipeline.max_frame_pixels ({max_pixels})",
+            pix.width,
+            pix.height
         );
 
         // The frame rate: not every driver lets it be set (then it runs at its own).
@@ -335,6 +343,7 @@ pub struct V4l2Source {
     device: PathBuf,
     want: (PixelFormat, u32, u32, u32),
     buffers: u32,
+    max_pixels: u64,
     open: Option<Open>,
     granted: String,
     backoff: Duration,
@@ -368,6 +377,7 @@ impl V4l2Source {
             device: device.clone(),
             want: (PixelFormat::from_fourcc(code)?, *width, *height, *fps),
             buffers: *buffers,
+            max_pixels: pipeline.max_frame_pixels,
             open: None,
             granted: "not opened yet".into(),
             min_backoff: Duration::from_secs_f64(pipeline.reconnect_min_s),
@@ -387,7 +397,7 @@ impl V4l2Source {
 
     fn try_open(&mut self) -> Result<()> {
         self.open = None; // close the old stream before the device is opened again
-        let (open, granted) = Open::start(&self.device, self.want, self.buffers)?;
+        let (open, granted) = Open::start(&self.device, self.want, self.buffers, self.max_pixels)?;
         log::info!("camera {granted}");
         self.granted = granted;
         self.open = Some(open);
