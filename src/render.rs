@@ -35,36 +35,6 @@ pub fn resize_map(map: &AnomalyMap, width: u32, height: u32) -> AnomalyMap {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resizing_keeps_values_outside_zero_to_one() {
-        // A standardised map: negative background, a peak far above 1.
-        let mut data = vec![-0.5f32; 16 * 16];
-        for y in 6..10 {
-            for x in 6..10 {
-                data[y * 16 + x] = 50.0;
-            }
-        }
-        let map = AnomalyMap {
-            width: 16,
-            height: 16,
-            data,
-        };
-        let big = resize_map(&map, 32, 32);
-        let max = big.data.iter().cloned().fold(f32::MIN, f32::max);
-        let min = big.data.iter().cloned().fold(f32::MAX, f32::min);
-        assert!((max - 50.0).abs() < 1e-3, "peak flattened to {max}");
-        assert!((min + 0.5).abs() < 1e-4, "background moved to {min}");
-        // A mask at a threshold above 1 finds the peak (it found nothing when clamped).
-        let mask = binary_mask(&map, 1.4, 32, 32);
-        let on = mask.pixels().filter(|p| p[0] == 255).count();
-        assert!((48..=100).contains(&on), "{on} mask pixels");
-    }
-}
-
 /// The map in a perceptual colour scale (turbo) blended half-and-half over the frame.
 /// Values are scaled by `vmax` (the pixel threshold maps to the middle when
 /// `vmax = 2 x threshold`), clamped at both ends.
@@ -95,4 +65,34 @@ pub fn binary_mask(map: &AnomalyMap, threshold: f32, width: u32, height: u32) ->
             0
         }])
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resizing_keeps_values_outside_zero_to_one() {
+        // A standardised map: negative background, a peak far above 1.
+        let mut data = vec![-0.5f32; 16 * 16];
+        for y in 6..10 {
+            for x in 6..10 {
+                data[y * 16 + x] = 50.0;
+            }
+        }
+        let map = AnomalyMap {
+            width: 16,
+            height: 16,
+            data,
+        };
+        let big = resize_map(&map, 32, 32);
+        let max = big.data.iter().cloned().fold(f32::MIN, f32::max);
+        let min = big.data.iter().cloned().fold(f32::MAX, f32::min);
+        assert!((max - 50.0).abs() < 1e-3, "peak flattened to {max}");
+        assert!((min + 0.5).abs() < 1e-4, "background moved to {min}");
+        // A mask at a threshold above 1 finds the peak (it found nothing when clamped).
+        let mask = binary_mask(&map, 1.4, 32, 32);
+        let on = mask.pixels().filter(|p| p[0] == 255).count();
+        assert!((48..=100).contains(&on), "{on} mask pixels");
+    }
 }
