@@ -337,10 +337,25 @@ impl Spool {
 
     /// Up to `n` messages with ids above `after` (all from the oldest when `None`), in order.
     pub fn peek(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, Message)>> {
+        let (out, mut bad) = self.read_range(after, n)?;
+        match bad.pop() {
+            Some((id, e)) => Err(e.context(format!("spool record {id} is unreadable"))),
+            None => Ok(out),
+        }
+    }
+
+    /// Up to `n` readable messages with ids above `after`, in order, and the unreadable
+    /// records met on the way (id, why).
+    #[allow(clippy::type_complexity)]
+    fn read_range(
+        &self,
+        after: Option<u64>,
+        n: usize,
+    ) -> Result<(Vec<(u64, Message)>, Vec<(u64, anyhow::Error)>)> {
         let rx = self.db.begin_read()?;
         let table = rx.open_table(TABLE)?;
         let start = after.map_or(0, |a| a + 1);
-        let mut out = Vec::new();
+        let (mut out, mut bad) = (Vec::new(), Vec::new());
         for entry in table.range(start..)? {
             if out.len() >= n {
                 break;
@@ -349,39 +364,27 @@ impl Spool {
             if self.removed.contains(&k.value()) {
                 continue;
             }
-            out.push((k.value(), Message::decode(v.value())?));
+            match Message::decode(v.value()) {
+                Ok(m) => out.push((k.value(), m)),
+                Err(e) => bad.push((k.value(), e)),
+            }
         }
-        Ok(out)
+        Ok((out, bad))
     }
 
     /// [`Spool::peek`] for the sender: never fails. Unreadable records are dropped and
     /// counted; an IO error reopens the spool and gives nothing this time.
     pub fn next_batch(&mut self, after: Option<u64>, n: usize) -> Vec<(u64, Message)> {
-        // The readable messages, and the ids of unreadable records.
-        type Read = (Vec<(u64, Message)>, Vec<u64>);
-        let read = (|| -> Result<Read> {
-            let rx = self.db.begin_read()?;
-            let table = rx.open_table(TABLE)?;
-            let start = after.map_or(0, |a| a + 1);
-            let (mut out, mut bad) = (Vec::new(), Vec::new());
-            for entry in table.range(start..)? {
-                if out.len() >= n {
-                    break;
-                }
-                let (k, v) = entry?;
-                if self.removed.contains(&k.value()) {
-                    continue;
-                }
-                match Message::decode(v.value()) {
-                    Ok(m) => out.push((k.value(), m)),
-                    Err(e) => {
-                        log::warn!("spool record {} is unreadable ({e:#}): dropped", k.value());
-                        bad.push(k.value());
-                    }
-                }
-            }
-            Ok((out, bad))
-        })();
+        let read = self.read_range(after, n).map(|(out, bad)| {
+            let bad: Vec<u64> = bad
+                .into_iter()
+                .map(|(id, e)| {
+                    log::warn!("spool record {id} is unreadable ({e:#}): dropped");
+                    id
+                })
+                .collect();
+            (out, bad)
+        });
         match read {
             Ok((out, bad)) => {
                 if !bad.is_empty() {
