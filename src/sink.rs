@@ -138,23 +138,28 @@ impl FileSink {
             Err(e) => self.failed(&e),
         }
         if let Some(png) = mask {
-            let path = self
-                .dir
-                .join("masks")
-                .join(format!("{}-{}-{}.png", p.camera, p.boot, p.seq));
-            match write_whole(&path, png) {
-                Ok(()) => self.stats.masks += 1,
-                Err(e) => self.failed(&e),
+            if self.write_picture("masks", p, png) {
+                self.stats.masks += 1;
+            }
+            if let Some(png) = heatmap {
+                if self.write_picture("heatmaps", p, png) {
+                    self.stats.heatmaps += 1;
+                }
             }
         }
-        if let (Some(_), Some(png)) = (mask, heatmap) {
-            let path = self
-                .dir
-                .join("heatmaps")
-                .join(format!("{}-{}-{}.png", p.camera, p.boot, p.seq));
-            match write_whole(&path, png) {
-                Ok(()) => self.stats.heatmaps += 1,
-                Err(e) => self.failed(&e),
+    }
+
+    /// `<folder>/<camera>-<boot>-<seq>.png`, whole or not at all; false (counted) if not.
+    fn write_picture(&mut self, folder: &str, p: &ResultPayload, png: &[u8]) -> bool {
+        let path = self
+            .dir
+            .join(folder)
+            .join(format!("{}-{}-{}.png", p.camera, p.boot, p.seq));
+        match write_whole(&path, png) {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed(&e);
+                false
             }
         }
     }
@@ -409,11 +414,12 @@ impl Sinks {
                 p.latency_ms.inference
             );
         }
+        // The folder keeps a heatmap only beside a mask; encoded once, for both sinks.
+        let heatmap_png = match (&heatmap, &mask_png) {
+            (Some(h), Some(_)) if self.files.is_some() => Some(h.png(p)?),
+            _ => None,
+        };
         if let Some(f) = self.files.as_mut() {
-            let heatmap_png = match (&mask_png, &heatmap) {
-                (Some(_), Some(h)) => Some(h.png(p)?),
-                _ => None,
-            };
             f.write(p, mask_png.as_deref(), heatmap_png.as_deref());
         }
         if let Some(mqtt) = self.mqtt.as_mut() {
@@ -424,7 +430,7 @@ impl Sinks {
                 None => None,
             };
             let heatmap_msg = match &heatmap {
-                Some(pic) => fitted_picture(mqtt, pic, None, p, topic("heatmap"))?,
+                Some(pic) => fitted_picture(mqtt, pic, heatmap_png, p, topic("heatmap"))?,
                 None => None,
             };
             let sent;
