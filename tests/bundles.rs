@@ -3,17 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use maeday_edge::bundle::transfer::split;
-use maeday_edge::bundle::{self, Abi, BundleManifest, GoldenFrame, Target};
+use maeday_edge::bundle::{self, BundleManifest, GoldenFrame};
 use maeday_edge::manifest::Model;
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 
 mod common;
+use common::device::{device_config, settings_bundle, trusted_key, Device};
 use common::{free_port, repo};
 
 const BIN: &str = env!("CARGO_BIN_EXE_maeday-edge");
@@ -32,12 +33,7 @@ struct Workstation {
 
 impl Workstation {
     fn new(dir: &Path) -> Workstation {
-        let key = bundle::generate_key().unwrap();
-        std::fs::write(
-            dir.join("trusted.pub"),
-            hex::encode(key.verifying_key().as_bytes()),
-        )
-        .unwrap();
+        let key = trusted_key(dir);
         let model = Model::open(repo().join("models/default")).unwrap();
         let golden_path = repo().join("models/samples/coffee-224.png");
         let golden = std::fs::read(&golden_path).unwrap();
@@ -62,29 +58,12 @@ impl Workstation {
         version: u64,
         image_threshold: f32,
     ) -> (BundleManifest, BTreeMap<String, Vec<u8>>) {
-        let text = std::fs::read_to_string(self.model.manifest_path()).unwrap();
-        let manifest = format!("{text}\n[thresholds]\nimage = {image_threshold}\npixel = 5.0\n");
-        let mut files = BTreeMap::new();
-        files.insert("model/manifest.toml".to_string(), manifest.into_bytes());
+        let (mut m, mut files) = settings_bundle(&self.model, version, image_threshold);
         files.insert("golden/coffee.png".to_string(), self.golden.clone());
-        let m = BundleManifest {
-            format: bundle::FORMAT,
-            version,
-            description: "test".into(),
-            created_unix_s: 0,
-            key_id: String::new(),
-            target: Target {
-                devices: vec!["dev".into()],
-                groups: vec![],
-            },
-            abi: Abi::of(&self.model.manifest),
-            golden_tolerance: 0.01,
-            golden: vec![GoldenFrame {
-                file: "golden/coffee.png".into(),
-                score: self.golden_score,
-            }],
-            files: BTreeMap::new(),
-        };
+        m.golden = vec![GoldenFrame {
+            file: "golden/coffee.png".into(),
+            score: self.golden_score,
+        }];
         (m, files)
     }
 
@@ -143,61 +122,6 @@ fn watch(port: u16) -> (Client, Inbox) {
     (client, inbox)
 }
 
-fn device_config(dir: &Path, port: u16, fps: f64) -> PathBuf {
-    device_config_with(dir, port, fps, "")
-}
-
-fn device_config_with(dir: &Path, port: u16, fps: f64, bundles_extra: &str) -> PathBuf {
-    let text = format!(
-        r#"
-device_id = "dev"
-[model]
-masks = 2
-threads = 1
-[[camera]]
-name = "cam"
-source = {{ kind = "replay", path = "{}", fps = {fps}, loop = true }}
-[output]
-format = "json"
-metrics_interval_s = 0
-[mqtt]
-url = "mqtt://127.0.0.1:{port}"
-spool = {{ dir = "{}" }}
-shutdown_grace_s = 5
-[bundles]
-state_dir = "{}"
-trusted_keys = ["{}"]
-max_chunk_bytes = 65536
-{bundles_extra}
-"#,
-        repo().join("models/samples/coins.png").display(),
-        dir.join("spool").display(),
-        dir.join("state").display(),
-        dir.join("trusted.pub").display()
-    );
-    let path = dir.join("device.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A running device, killed if the test fails before stopping it.
-struct Device(Option<Child>);
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Device {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("running")
-    }
-}
-
 fn start_device(cfg: &Path, crash_at: Option<&str>, extra: &[&str]) -> Device {
     let mut c = Command::new(BIN);
     c.args(["run", "--config", cfg.to_str().unwrap()])
@@ -208,7 +132,7 @@ fn start_device(cfg: &Path, crash_at: Option<&str>, extra: &[&str]) -> Device {
     if let Some(step) = crash_at {
         c.env("MAEDAY_CRASH_AT", step);
     }
-    Device(Some(c.spawn().unwrap()))
+    Device::spawn(&mut c)
 }
 
 fn wait_for(
@@ -346,18 +270,6 @@ fn wait_threshold_after(inbox: &Inbox, n: usize, expected: f64) {
     }
 }
 
-fn stop(mut device: Device) -> Output {
-    let mut child = device.0.take().expect("running");
-    let pid = child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let until = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < until, "device did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_reason() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -366,7 +278,7 @@ fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_re
     let port = free_port();
     maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
     let (client, inbox) = watch(port);
-    let cfg = device_config(tmp.path(), port, 2.0);
+    let cfg = device_config(tmp.path(), port, 2.0, "");
     let device = start_device(&cfg, None, &[]);
     wait_for(
         &inbox,
@@ -500,7 +412,7 @@ fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_re
         |t, v| t.ends_with("dev/status") && v["state"] == "online" && v["bundle_version"] == 2,
     );
 
-    let out = stop(device);
+    let out = device.stop();
     assert!(
         out.status.success(),
         "{}",
@@ -543,7 +455,7 @@ fn killed_at_each_install_step_the_device_restarts_on_a_valid_model() {
         let port = free_port();
         maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
         let (client, inbox) = watch(port);
-        let cfg = device_config(tmp.path(), port, 10.0);
+        let cfg = device_config(tmp.path(), port, 10.0, "");
         let mut device = start_device(&cfg, Some(step), &[]);
         wait_for(
             &inbox,
@@ -613,7 +525,7 @@ fn killed_at_each_install_step_the_device_restarts_on_a_valid_model() {
             );
             let v = send(&client, &inbox, &bytes, false);
             assert_eq!(v["state"], "installed", "{v}");
-            let out = stop(device);
+            let out = device.stop();
             assert!(out.status.success());
             let n = inbox.lock().unwrap().len();
             let out = Command::new(BIN)
@@ -737,7 +649,7 @@ fn workstation_cli_packs_verifies_and_sends_to_a_group_and_a_device() {
     let port = free_port();
     maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
     let (_client, inbox) = watch(port);
-    let cfg = device_config_with(tmp.path(), port, 5.0, "groups = [\"conveyors\"]");
+    let cfg = device_config(tmp.path(), port, 5.0, "groups = [\"conveyors\"]");
     let device = start_device(&cfg, None, &[]);
     wait_for(
         &inbox,
@@ -837,7 +749,7 @@ fn workstation_cli_packs_verifies_and_sends_to_a_group_and_a_device() {
     assert!(!o.status.success());
     let verdict: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(verdict["reason"], "unknown-key", "{verdict}");
-    let out = stop(device);
+    let out = device.stop();
     assert!(out.status.success());
 }
 
@@ -867,7 +779,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
     let port = free_port();
     maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
     let (client, inbox) = watch(port);
-    let cfg = device_config(tmp.path(), port, 4.0);
+    let cfg = device_config(tmp.path(), port, 4.0, "");
     let device = start_device(&cfg, None, &[]);
     wait_for(
         &inbox,
@@ -1038,7 +950,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
     );
 
     // A restart serves the bundle and its bank again; a rollback returns to the enrollment.
-    let out = stop(device);
+    let out = device.stop();
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
     for refusal in [
@@ -1073,6 +985,6 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
                 && v["schedule"].as_str().is_some_and(|s| s.contains("-s0-"))
         },
     );
-    let out = stop(device);
+    let out = device.stop();
     assert!(out.status.success());
 }

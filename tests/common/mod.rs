@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 pub mod daemon;
+pub mod device;
 
 use std::fs;
 use std::net::TcpListener;

@@ -1,21 +1,21 @@
 //! See tests/hostile.rs. Who may change what serves, and the incoming chunk area: the
 //! real daemon, a real rumqttd, bundles signed with real ed25519 keys.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey};
+use maeday_edge::bundle;
 use maeday_edge::bundle::transfer::{split, Chunk};
-use maeday_edge::bundle::{self, Abi, BundleManifest, Target};
 use maeday_edge::manifest::Model;
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 
 #[allow(unused_imports)]
 use super::common::daemon::*;
+use super::common::device::{device_config, settings_bundle, trusted_key, Device};
 use super::common::{free_port, repo};
 
 /// Each test runs a device and installs models: one at a time on the 2-core machine.
@@ -28,12 +28,7 @@ struct Workstation {
 
 impl Workstation {
     fn new(dir: &Path) -> Workstation {
-        let key = bundle::generate_key().unwrap();
-        std::fs::write(
-            dir.join("trusted.pub"),
-            hex::encode(key.verifying_key().as_bytes()),
-        )
-        .unwrap();
+        let key = trusted_key(dir);
         Workstation {
             key,
             model: Model::open(repo().join("models/default")).unwrap(),
@@ -42,24 +37,7 @@ impl Workstation {
 
     /// A signed settings-only bundle that sets the image threshold (seen in every result).
     fn pack(&self, version: u64, image_threshold: f32) -> Vec<u8> {
-        let text = std::fs::read_to_string(self.model.manifest_path()).unwrap();
-        let manifest = format!("{text}\n[thresholds]\nimage = {image_threshold}\npixel = 5.0\n");
-        let files = BTreeMap::from([("model/manifest.toml".to_string(), manifest.into_bytes())]);
-        let mut m = BundleManifest {
-            format: bundle::FORMAT,
-            version,
-            description: "hostile".into(),
-            created_unix_s: 0,
-            key_id: String::new(),
-            target: Target {
-                devices: vec!["dev".into()],
-                groups: vec![],
-            },
-            abi: Abi::of(&self.model.manifest),
-            golden_tolerance: 0.01,
-            golden: vec![],
-            files: BTreeMap::new(),
-        };
+        let (mut m, files) = settings_bundle(&self.model, version, image_threshold);
         bundle::sign_and_pack(&mut m, &files, &self.key).unwrap()
     }
 
@@ -87,77 +65,26 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn device_config(dir: &Path, port: u16, bundles_extra: &str) -> PathBuf {
-    let text = format!(
-        r#"
-device_id = "dev"
-[model]
-masks = 2
-threads = 1
-[[camera]]
-name = "cam"
-source = {{ kind = "replay", path = "{}", fps = 4, loop = true }}
-[output]
-format = "json"
-metrics_interval_s = 0
-[mqtt]
-url = "mqtt://127.0.0.1:{port}"
-spool = {{ dir = "{}" }}
-shutdown_grace_s = 5
-[bundles]
-state_dir = "{}"
-trusted_keys = ["{}"]
-max_chunk_bytes = 65536
-{bundles_extra}
-"#,
-        repo().join("models/samples/coins.png").display(),
-        dir.join("spool").display(),
-        dir.join("state").display(),
-        dir.join("trusted.pub").display()
-    );
-    let path = dir.join("device.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A running device, killed if the test fails before it stops.
-struct Device(Option<Child>);
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Device {
-    fn start(cfg: &Path) -> Device {
-        let c = Command::new(BIN)
+/// Start the device; `stop` (SIGTERM) must find it exiting cleanly.
+fn start_device(cfg: &Path) -> Device {
+    Device::spawn(
+        Command::new(BIN)
             .args(["run", "--config", cfg.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Device(Some(c))
-    }
+            .stderr(Stdio::piped()),
+    )
+}
 
-    /// SIGTERM, wait, return its log.
-    fn stop(mut self) -> String {
-        let child = self.0.take().unwrap();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let out = finish(child, Duration::from_secs(60));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
+/// SIGTERM, wait, return its log.
+fn stop(device: Device) -> String {
+    let out = device.stop();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A broker (the embedded rumqttd), a watcher of everything the device says, the device.
@@ -186,9 +113,9 @@ impl Rig {
     }
 
     fn start(&self, bundles_extra: &str) -> Device {
-        let cfg = device_config(self.dir.path(), self.port, bundles_extra);
+        let cfg = device_config(self.dir.path(), self.port, 4.0, bundles_extra);
         let from = self.len();
-        let d = Device::start(&cfg);
+        let d = start_device(&cfg);
         self.wait(from, "the device online", |t, v| {
             t.ends_with("/status") && v["state"] == "online"
         });
@@ -325,7 +252,7 @@ fn unsigned_replayed_retained_or_foreign_rollbacks_do_not_change_what_serves() {
 
     // Retained while the device is away (unsigned, and signed and fresh): ignored when it
     // comes back, and cleared from the broker.
-    device.stop();
+    stop(device);
     rig.publish("command", true, rig.ws.command("dev", now_ms(), "rollback"));
     rig.publish("command", true, b"rollback".to_vec());
     let from = rig.len();
@@ -387,7 +314,7 @@ fn unsigned_replayed_retained_or_foreign_rollbacks_do_not_change_what_serves() {
     });
     assert!(v["detail"].as_str().unwrap().contains("replayed"), "{v}");
     assert_eq!(rig.serving_threshold(), 15.0);
-    let log = device.stop();
+    let log = stop(device);
     assert!(log.contains("ignoring a retained message"), "{log}");
 }
 
@@ -433,7 +360,7 @@ fn enrollment_never_overwrites_the_newest_bundle_which_can_be_sent_again() {
     // An older one still is.
     let v = rig.send(&rig.ws.pack(2, 40.0));
     assert_eq!(v["reason"], "downgrade", "{v}");
-    device.stop();
+    stop(device);
 }
 
 fn forged(sha: &str, total: u64, index: u32, count: u32, data: Vec<u8>) -> Vec<u8> {
@@ -561,7 +488,7 @@ fn anonymous_chunks_are_bounded_and_cannot_lock_out_a_real_bundle() {
         .filter(|n| n.starts_with(&sha))
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    device.stop();
+    stop(device);
 }
 
 /// Issue 16: a retained command over the client's packet limit made the device reconnect

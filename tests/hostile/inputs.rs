@@ -29,6 +29,19 @@ fn run_to_end(cfg: &Path) -> Output {
     out
 }
 
+/// A real photo (the bundled chelsea.png) as a whole JPEG.
+fn photo_jpeg() -> Vec<u8> {
+    let photo = image::open(repo().join("models/samples/chelsea.png")).unwrap();
+    let mut jpeg = Vec::new();
+    photo
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    jpeg
+}
+
 /// A GIF whose 65535x65535 logical screen holds one 1x1 frame: 43 bytes.
 fn screen_bomb_gif() -> Vec<u8> {
     let mut g = b"GIF89a".to_vec();
@@ -81,14 +94,7 @@ fn a_truncated_jpeg_is_counted_as_corrupt() {
     let tmp = tempfile::tempdir().unwrap();
     let frames = tmp.path().join("frames");
     std::fs::create_dir(&frames).unwrap();
-    let photo = image::open(repo().join("models/samples/chelsea.png")).unwrap();
-    let mut jpeg = Vec::new();
-    photo
-        .write_to(
-            &mut std::io::Cursor::new(&mut jpeg),
-            image::ImageFormat::Jpeg,
-        )
-        .unwrap();
+    let jpeg = photo_jpeg();
     std::fs::write(frames.join("a.jpg"), &jpeg).unwrap();
     std::fs::write(frames.join("b.jpg"), &jpeg[..jpeg.len() * 2 / 3]).unwrap();
     let cfg = config(tmp.path(), "jpeg", &replay_source(&frames, ""), "");
@@ -336,14 +342,7 @@ fn score_refuses_a_huge_png_and_a_truncated_jpeg_and_scores_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let huge = tmp.path().join("huge.png");
     write_huge_png(&huge, 16000);
-    let photo = image::open(repo().join("models/samples/chelsea.png")).unwrap();
-    let mut jpeg = Vec::new();
-    photo
-        .write_to(
-            &mut std::io::Cursor::new(&mut jpeg),
-            image::ImageFormat::Jpeg,
-        )
-        .unwrap();
+    let jpeg = photo_jpeg();
     let cut = tmp.path().join("cut.jpg");
     std::fs::write(&cut, &jpeg[..jpeg.len() * 2 / 3]).unwrap();
     let good = repo().join("models/samples/coffee-224.png");
