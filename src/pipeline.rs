@@ -333,14 +333,13 @@ pub struct RunOptions {
 
 fn roi_of(frame: &RgbImage, roi: Option<[u32; 4]>) -> Result<[u32; 4]> {
     let (w, h) = frame.dimensions();
-    let Some([x, y, rw, rh]) = roi else {
-        return Ok([0, 0, w, h]);
-    };
+    let roi = roi.unwrap_or([0, 0, w, h]);
+    // The capture thread counts frames that do not hold the ROI as corrupt: none gets here.
     anyhow::ensure!(
-        x < w && y < h,
-        "roi starts at ({x}, {y}), outside the {w}x{h} frame"
+        roi_fits(roi, w, h),
+        "roi {roi:?} does not fit the {w}x{h} frame"
     );
-    Ok([x, y, rw.min(w - x), rh.min(h - y)])
+    Ok(roi)
 }
 
 fn capture_loop(
@@ -841,11 +840,7 @@ fn sink_loop(
         let metrics_asked = sinks.poll(Duration::from_millis(5))?;
         let due = next_metrics.is_some_and(|t| Instant::now() >= t);
         if due || metrics_asked {
-            let current = crate::sink::SinkStats {
-                mqtt: sinks.mqtt_stats(),
-                files: sinks.file_stats(),
-            };
-            let m = stats.snapshot(device_id, &slots, current);
+            let m = stats.snapshot(device_id, &slots, sinks.stats());
             sinks.metrics(&m)?;
             if let (Some(i), true) = (interval, due) {
                 next_metrics = Some(Instant::now() + i);

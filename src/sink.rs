@@ -347,12 +347,12 @@ impl Sinks {
         self.mqtt.as_ref().is_none_or(|m| m.can_accept())
     }
 
-    pub fn mqtt_stats(&self) -> Option<MqttStats> {
-        self.mqtt.as_ref().map(|m| m.stats())
-    }
-
-    pub fn file_stats(&self) -> Option<FileStats> {
-        self.files.as_ref().map(|f| f.stats)
+    /// What the sinks have counted so far.
+    pub fn stats(&self) -> SinkStats {
+        SinkStats {
+            mqtt: self.mqtt.as_ref().map(|m| m.stats()),
+            files: self.files.as_ref().map(|f| f.stats),
+        }
     }
 
     /// Whether this frame's mask goes out (policy and per-camera rate limit).
@@ -694,7 +694,7 @@ impl Sinks {
 
     /// Flush everything; MQTT gets its grace period, then says offline.
     pub fn close(mut self) -> Result<SinkStats> {
-        let files = self.file_stats();
+        let files = self.stats().files;
         // Stop the installer (it ends when its input closes).
         self.installer = None;
         let Some(mut m) = self.mqtt.take() else {
