@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 
-use maeday_edge::bank::{Features, MemoryBank};
-use maeday_edge::features::{default_extractor_dir, FeatureExtractor};
+use maeday_edge::bank::features::{default_extractor_dir, FeatureExtractor};
+use maeday_edge::bank::memory::{Features, MemoryBank};
 
 const DIM: usize = 152;
 const QUERIES: usize = 784;

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 
-use maeday_edge::detector::{Detector, DetectorOptions};
-use maeday_edge::engine::{Engine, EngineOptions, Precision, TractEngine};
-use maeday_edge::manifest::Model;
-use maeday_edge::preprocess::{load_image, Fit, Preprocessor};
-use maeday_edge::schedule::{MaskSchedule, ScheduleKind};
-use maeday_edge::scoring::{anomaly_map_into, gaussian_kernel, AnomalyMap};
+use maeday_edge::detect::detector::{Detector, DetectorOptions};
+use maeday_edge::detect::engine::{Engine, EngineOptions, Precision, TractEngine};
+use maeday_edge::detect::eq1::{anomaly_map_into, gaussian_kernel, AnomalyMap};
+use maeday_edge::detect::preprocess::{load_image, Fit, Preprocessor};
+use maeday_edge::model::manifest::Model;
+use maeday_edge::model::schedule::{MaskSchedule, ScheduleKind};
 
 const MASKS: [usize; 3] = [8, 16, 32];
 
@@ -97,9 +97,13 @@ fn engines(c: &mut Criterion) {
             drop(tract);
             #[cfg(feature = "ort")]
             {
-                let mut ort =
-                    maeday_edge::engine::OrtEngine::new(&model, &s, &opts, &Default::default())
-                        .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
+                let mut ort = maeday_edge::detect::engine::OrtEngine::new(
+                    &model,
+                    &s,
+                    &opts,
+                    &Default::default(),
+                )
+                .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
                 group.bench_function(BenchmarkId::new(format!("onnxruntime-t{t}"), n), |b| {
                     b.iter(|| ort.run(&image, &mut out).unwrap())
                 });

@@ -12,11 +12,11 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 
-use crate::convert::PixelFormat;
-use crate::decode::{DecodeLimits, MAX_FRAME_PIXELS_RANGE};
-use crate::engine::{Backend, OrtSettings, Precision};
-use crate::manifest::Thresholds;
-use crate::preprocess::Fit;
+use crate::daemon::source::convert::PixelFormat;
+use crate::detect::decode::{DecodeLimits, MAX_FRAME_PIXELS_RANGE};
+use crate::detect::engine::{Backend, OrtSettings, Precision};
+use crate::detect::preprocess::Fit;
+use crate::model::manifest::Thresholds;
 
 /// The built-in default (`maeday-edge run` without `--config`): `firmware-config/demo.toml`.
 pub const DEMO_TOML: &str = include_str!("../firmware-config/demo.toml");
@@ -104,7 +104,7 @@ impl EnrollConfig {
                 .map(|a| a.parse())
                 .collect::<Result<_>>()
                 .context("enroll.augment")?,
-            weights: crate::scorer::Weights {
+            weights: crate::detect::fuse::Weights {
                 maeday: self.maeday_weight,
                 bank: self.bank_weight,
             },
@@ -181,7 +181,7 @@ pub struct ModelConfig {
     pub ort: Option<OrtSettings>,
     /// `maeday`, `bank` or `ensemble`; default: the ensemble once a memory bank is
     /// enrolled, MAEDAY alone before.
-    pub scorer: Option<crate::scorer::ScorerKind>,
+    pub scorer: Option<crate::detect::fuse::ScorerKind>,
     /// The memory bank's feature extractor; default: the shipped EfficientNet-Lite0.
     pub extractor: Option<PathBuf>,
     /// A memory bank folder (from `enroll`) for a model folder that has no `bank/` of its
@@ -533,7 +533,7 @@ impl PipelineConfig {
 }
 
 fn default_max_frame_pixels() -> u64 {
-    crate::decode::DEFAULT_MAX_FRAME_PIXELS
+    crate::detect::decode::DEFAULT_MAX_FRAME_PIXELS
 }
 
 fn default_result_queue() -> usize {
@@ -877,13 +877,13 @@ impl Config {
                 continue;
             };
             let key = format!("camera[{i}]");
-            let files = crate::source::replay::expand(path)
+            let files = crate::daemon::source::replay::expand(path)
                 .with_context(|| format!("{key}.source.path"))?;
             // Corrupt files are skipped at run time: so here.
             let first = files
                 .iter()
                 .take(8)
-                .find_map(|f| crate::decode::dimensions(f).ok().map(|d| (f, d)));
+                .find_map(|f| crate::detect::decode::dimensions(f).ok().map(|d| (f, d)));
             let Some((file, (w, h))) = first else {
                 continue;
             };
@@ -1225,7 +1225,7 @@ source = { kind = "v4l2", format = "H264", width = 640, height = 480 }
         let Backend::Ort(o) = c.model.backend() else {
             panic!("not ort")
         };
-        use crate::engine::Provider;
+        use crate::detect::engine::Provider;
         assert_eq!(o.providers, [Provider::TensorRt, Provider::Cuda]);
         assert!(!o.allow_fallback && o.tensorrt_fp16);
         assert_eq!(
@@ -1268,7 +1268,7 @@ source = { kind = "v4l2", format = "H264", width = 640, height = 480 }
             )
         );
         let c = Config::parse(&text, Path::new("/opt/m")).unwrap();
-        assert_eq!(c.model.scorer, Some(crate::scorer::ScorerKind::Bank));
+        assert_eq!(c.model.scorer, Some(crate::detect::fuse::ScorerKind::Bank));
         assert_eq!(c.model.extractor.as_deref(), Some(Path::new("/opt/m/ex")));
         let s = c.enroll.settings().unwrap();
         assert_eq!(s.augment, [crate::enroll::Augmentation::Hflip]);

@@ -26,14 +26,14 @@ use image::{DynamicImage, RgbImage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::bank::{coreset, Features, MemoryBank};
-use crate::calibration::{calibrate, CalibrationRule};
-use crate::dataset::list_images;
-use crate::detector::Detector;
-use crate::features::FeatureExtractor;
-use crate::manifest::{Standardise, Thresholds};
-use crate::preprocess::load_image;
-use crate::scorer::{BankScorer, BankThresholds, Normalisation, Weights};
+use crate::bank::features::FeatureExtractor;
+use crate::bank::memory::{coreset, Features, MemoryBank};
+use crate::detect::calibration::{calibrate, CalibrationRule};
+use crate::detect::detector::Detector;
+use crate::detect::fuse::{BankScorer, BankThresholds, Normalisation, Weights};
+use crate::detect::preprocess::load_image;
+use crate::eval::dataset::list_images;
+use crate::model::manifest::{Standardise, Thresholds};
 
 pub const BANK_FORMAT: u32 = 1;
 /// Below this a frame cannot hold a meaningful patch grid.

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use maeday_edge::calibration::CalibrationRule;
-use maeday_edge::commands::{self, EvalOptions};
+use maeday_edge::cli::tools::{self, EvalOptions};
 use maeday_edge::config::Config;
 use maeday_edge::config::EngineName;
-use maeday_edge::detector::DetectorOptions;
-use maeday_edge::engine::{Backend, EngineOptions, OrtSettings, Precision, Provider};
-use maeday_edge::manifest::Model;
-use maeday_edge::pipeline::{self, RunOptions};
-use maeday_edge::preprocess::Fit;
-use maeday_edge::schedule::ScheduleKind;
+use maeday_edge::daemon::pipeline::{self, RunOptions};
+use maeday_edge::detect::calibration::CalibrationRule;
+use maeday_edge::detect::detector::DetectorOptions;
+use maeday_edge::detect::engine::{Backend, EngineOptions, OrtSettings, Precision, Provider};
+use maeday_edge::detect::preprocess::Fit;
+use maeday_edge::model::manifest::Model;
+use maeday_edge::model::schedule::ScheduleKind;
 
 #[derive(Parser)]
 #[command(
@@ -55,7 +55,7 @@ enum Command {
         /// maeday, bank or ensemble, overriding model.scorer (bank and ensemble need an
         /// enrolled memory bank in the serving model folder).
         #[arg(long)]
-        scorer: Option<maeday_edge::scorer::ScorerKind>,
+        scorer: Option<maeday_edge::detect::fuse::ScorerKind>,
     },
     /// Retrain bundles: keys, packing, signing, verifying, sending to devices.
     Bundle {
@@ -240,7 +240,7 @@ enum BundleCommand {
 }
 
 fn bundle_command(c: BundleCommand) -> Result<ExitCode> {
-    use maeday_edge::bundle::cli;
+    use maeday_edge::cli::bundle as cli;
     match c {
         BundleCommand::Keygen { out } => cli::keygen(&out)?,
         BundleCommand::Pack {
@@ -332,7 +332,7 @@ impl BankArgs {
             seed,
             coreset_fraction: self.coreset_fraction,
             augment: self.augment.clone(),
-            weights: maeday_edge::scorer::Weights {
+            weights: maeday_edge::detect::fuse::Weights {
                 maeday: self.maeday_weight,
                 bank: self.bank_weight,
             },
@@ -386,7 +386,7 @@ struct Common {
     /// maeday, bank or ensemble (default: the ensemble when the model has a memory bank,
     /// else MAEDAY alone).
     #[arg(long)]
-    scorer: Option<maeday_edge::scorer::ScorerKind>,
+    scorer: Option<maeday_edge::detect::fuse::ScorerKind>,
     /// Memory bank folders from `enroll` (repeatable; default: the model's bank/).
     #[arg(long = "bank")]
     banks: Vec<PathBuf>,
@@ -403,10 +403,7 @@ enum EngineChoice {
 
 impl Common {
     fn load(&self) -> Result<(Model, DetectorOptions)> {
-        let dir = self
-            .model
-            .clone()
-            .unwrap_or_else(commands::default_model_dir);
+        let dir = self.model.clone().unwrap_or_else(tools::default_model_dir);
         let model = Model::open(&dir)?;
         let backend = match self.engine {
             EngineChoice::Tract => Backend::Tract,
@@ -504,7 +501,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     _ => anyhow::bail!("--user {u:?}: expected USER:PASSWORD"),
                 })
                 .collect::<Result<_>>()?;
-            maeday_edge::broker::start_with_users(listen, max_payload_bytes, &users)?;
+            maeday_edge::daemon::mqtt::broker::start_with_users(listen, max_payload_bytes, &users)?;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
@@ -515,7 +512,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             images,
         } => {
             let (model, opts) = common.load()?;
-            let failed = commands::score(model, &opts, &images, out.as_deref())?;
+            let failed = tools::score(model, &opts, &images, out.as_deref())?;
             if failed > 0 {
                 eprintln!(
                     "error: {failed} of {} images could not be scored",
@@ -547,8 +544,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bank_seeds,
                 enroll: bank.settings(0),
             };
-            let r = commands::eval(model, &opts, &dataset, &eo)?;
-            print!("{}", commands::eval_table(&r));
+            let r = tools::eval(model, &opts, &dataset, &eo)?;
+            print!("{}", tools::eval_table(&r));
         }
         Command::Enroll {
             common,
@@ -560,7 +557,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let (model, opts) = common.load()?;
             let out = out.unwrap_or_else(|| model.dir.join("bank"));
-            let r = commands::enroll_bank(model, &opts, &good, limit, &out, &bank.settings(seed))?;
+            let r = tools::enroll_bank(model, &opts, &good, limit, &out, &bank.settings(seed))?;
             println!("{r}");
         }
         Command::Calibrate {
@@ -577,7 +574,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pixel_quantile,
                 margin,
             };
-            let r = commands::calibrate_model(model, &opts, &good, limit, &rule)?;
+            let r = tools::calibrate_model(model, &opts, &good, limit, &rule)?;
             println!("{r}");
         }
     }

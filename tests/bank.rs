@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use ndarray::ArrayD;
 use ndarray_npy::read_npy;
 
-use maeday_edge::bank::{coreset, Features, MemoryBank};
-use maeday_edge::features::{default_extractor_dir, FeatureExtractor};
-use maeday_edge::preprocess::load_image;
+use maeday_edge::bank::features::{default_extractor_dir, FeatureExtractor};
+use maeday_edge::bank::memory::{coreset, Features, MemoryBank};
+use maeday_edge::detect::preprocess::load_image;
 
 fn reference(name: &str) -> Vec<f32> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -88,13 +88,13 @@ fn bank_maps_match_the_numpy_reference() {
     let all = Features::new(d, rows).unwrap();
     let top: Vec<usize> = (0..cells / 2).collect();
     let bank = MemoryBank::new(all.select(&top)).unwrap();
-    let mut map = maeday_edge::scoring::AnomalyMap::zeros(0, 0);
-    maeday_edge::scorer::bank_map(
+    let mut map = maeday_edge::detect::eq1::AnomalyMap::zeros(0, 0);
+    maeday_edge::detect::fuse::bank_map(
         &all,
         28,
         224,
         &bank,
-        &maeday_edge::scorer::bank_kernel(),
+        &maeday_edge::detect::fuse::bank_kernel(),
         &mut map,
         &mut Vec::new(),
     )

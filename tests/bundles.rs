@@ -7,9 +7,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use maeday_edge::bundle::transfer::split;
-use maeday_edge::bundle::{self, BundleManifest, GoldenFrame};
-use maeday_edge::manifest::Model;
+use maeday_edge::model::manifest::Model;
+use maeday_edge::update::bundle::{self, BundleManifest, GoldenFrame};
+use maeday_edge::update::transfer::split;
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 
@@ -39,7 +39,8 @@ impl Workstation {
         let golden = std::fs::read(&golden_path).unwrap();
         // The expected score comes from this runtime, as `bundle pack` computes it.
         let mut d =
-            maeday_edge::detector::Detector::new(model.clone(), &Default::default()).unwrap();
+            maeday_edge::detect::detector::Detector::new(model.clone(), &Default::default())
+                .unwrap();
         let golden_score = d
             .detect(&image::load_from_memory(&golden).unwrap())
             .unwrap()
@@ -170,7 +171,7 @@ fn wait_for_from(
 fn command(client: &Client, inbox: &Inbox, key: &ed25519_dalek::SigningKey, text: &str) -> usize {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let payload = maeday_edge::bundle::command::sign(key, "dev", seq, text).encode();
+    let payload = maeday_edge::update::command::sign(key, "dev", seq, text).encode();
     let from = inbox.lock().unwrap().len();
     client
         .publish("maeday/dev/command", QoS::AtLeastOnce, false, payload)
@@ -276,7 +277,8 @@ fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_re
     let tmp = tempfile::tempdir().unwrap();
     let ws = Workstation::new(tmp.path());
     let port = free_port();
-    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
+    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20)
+        .unwrap();
     let (client, inbox) = watch(port);
     let cfg = device_config(tmp.path(), port, 2.0, "");
     let device = start_device(&cfg, None, &[]);
@@ -453,7 +455,11 @@ fn killed_at_each_install_step_the_device_restarts_on_a_valid_model() {
         let tmp = tempfile::tempdir().unwrap();
         let ws = Workstation::new(tmp.path());
         let port = free_port();
-        maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
+        maeday_edge::daemon::mqtt::broker::start(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            8 << 20,
+        )
+        .unwrap();
         let (client, inbox) = watch(port);
         let cfg = device_config(tmp.path(), port, 10.0, "");
         let mut device = start_device(&cfg, Some(step), &[]);
@@ -647,7 +653,8 @@ fn workstation_cli_packs_verifies_and_sends_to_a_group_and_a_device() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown-key"));
 
     let port = free_port();
-    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
+    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20)
+        .unwrap();
     let (_client, inbox) = watch(port);
     let cfg = device_config(tmp.path(), port, 5.0, "groups = [\"conveyors\"]");
     let device = start_device(&cfg, None, &[]);
@@ -777,7 +784,8 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
     let tmp = tempfile::tempdir().unwrap();
     let ws = Workstation::new(tmp.path());
     let port = free_port();
-    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
+    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20)
+        .unwrap();
     let (client, inbox) = watch(port);
     let cfg = device_config(tmp.path(), port, 4.0, "");
     let device = start_device(&cfg, None, &[]);
@@ -902,11 +910,11 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
     // A bundle with a new schedule (seed 7) carries the bank over and enrolls it again for
     // that schedule: the ensemble stays calibrated for what serves.
     let golden_7 = {
-        let opts = maeday_edge::detector::DetectorOptions {
+        let opts = maeday_edge::detect::detector::DetectorOptions {
             seed: Some(7),
             ..Default::default()
         };
-        let mut d = maeday_edge::detector::Detector::new(ws.model.clone(), &opts).unwrap();
+        let mut d = maeday_edge::detect::detector::Detector::new(ws.model.clone(), &opts).unwrap();
         d.detect(&image::load_from_memory(&ws.golden).unwrap())
             .unwrap()
             .score

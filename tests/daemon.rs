@@ -104,7 +104,8 @@ fn replay_delivers_everything(host: &str, port: u16, device: &str) {
 #[test]
 fn replay_run_delivers_every_result_in_order_through_rumqttd() {
     let port = free_port();
-    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 4 << 20).unwrap();
+    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 4 << 20)
+        .unwrap();
     replay_delivers_everything("127.0.0.1", port, "rumqttd-run");
 }
 
@@ -286,7 +287,7 @@ fn killed_daemon_leaves_a_spool_that_drains_after_restart() {
     daemon.wait().unwrap();
 
     let spooled: Vec<u64> = {
-        let s = maeday_edge::spool::Spool::open(&spool, 1 << 30).unwrap();
+        let s = maeday_edge::daemon::mqtt::spool::Spool::open(&spool, 1 << 30).unwrap();
         s.peek(None, 1000)
             .unwrap()
             .iter()
@@ -297,7 +298,8 @@ fn killed_daemon_leaves_a_spool_that_drains_after_restart() {
     assert_eq!(spooled, (1..=spooled.len() as u64).collect::<Vec<_>>());
 
     let port = free_port();
-    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 1 << 20).unwrap();
+    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 1 << 20)
+        .unwrap();
     let (_c, inbox, _) = subscribe("127.0.0.1", port, &format!("maeday/{device}/#"));
     let out = finish(
         run_daemon(&[
@@ -320,7 +322,7 @@ fn killed_daemon_leaves_a_spool_that_drains_after_restart() {
         m.iter().filter(|(t, _)| t.ends_with("/result")).count() >= spooled.len()
     });
     assert_eq!(seqs(&inbox.results()), spooled);
-    let s = maeday_edge::spool::Spool::open(&spool, 1 << 30).unwrap();
+    let s = maeday_edge::daemon::mqtt::spool::Spool::open(&spool, 1 << 30).unwrap();
     assert_eq!(s.len(), 0);
 }
 
@@ -455,7 +457,8 @@ fn bad_config_values_fail_clearly() {
 fn fast_camera_drops_are_counted_and_roi_tiles_and_heatmaps_follow_the_roi() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 4 << 20).unwrap();
+    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 4 << 20)
+        .unwrap();
     let device = "roi";
     let (_c, inbox, _) = subscribe("127.0.0.1", port, &format!("maeday/{device}/#"));
     let source = format!(

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use image::{imageops, DynamicImage, GenericImageView};
-use maeday_edge::detector::{Detector, DetectorOptions};
-use maeday_edge::manifest::Model;
+use maeday_edge::detect::detector::{Detector, DetectorOptions};
+use maeday_edge::model::manifest::Model;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -12,10 +12,10 @@ use ndarray_npy::read_npy;
 mod common;
 use common::repo;
 
-use maeday_edge::engine::{
+use maeday_edge::detect::engine::{
     Engine, EngineOptions, OrtEngine, OrtSettings, Precision, Provider, TractEngine,
 };
-use maeday_edge::manifest::Model;
+use maeday_edge::model::manifest::Model;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

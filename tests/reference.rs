@@ -9,12 +9,12 @@ use ndarray_npy::read_npy;
 
 mod common;
 
-use maeday_edge::detector::{Detector, DetectorOptions};
-use maeday_edge::engine::{Engine, EngineOptions, Precision, TractEngine};
-use maeday_edge::manifest::{Model, Standardise};
-use maeday_edge::preprocess::{load_image, Fit, Preprocessor};
-use maeday_edge::schedule::{MaskSchedule, ScheduleKind};
-use maeday_edge::scoring::{anomaly_map, anomaly_map_literal, gaussian_kernel};
+use maeday_edge::detect::detector::{Detector, DetectorOptions};
+use maeday_edge::detect::engine::{Engine, EngineOptions, Precision, TractEngine};
+use maeday_edge::detect::eq1::{anomaly_map, anomaly_map_literal, gaussian_kernel};
+use maeday_edge::detect::preprocess::{load_image, Fit, Preprocessor};
+use maeday_edge::model::manifest::{Model, Standardise};
+use maeday_edge::model::schedule::{MaskSchedule, ScheduleKind};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -210,13 +210,13 @@ fn f16_plan_runs_and_stays_close_to_f32() {
     // (TRACT_CPU_AARCH64_KIND=a75, MAEDAY_EXPECT_NATIVE_F16=1): make sure they ran.
     if std::env::var("MAEDAY_EXPECT_NATIVE_F16").is_ok_and(|v| v == "1") {
         assert!(
-            maeday_edge::engine::native_f16(),
+            maeday_edge::detect::engine::native_f16(),
             "native fp16 kernels expected"
         );
     }
     eprintln!(
         "f16 kernels: {}",
-        if maeday_edge::engine::native_f16() {
+        if maeday_edge::detect::engine::native_f16() {
             "native"
         } else {
             "emulated"

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use maeday_edge::source::v4l2_abi::LAYOUT;
+use maeday_edge::daemon::source::v4l2_abi::LAYOUT;
 
 fn c_source() -> String {
     let mut src =

@@ -9,15 +9,15 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use maeday_edge::bundle::{self, Abi, BundleManifest, Target};
-use maeday_edge::manifest::Model;
+use maeday_edge::model::manifest::Model;
+use maeday_edge::update::bundle::{self, Abi, BundleManifest, Target};
 
 use super::repo;
 
 /// A new workstation key, its public half written to `dir/trusted.pub` (which
 /// [`device_config`] trusts).
 pub fn trusted_key(dir: &Path) -> SigningKey {
-    let key = maeday_edge::bundle::generate_key().unwrap();
+    let key = maeday_edge::update::bundle::generate_key().unwrap();
     std::fs::write(
         dir.join("trusted.pub"),
         hex::encode(key.verifying_key().as_bytes()),

@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey};
-use maeday_edge::bundle;
-use maeday_edge::bundle::transfer::{split, Chunk};
-use maeday_edge::manifest::Model;
+use maeday_edge::model::manifest::Model;
+use maeday_edge::update::bundle;
+use maeday_edge::update::transfer::{split, Chunk};
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 
@@ -101,7 +101,11 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let ws = Workstation::new(dir.path());
         let port = free_port();
-        maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
+        maeday_edge::daemon::mqtt::broker::start(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            8 << 20,
+        )
+        .unwrap();
         let (client, inbox, _) = subscribe("127.0.0.1", port, "maeday/dev/#");
         Rig {
             port,
@@ -498,7 +502,8 @@ fn an_oversized_retained_command_causes_no_reconnect_loop_and_logs_stay_short() 
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20).unwrap();
+    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20)
+        .unwrap();
     let (client, inbox, _) = subscribe("127.0.0.1", port, "maeday/dev/#");
     // Over the device's packet limit (1 MiB), retained before it connects.
     client

@@ -65,7 +65,11 @@ fn success(out: &std::process::Output) -> Value {
 
 fn start_broker(max_payload: usize) -> u16 {
     let port = free_port();
-    maeday_edge::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), max_payload).unwrap();
+    maeday_edge::daemon::mqtt::broker::start(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        max_payload,
+    )
+    .unwrap();
     port
 }
 
@@ -224,13 +228,13 @@ fn an_oversized_message_in_an_old_spool_is_dropped_not_retried_forever() {
     let device = "oldspool";
     let result = serde_json::json!({"camera": "belt", "boot": 1, "seq": 1}).to_string();
     {
-        let mut s = maeday_edge::spool::Spool::open(&spool, 1 << 30).unwrap();
+        let mut s = maeday_edge::daemon::mqtt::spool::Spool::open(&spool, 1 << 30).unwrap();
         let _ = s.push(&[
-            maeday_edge::spool::Message {
+            maeday_edge::daemon::mqtt::spool::Message {
                 topic: format!("maeday/{device}/belt/heatmap"),
                 payload: vec![7u8; 2 << 20],
             },
-            maeday_edge::spool::Message {
+            maeday_edge::daemon::mqtt::spool::Message {
                 topic: format!("maeday/{device}/belt/result"),
                 payload: result.clone().into_bytes(),
             },
@@ -263,7 +267,7 @@ fn an_oversized_message_in_an_old_spool_is_dropped_not_retried_forever() {
     );
     assert_eq!(s["mqtt"]["oversized_dropped"], 1, "{}", s["mqtt"]);
     assert_eq!(s["mqtt"]["spool_messages"], 0, "{}", s["mqtt"]);
-    let left = maeday_edge::spool::Spool::open(&spool, 1 << 30).unwrap();
+    let left = maeday_edge::daemon::mqtt::spool::Spool::open(&spool, 1 << 30).unwrap();
     assert_eq!(left.len(), 0);
 }
 

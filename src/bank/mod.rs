@@ -1,0 +1,5 @@
+//! The few-shot memory bank: patch features of good frames ([`features`]), kept as a
+//! coreset ([`memory`]) and scored by nearest-neighbour distance.
+
+pub mod features;
+pub mod memory;

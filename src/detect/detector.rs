@@ -1,0 +1,518 @@
+//! The scoring pipeline for one frame: place it (fit), run every window through the
+//! engine with all N masks, turn the output into an Eq. 1 map, stitch the windows.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use image::DynamicImage;
+
+use crate::bank::features::{default_extractor_dir, FeatureExtractor};
+use crate::bank::memory::{Features, MemoryBank};
+use crate::detect::engine::{self, Engine, EngineOptions};
+use crate::detect::eq1::{self, AnomalyMap};
+use crate::detect::fuse::{self, BankScorer, BankThresholds, Normalisation, ScorerKind, Weights};
+use crate::detect::preprocess::{Fit, Preprocessor};
+use crate::enroll::StoredBank;
+use crate::model::manifest::{Manifest, Model, OutputKind, Thresholds};
+use crate::model::schedule::{MaskSchedule, ScheduleKind};
+
+#[derive(Debug, Clone)]
+pub struct DetectorOptions {
+    pub fit: Fit,
+    pub engine: EngineOptions,
+    /// Override the manifest's mask count, schedule kind or seed (for experiments;
+    /// devices should run what the manifest pins).
+    pub masks: Option<usize>,
+    pub schedule: Option<ScheduleKind>,
+    pub seed: Option<u64>,
+    /// `None`: the ensemble when the model has a memory bank, else MAEDAY alone.
+    pub scorer: Option<ScorerKind>,
+    /// Memory bank folders (from `enroll`); empty: the model's own `bank/`, if any.
+    pub banks: Vec<PathBuf>,
+    /// The feature extractor for banks; default: the shipped EfficientNet-Lite0.
+    pub extractor: Option<PathBuf>,
+    /// Also return each scorer's standardised map (`Detection::parts`; for `eval`).
+    pub keep_parts: bool,
+}
+
+impl DetectorOptions {
+    /// The mask schedule a detector with these options runs for a manifest: the
+    /// manifest's, with the overrides applied.
+    pub fn schedule_for(&self, m: &Manifest) -> Result<MaskSchedule> {
+        MaskSchedule::generate(
+            self.schedule.unwrap_or(m.masks.kind),
+            self.masks.unwrap_or(m.masks.n),
+            m.masks.keep,
+            m.input.patches(),
+            self.seed.unwrap_or(m.masks.seed),
+        )
+    }
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        DetectorOptions {
+            fit: Fit::Squash,
+            engine: EngineOptions::default(),
+            masks: None,
+            schedule: None,
+            seed: None,
+            scorer: None,
+            banks: Vec::new(),
+            extractor: None,
+            keep_parts: false,
+        }
+    }
+}
+
+/// Time spent in each stage for one frame (summed over windows).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes {
+    pub preprocess: Duration,
+    pub inference: Duration,
+    pub scoring: Duration,
+    /// The memory bank's feature extractor.
+    pub features: Duration,
+    /// The memory bank's nearest-neighbour search.
+    pub knn: Duration,
+}
+
+impl StageTimes {
+    pub fn total(&self) -> Duration {
+        self.preprocess + self.inference + self.scoring + self.features + self.knn
+    }
+}
+
+/// The result for one frame.
+#[derive(Debug, Clone)]
+pub struct Detection {
+    /// The scorer's map over the frame, at the working resolution of the fit: Eq. 1 for
+    /// MAEDAY, standardised distances (summed) for banks and the ensemble.
+    pub map: AnomalyMap,
+    /// `max(map)`.
+    pub score: f32,
+    pub windows: usize,
+    pub times: StageTimes,
+    /// With `keep_parts`: each scorer's standardised map, named (`maeday`, then banks).
+    pub parts: Vec<(String, AnomalyMap)>,
+}
+
+/// Memory banks attached to a detector, with what it needs to score with them.
+pub struct Banks {
+    pub scorers: Vec<BankScorer>,
+    /// Standardises MAEDAY's map in the ensemble (from the enrollment's good frames).
+    pub maeday_norm: Normalisation,
+    pub weights: Weights,
+    /// Calibrated on the enrollment's good frames (one bank only).
+    pub thresholds: Option<BankThresholds>,
+}
+
+pub struct Detector {
+    pub model: Model,
+    pub schedule: MaskSchedule,
+    engine: Box<dyn Engine>,
+    pre: Preprocessor,
+    kernel: Vec<f32>,
+    kind: ScorerKind,
+    extractor: Option<Arc<FeatureExtractor>>,
+    banks: Option<Banks>,
+    bank_kernel: Vec<f32>,
+    keep_parts: bool,
+    // Buffers reused across frames.
+    input: Vec<f32>,
+    output: Vec<f32>,
+    scratch: Vec<f32>,
+}
+
+impl Detector {
+    pub fn new(model: Model, opts: &DetectorOptions) -> Result<Detector> {
+        let m = &model.manifest;
+        let schedule = opts.schedule_for(m)?;
+        let pre = Preprocessor::new(&m.input, opts.fit)?;
+        let kernel = eq1::gaussian_kernel(m.scoring.gaussian_size, m.scoring.gaussian_sigma);
+        let engine = engine::build(&model, &schedule, &opts.engine)
+            .with_context(|| format!("cannot load model {}", model.dir.display()))?;
+        log::info!(
+            "model {} ({}), schedule {}, {}, fit {}",
+            m.name,
+            if m.training.is_empty() {
+                "training unknown"
+            } else {
+                &m.training
+            },
+            schedule.id(),
+            engine.describe(),
+            opts.fit
+        );
+        if m.training.starts_with("random-init") {
+            log::warn!(
+                "model {} has random weights: its scores mean nothing",
+                m.name
+            );
+        }
+        let mut detector = Detector {
+            model,
+            schedule,
+            engine,
+            pre,
+            kernel,
+            kind: ScorerKind::Maeday,
+            extractor: None,
+            banks: None,
+            bank_kernel: fuse::bank_kernel(),
+            keep_parts: opts.keep_parts,
+            input: Vec::new(),
+            output: Vec::new(),
+            scratch: Vec::new(),
+        };
+        let mut dirs = opts.banks.clone();
+        let own = detector.model.dir.join("bank");
+        if dirs.is_empty() && own.join("bank.toml").is_file() {
+            dirs.push(own);
+        }
+        if !dirs.is_empty() && opts.scorer != Some(ScorerKind::Maeday) {
+            let extractor = Arc::new(open_extractor(opts.extractor.as_ref())?);
+            let stored = dirs
+                .iter()
+                .map(|d| StoredBank::load(d))
+                .collect::<Result<Vec<_>>>()?;
+            detector.attach_stored(extractor, &stored)?;
+        }
+        detector.set_scorer(opts.scorer.unwrap_or(if detector.banks.is_some() {
+            ScorerKind::Ensemble
+        } else {
+            ScorerKind::Maeday
+        }))?;
+        Ok(detector)
+    }
+
+    /// Attach enrolled banks (all made with `extractor`). The MAEDAY statistics, weights
+    /// and thresholds come from the first; thresholds only hold for a single bank.
+    pub fn attach_stored(
+        &mut self,
+        extractor: Arc<FeatureExtractor>,
+        stored: &[StoredBank],
+    ) -> Result<()> {
+        ensure!(!stored.is_empty(), "no memory bank to attach");
+        for b in stored {
+            b.check_extractor(&extractor)?;
+            let m = &b.meta;
+            if m.maeday.model_sha256 != self.model.manifest.graph_sha256 {
+                log::warn!(
+                    "bank {} was enrolled with model {}, this is {}: its MAEDAY statistics \
+                     are stale, enroll again for a calibrated ensemble",
+                    b.dir.display(),
+                    m.maeday.model_sha256,
+                    self.model.manifest.graph_sha256
+                );
+            } else if m.maeday.schedule != self.schedule.id() {
+                log::warn!(
+                    "bank {} was enrolled with schedule {}, this detector runs {}",
+                    b.dir.display(),
+                    m.maeday.schedule,
+                    self.schedule.id()
+                );
+            }
+        }
+        let first = &stored[0].meta;
+        self.set_extractor(extractor)?;
+        let banks = Banks {
+            scorers: stored.iter().map(StoredBank::scorer).collect(),
+            maeday_norm: first.maeday.norm,
+            weights: first.weights,
+            thresholds: (stored.len() == 1).then_some(first.thresholds),
+        };
+        self.attach(banks)
+    }
+
+    /// Attach memory banks (replacing any; made with the extractor set); the scorer stays
+    /// as it is.
+    pub fn attach(&mut self, banks: Banks) -> Result<()> {
+        ensure!(
+            self.extractor.is_some(),
+            "set the feature extractor before attaching banks"
+        );
+        ensure!(!banks.scorers.is_empty(), "no memory bank to attach");
+        self.banks = Some(banks);
+        Ok(())
+    }
+
+    /// The feature extractor for bank maps and enrollment.
+    pub fn set_extractor(&mut self, extractor: Arc<FeatureExtractor>) -> Result<()> {
+        let size = extractor.manifest.input_size;
+        ensure!(
+            size == self.pre.size as usize,
+            "the extractor takes {size}x{size} windows, the model {0}x{0}",
+            self.pre.size
+        );
+        self.extractor = Some(extractor);
+        Ok(())
+    }
+
+    pub fn extractor(&self) -> Option<&Arc<FeatureExtractor>> {
+        self.extractor.as_ref()
+    }
+
+    pub fn banks(&self) -> Option<&Banks> {
+        self.banks.as_ref()
+    }
+
+    pub fn scorer(&self) -> ScorerKind {
+        self.kind
+    }
+
+    pub fn set_scorer(&mut self, kind: ScorerKind) -> Result<()> {
+        if kind != ScorerKind::Maeday && self.banks.is_none() {
+            bail!(
+                "scorer {kind} needs a memory bank: enroll one first (`maeday-edge enroll \
+                 --good DIR`) or pass --bank"
+            );
+        }
+        self.kind = kind;
+        Ok(())
+    }
+
+    /// A short description for logs and reports: `ensemble (bank 3136 rows)`.
+    pub fn scorer_description(&self) -> String {
+        match (&self.banks, self.kind) {
+            (Some(b), ScorerKind::Bank | ScorerKind::Ensemble) => format!(
+                "{} ({})",
+                self.kind,
+                b.scorers
+                    .iter()
+                    .map(|s| format!("{} {} rows", s.name, s.bank.len()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => self.kind.to_string(),
+        }
+    }
+
+    /// Change how frames are placed (cameras can differ); cheap when unchanged.
+    pub fn set_fit(&mut self, fit: Fit) -> Result<()> {
+        if self.pre.fit != fit {
+            self.pre = Preprocessor::new(&self.model.manifest.input, fit)?;
+        }
+        Ok(())
+    }
+
+    /// The thresholds of the scorer in use (`None`: not calibrated for it).
+    pub fn thresholds(&self) -> Option<Thresholds> {
+        match self.kind {
+            ScorerKind::Maeday => self.model.manifest.thresholds,
+            ScorerKind::Bank => self.banks.as_ref()?.thresholds.map(|t| t.bank),
+            ScorerKind::Ensemble => self.banks.as_ref()?.thresholds.map(|t| t.ensemble),
+        }
+    }
+
+    pub fn fit(&self) -> Fit {
+        self.pre.fit
+    }
+
+    pub fn engine_description(&self) -> String {
+        self.engine.describe()
+    }
+
+    /// Score one frame.
+    pub fn detect(&mut self, frame: &DynamicImage) -> Result<Detection> {
+        let kind = self.kind;
+        let banks: Vec<Arc<MemoryBank>> = match (&self.banks, kind) {
+            (Some(b), ScorerKind::Bank | ScorerKind::Ensemble) => {
+                b.scorers.iter().map(|s| s.bank.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let with_maeday = kind != ScorerKind::Bank;
+        let (mut raw, windows, mut times) = self.raw_maps(frame, with_maeday, &banks)?;
+        let t = Instant::now();
+        let (map, parts) = if kind == ScorerKind::Maeday {
+            (raw.remove(0), Vec::new())
+        } else {
+            let b = self.banks.as_ref().expect("banks checked by set_scorer");
+            let mut parts: Vec<(String, AnomalyMap, f32)> = Vec::new();
+            let mut raw = raw.into_iter();
+            if with_maeday {
+                let mut m = raw.next().expect("the MAEDAY map");
+                standardise(&mut m, b.maeday_norm);
+                parts.push(("maeday".into(), m, b.weights.maeday));
+            }
+            for (s, mut m) in b.scorers.iter().zip(raw) {
+                standardise(&mut m, s.norm);
+                parts.push((s.name.clone(), m, b.weights.bank));
+            }
+            let first = &parts[0].1;
+            let mut fused = AnomalyMap::zeros(first.width, first.height);
+            for (_, m, w) in &parts {
+                for (f, v) in fused.data.iter_mut().zip(&m.data) {
+                    *f += w * v;
+                }
+            }
+            let parts = if self.keep_parts {
+                parts.into_iter().map(|(n, m, _)| (n, m)).collect()
+            } else {
+                Vec::new()
+            };
+            (fused, parts)
+        };
+        let score = map.max();
+        times.scoring += t.elapsed();
+        Ok(Detection {
+            map,
+            score,
+            windows,
+            times,
+            parts,
+        })
+    }
+
+    /// Raw maps of one frame at the fit's working resolution, each stitched over the
+    /// windows: MAEDAY's Eq. 1 first (when `maeday`), then the smoothed nearest-neighbour
+    /// distance map against each of `banks`. Returns the maps, the window count and times.
+    pub fn raw_maps(
+        &mut self,
+        frame: &DynamicImage,
+        maeday: bool,
+        banks: &[Arc<MemoryBank>],
+    ) -> Result<(Vec<AnomalyMap>, usize, StageTimes)> {
+        ensure!(
+            banks.is_empty() || self.extractor.is_some(),
+            "bank maps need a feature extractor"
+        );
+        let mut times = StageTimes::default();
+        let t = Instant::now();
+        let placed = self.pre.place(frame)?;
+        times.preprocess += t.elapsed();
+        let s = self.pre.size as usize;
+        let (cw, ch) = (
+            placed.canvas.width() as usize,
+            placed.canvas.height() as usize,
+        );
+        let maps = maeday as usize + banks.len();
+        let mut sums = vec![vec![0.0f32; cw * ch]; maps];
+        let mut count = vec![0u16; cw * ch];
+        let mut window = AnomalyMap::zeros(s, s);
+        let mut image01 = Vec::new();
+        for &(wx, wy) in &placed.windows {
+            let t = Instant::now();
+            self.pre
+                .window_tensor(&placed.canvas, (wx, wy), &mut self.input);
+            if !banks.is_empty() {
+                self.pre
+                    .window_rgb01(&placed.canvas, (wx, wy), &mut image01);
+            }
+            times.preprocess += t.elapsed();
+            let mut slot = 0;
+            if maeday {
+                let t = Instant::now();
+                self.engine.run(&self.input, &mut self.output)?;
+                times.inference += t.elapsed();
+
+                let t = Instant::now();
+                match self.engine.output_kind() {
+                    OutputKind::Reconstruction => eq1::anomaly_map_into(
+                        &self.input,
+                        &self.output,
+                        &self.kernel,
+                        &mut window,
+                        &mut self.scratch,
+                    )?,
+                    OutputKind::AnomalyMap => window.data.copy_from_slice(&self.output),
+                }
+                add_window(&mut sums[slot], cw, (wx, wy), &window);
+                slot += 1;
+                times.scoring += t.elapsed();
+            }
+            if !banks.is_empty() {
+                // One extractor run per window, whatever the number of banks.
+                let extractor = self.extractor.as_ref().expect("checked above");
+                let t = Instant::now();
+                let feats = extractor.features(&image01)?;
+                times.features += t.elapsed();
+                let (grid, size) = (extractor.manifest.grid, extractor.manifest.input_size);
+                for bank in banks {
+                    let t = Instant::now();
+                    let knn = fuse::bank_map(
+                        &feats,
+                        grid,
+                        size,
+                        bank,
+                        &self.bank_kernel,
+                        &mut window,
+                        &mut self.scratch,
+                    )?;
+                    add_window(&mut sums[slot], cw, (wx, wy), &window);
+                    slot += 1;
+                    times.knn += knn;
+                    times.scoring += t.elapsed().saturating_sub(knn);
+                }
+            }
+            for y in 0..s {
+                let row = (wy as usize + y) * cw + wx as usize;
+                for c in &mut count[row..row + s] {
+                    *c += 1;
+                }
+            }
+        }
+        let t = Instant::now();
+        let c = placed.content;
+        let out = sums
+            .iter()
+            .map(|sum| {
+                let mut map = AnomalyMap::zeros(c.width as usize, c.height as usize);
+                for y in 0..map.height {
+                    for x in 0..map.width {
+                        let i = (c.y as usize + y) * cw + c.x as usize + x;
+                        map.data[y * map.width + x] = sum[i] / count[i].max(1) as f32;
+                    }
+                }
+                map
+            })
+            .collect();
+        times.scoring += t.elapsed();
+        Ok((out, placed.windows.len(), times))
+    }
+
+    /// The bank features of every window of a frame (what enrollment stores).
+    pub fn window_features(&mut self, frame: &DynamicImage) -> Result<Vec<Features>> {
+        let Some(extractor) = self.extractor.clone() else {
+            bail!("window features need a feature extractor");
+        };
+        let placed = self.pre.place(frame)?;
+        let mut image01 = Vec::new();
+        let mut out = Vec::with_capacity(placed.windows.len());
+        for &(wx, wy) in &placed.windows {
+            self.pre
+                .window_rgb01(&placed.canvas, (wx, wy), &mut image01);
+            out.push(extractor.features(&image01)?);
+        }
+        Ok(out)
+    }
+}
+
+fn add_window(sum: &mut [f32], cw: usize, (wx, wy): (u32, u32), window: &AnomalyMap) {
+    let s = window.width;
+    for y in 0..window.height {
+        let row = (wy as usize + y) * cw + wx as usize;
+        for (acc, v) in sum[row..row + s]
+            .iter_mut()
+            .zip(&window.data[y * s..(y + 1) * s])
+        {
+            *acc += v;
+        }
+    }
+}
+
+fn standardise(map: &mut AnomalyMap, n: Normalisation) {
+    for v in &mut map.data {
+        *v = n.apply(*v);
+    }
+}
+
+/// The feature extractor at `dir`, or the shipped one.
+pub fn open_extractor(dir: Option<&PathBuf>) -> Result<FeatureExtractor> {
+    let dir = dir.cloned().unwrap_or_else(default_extractor_dir);
+    FeatureExtractor::open(&dir)
+        .with_context(|| format!("cannot open the feature extractor {}", dir.display()))
+}
