@@ -356,16 +356,16 @@ impl StoredBank {
                 .to_rgb8()
                 .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
                 .context("cannot encode a good frame")?;
-            write_synced(&tmp.join(&file), &png)?;
-            rec.sha256 = Some(hex::encode(Sha256::digest(&png)));
+            crate::durable::write_synced(&tmp.join(&file), &png)?;
+            rec.sha256 = Some(crate::durable::sha256_hex(&png));
             rec.file = Some(file);
         }
         let mut bytes = Vec::with_capacity(self.bank.features().data.len() * 4);
         for v in &self.bank.features().data {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
-        write_synced(&tmp.join(FEATURES_FILE), &bytes)?;
-        write_synced(&tmp.join("bank.toml"), toml::to_string(&meta)?.as_bytes())?;
+        crate::durable::write_synced(&tmp.join(FEATURES_FILE), &bytes)?;
+        crate::durable::write_synced(&tmp.join("bank.toml"), toml::to_string(&meta)?.as_bytes())?;
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
         let _ = fs::remove_dir_all(&old);
         if dir.exists() {
@@ -373,9 +373,7 @@ impl StoredBank {
         }
         fs::rename(&tmp, dir).with_context(|| format!("cannot write {}", dir.display()))?;
         let _ = fs::remove_dir_all(&old);
-        if let Ok(f) = fs::File::open(parent) {
-            let _ = f.sync_all();
-        }
+        crate::durable::sync_dir(parent);
         self.meta = meta;
         self.dir = dir.to_path_buf();
         Ok(())
@@ -411,15 +409,6 @@ impl StoredBank {
             norm: self.meta.bank_norm,
         }
     }
-}
-
-fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f =
-        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn concat(parts: &[Features], dim: usize) -> Features {

@@ -18,7 +18,6 @@
 //! frames.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Instant;
@@ -27,6 +26,7 @@ use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
+use crate::durable;
 use crate::update::bundle::{reject, Abi, Bundle, Rejection};
 use crate::update::transfer::{Assembler, Chunk, Limits, Progress};
 use std::sync::Arc;
@@ -65,36 +65,6 @@ fn crash_point(step: &str) {
         log::error!("MAEDAY_CRASH_AT={step}: aborting (test hook)");
         std::process::abort();
     }
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
-}
-
-/// Copy a folder tree (files synced).
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
-    for entry in fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            fs::copy(entry.path(), &target)
-                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
-            fs::File::open(&target)?.sync_all()?;
-        }
-    }
-    sync_dir(to);
-    Ok(())
-}
-
-fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 impl Slots {
@@ -226,7 +196,7 @@ impl Slots {
                         format!("{path}: nested folders are not allowed"),
                     ));
                 }
-                write_synced(&tmp.join(rel), data).map_err(|e| io(e.into()))?;
+                durable::write_synced(&tmp.join(rel), data).map_err(|e| io(e.into()))?;
             }
         }
         if !graph_in_bundle {
@@ -246,7 +216,7 @@ impl Slots {
                 let _ = f.sync_all();
             }
         }
-        write_synced(
+        durable::write_synced(
             &tmp.join(crate::update::bundle::MANIFEST),
             &bundle.manifest_bytes,
         )
@@ -255,13 +225,13 @@ impl Slots {
         // carries over (`refresh_bank` enrolls it again if the graph or schedule changed).
         let bank = serving.dir.join("bank");
         if bank.join("bank.toml").is_file() {
-            copy_dir(&bank, &tmp.join("bank")).map_err(io)?;
+            durable::copy_dir_synced(&bank, &tmp.join("bank")).map_err(io)?;
         }
-        sync_dir(&tmp);
+        durable::sync_dir(&tmp);
         crash_point("staged");
         let _ = fs::remove_dir_all(&dir);
         fs::rename(&tmp, &dir).map_err(|e| io(e.into()))?;
-        sync_dir(&self.dir.join("slots"));
+        durable::sync_dir(&self.dir.join("slots"));
         crash_point("renamed");
         Ok((slot, dir))
     }
@@ -291,11 +261,11 @@ impl Slots {
             }
         }
         bank.save(&tmp.join("bank"), shots)?;
-        sync_dir(&tmp);
+        durable::sync_dir(&tmp);
         crash_point("enroll-staged");
         let _ = fs::remove_dir_all(&dir);
         fs::rename(&tmp, &dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
-        sync_dir(&self.dir.join("slots"));
+        durable::sync_dir(&self.dir.join("slots"));
         Ok((slot, dir))
     }
 
@@ -336,11 +306,11 @@ impl Slots {
     fn persist(&mut self, next: SlotState) -> Result<()> {
         let path = self.dir.join("active.toml");
         let tmp = self.dir.join("active.toml.tmp");
-        write_synced(&tmp, toml::to_string(&next)?.as_bytes())
+        durable::write_synced(&tmp, toml::to_string(&next)?.as_bytes())
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         crash_point("before-activate");
         fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
-        sync_dir(&self.dir);
+        durable::sync_dir(&self.dir);
         self.state = next;
         Ok(())
     }
@@ -615,7 +585,7 @@ impl Installer {
                 ),
             ));
         }
-        let sha = crate::update::bundle::sha256_hex(&bundle.manifest_bytes);
+        let sha = durable::sha256_hex(&bundle.manifest_bytes);
         let st = &self.slots.state;
         // The newest installed bundle itself, sent again (its slot was lost or rolled back
         // from): not a downgrade.

@@ -5,12 +5,11 @@
 //! that disagrees with itself or with its graph is rejected before the first frame.
 
 use std::fs;
-use std::io::{Read, Write};
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::model::schedule::{MaskSchedule, ScheduleKind};
 
@@ -241,7 +240,7 @@ impl Model {
             .with_context(|| format!("invalid manifest {}", path.display()))?;
         let model = Model { dir, manifest };
         let graph = model.graph_path();
-        let actual = sha256_file(&graph)
+        let actual = crate::durable::sha256_file(&graph)
             .with_context(|| format!("cannot read the model graph {}", graph.display()))?;
         if !actual.eq_ignore_ascii_case(&model.manifest.graph_sha256) {
             bail!(
@@ -266,27 +265,6 @@ impl Model {
     pub fn save_manifest(&self) -> Result<()> {
         let path = self.manifest_path();
         let text = toml::to_string_pretty(&self.manifest).context("cannot serialise manifest")?;
-        let tmp = path.with_extension("toml.tmp");
-        let mut f =
-            fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
-        Ok(())
+        crate::durable::write_atomic(&path, text.as_bytes())
     }
-}
-
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -19,7 +19,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub const MANIFEST: &str = "bundle.toml";
 pub const SIGNATURE: &str = "bundle.sig";
@@ -128,9 +127,7 @@ pub struct Bundle {
     pub files: BTreeMap<String, Vec<u8>>,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use crate::durable::sha256_hex;
 
 pub fn key_id(key: &VerifyingKey) -> String {
     sha256_hex(key.as_bytes())[..16].to_string()

@@ -15,7 +15,6 @@
 //! `metrics` is read-only and stays unsigned.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -175,12 +174,7 @@ impl CommandAuth {
     }
 
     fn persist(&self, seq: u64) -> Result<()> {
-        let tmp = self.seq_path.with_extension("tmp");
-        let mut f = fs::File::create(&tmp)?;
-        writeln!(f, "{seq}")?;
-        f.sync_all()?;
-        fs::rename(&tmp, &self.seq_path)?;
-        Ok(())
+        crate::durable::write_atomic(&self.seq_path, format!("{seq}\n").as_bytes())
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 #[allow(dead_code)]
 /// After editing a model folder's graph, pin the graph's new sha256 in its manifest.
 pub fn repin_graph_sha(model: &Path, graph: &Path) {
-    let sha = maeday_edge::model::manifest::sha256_file(graph).unwrap();
+    let sha = maeday_edge::durable::sha256_file(graph).unwrap();
     let path = model.join("manifest.toml");
     let text = fs::read_to_string(&path).unwrap();
     let old = text
