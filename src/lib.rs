@@ -9,5 +9,6 @@ pub mod detect;
 pub mod durable;
 pub mod enroll;
 pub mod eval;
+pub mod faults;
 pub mod model;
 pub mod update;

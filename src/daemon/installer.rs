@@ -58,15 +58,6 @@ pub struct Slots {
     pub state: SlotState,
 }
 
-/// Tests crash the process at a named install step (`MAEDAY_CRASH_AT=<step>`) to check
-/// that a `kill -9` there leaves a device that restarts on a valid model.
-fn crash_point(step: &str) {
-    if std::env::var("MAEDAY_CRASH_AT").is_ok_and(|s| s == step) {
-        log::error!("MAEDAY_CRASH_AT={step}: aborting (test hook)");
-        std::process::abort();
-    }
-}
-
 impl Slots {
     pub fn open(state_dir: &Path) -> Result<Slots> {
         fs::create_dir_all(state_dir.join("slots"))
@@ -228,11 +219,11 @@ impl Slots {
             durable::copy_dir_synced(&bank, &tmp.join("bank")).map_err(io)?;
         }
         durable::sync_dir(&tmp);
-        crash_point("staged");
+        crate::faults::crash_point("staged");
         let _ = fs::remove_dir_all(&dir);
         fs::rename(&tmp, &dir).map_err(|e| io(e.into()))?;
         durable::sync_dir(&self.dir.join("slots"));
-        crash_point("renamed");
+        crate::faults::crash_point("renamed");
         Ok((slot, dir))
     }
 
@@ -262,7 +253,7 @@ impl Slots {
         }
         bank.save(&tmp.join("bank"), shots)?;
         durable::sync_dir(&tmp);
-        crash_point("enroll-staged");
+        crate::faults::crash_point("enroll-staged");
         let _ = fs::remove_dir_all(&dir);
         fs::rename(&tmp, &dir).with_context(|| format!("cannot rename into {}", dir.display()))?;
         durable::sync_dir(&self.dir.join("slots"));
@@ -308,7 +299,7 @@ impl Slots {
         let tmp = self.dir.join("active.toml.tmp");
         durable::write_synced(&tmp, toml::to_string(&next)?.as_bytes())
             .with_context(|| format!("cannot write {}", tmp.display()))?;
-        crash_point("before-activate");
+        crate::faults::crash_point("before-activate");
         fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
         durable::sync_dir(&self.dir);
         self.state = next;
@@ -608,7 +599,7 @@ impl Installer {
                 format!("bundle {:?}, device {:?}", m.abi, device_abi),
             ));
         }
-        crash_point("verified");
+        crate::faults::crash_point("verified");
         let (slot, dir) = self.slots.stage(bundle, &self.serving)?;
         let model = Model::open(&dir).map_err(|e| reject("invalid-model", format!("{e:#}")))?;
         if Abi::of(&model.manifest) != m.abi {
@@ -628,14 +619,14 @@ impl Installer {
             ),
         }
         let detector = self.golden_check(bundle, model.clone())?;
-        crash_point("golden-checked");
+        crate::faults::crash_point("golden-checked");
         self.swaps
             .send(Swap {
                 detector,
                 version: Some(m.version),
             })
             .map_err(|_| reject("install-failed", "the inference thread has stopped"))?;
-        crash_point("switched");
+        crate::faults::crash_point("switched");
         self.slots
             .activate(&slot, m.version, Some(&sha))
             .map_err(|e| reject("install-failed", format!("{e:#}")))?;

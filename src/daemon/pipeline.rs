@@ -637,7 +637,6 @@ fn inference_loop(
     liveness: &Liveness,
     results: &SyncSender<(FrameResult, Instant, Instant)>,
 ) -> Result<()> {
-    let stall = test_stall();
     let mut sha = detector.model.manifest.graph_sha256.clone();
     let mut schedule = detector.schedule.id();
     let mut scored = 0u64;
@@ -701,10 +700,7 @@ fn inference_loop(
         let queue_ms = (start - captured_at).as_secs_f64() * 1e3;
         let frame_size = [image.width(), image.height()];
         liveness.inference_started();
-        if let Some((at, pause)) = stall.filter(|(at, _)| *at == seq) {
-            log::warn!("MAEDAY_STALL_AT: frame {at} stalls for {pause:?} (test hook)");
-            std::thread::sleep(pause);
-        }
+        crate::faults::inference_stall(seq);
         // The frame is ours: score it (or its ROI crop) without copying it again, and keep
         // the pixels only when a heatmap wants them.
         let attempt = (|| -> Result<_> {
@@ -848,14 +844,6 @@ fn sink_loop(
         }
     }
     sinks.close()
-}
-
-/// Tests stall one frame's inference (`MAEDAY_STALL_AT=<seq>,<ms>`) to check that the
-/// systemd watchdog stops pinging while the pipeline is stuck.
-fn test_stall() -> Option<(u64, Duration)> {
-    let v = std::env::var("MAEDAY_STALL_AT").ok()?;
-    let (seq, ms) = v.split_once(',')?;
-    Some((seq.parse().ok()?, Duration::from_millis(ms.parse().ok()?)))
 }
 
 /// Print the final metrics as one JSON line (what `run` ends with).
