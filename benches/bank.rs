@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 
-use maeday_edge::bank::features::{default_extractor_dir, FeatureExtractor};
+use maeday_edge::bank::features::FeatureExtractor;
 use maeday_edge::bank::memory::{Features, MemoryBank};
+use maeday_edge::model::bundled::default_extractor_dir;
 
 const DIM: usize = 152;
 const QUERIES: usize = 784;

@@ -1271,7 +1271,7 @@ source = { kind = "v4l2", format = "H264", width = 640, height = 480 }
         assert_eq!(c.model.scorer, Some(crate::detect::fuse::ScorerKind::Bank));
         assert_eq!(c.model.extractor.as_deref(), Some(Path::new("/opt/m/ex")));
         let s = c.enroll.settings().unwrap();
-        assert_eq!(s.augment, [crate::enroll::Augmentation::Hflip]);
+        assert_eq!(s.augment, [crate::bank::store::Augmentation::Hflip]);
         assert_eq!((s.weights.maeday, s.weights.bank), (1.0, 2.0));
         for (bad, key) in [
             ("frames = 0", "enroll.frames"),

@@ -317,7 +317,7 @@ struct BankArgs {
     coreset_fraction: f64,
     /// Extra views of each good image (repeatable): hflip, vflip, rotate, brightness.
     #[arg(long)]
-    augment: Vec<maeday_edge::enroll::Augmentation>,
+    augment: Vec<maeday_edge::bank::store::Augmentation>,
     /// Weight of MAEDAY's standardised map in the ensemble.
     #[arg(long, default_value_t = 1.0)]
     maeday_weight: f32,
@@ -403,7 +403,10 @@ enum EngineChoice {
 
 impl Common {
     fn load(&self) -> Result<(Model, DetectorOptions)> {
-        let dir = self.model.clone().unwrap_or_else(tools::default_model_dir);
+        let dir = self
+            .model
+            .clone()
+            .unwrap_or_else(maeday_edge::model::bundled::default_model_dir);
         let model = Model::open(&dir)?;
         let backend = match self.engine {
             EngineChoice::Tract => Backend::Tract,

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use ndarray::ArrayD;
 use ndarray_npy::read_npy;
 
-use maeday_edge::bank::features::{default_extractor_dir, FeatureExtractor};
+use maeday_edge::bank::features::FeatureExtractor;
 use maeday_edge::bank::memory::{coreset, Features, MemoryBank};
 use maeday_edge::detect::preprocess::load_image;
+use maeday_edge::model::bundled::default_extractor_dir;
 
 fn reference(name: &str) -> Vec<f32> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -89,12 +90,12 @@ fn bank_maps_match_the_numpy_reference() {
     let top: Vec<usize> = (0..cells / 2).collect();
     let bank = MemoryBank::new(all.select(&top)).unwrap();
     let mut map = maeday_edge::detect::eq1::AnomalyMap::zeros(0, 0);
-    maeday_edge::detect::fuse::bank_map(
+    maeday_edge::bank::scoring::bank_map(
         &all,
         28,
         224,
         &bank,
-        &maeday_edge::detect::fuse::bank_kernel(),
+        &maeday_edge::bank::scoring::bank_kernel(),
         &mut map,
         &mut Vec::new(),
     )

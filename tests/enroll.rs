@@ -7,9 +7,10 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use image::{DynamicImage, GenericImage, RgbImage};
+use maeday_edge::bank::store::{Shot, StoredBank};
 use maeday_edge::detect::detector::{open_extractor, Detector, DetectorOptions};
 use maeday_edge::detect::fuse::ScorerKind;
-use maeday_edge::enroll::{enroll, EnrollSettings, Shot, StoredBank};
+use maeday_edge::enroll::{enroll, EnrollSettings};
 use maeday_edge::model::manifest::Model;
 use serde_json::Value;
 

@@ -37,16 +37,6 @@ pub struct FeatureExtractor {
     plan: Plan,
 }
 
-/// Where the shipped extractor lives (`$MAEDAY_EXTRACTOR`, else `models/efficientnet-lite0`
-/// in the working directory or the source tree).
-pub fn default_extractor_dir() -> PathBuf {
-    crate::cli::tools::bundled_dir(
-        "MAEDAY_EXTRACTOR",
-        "models/efficientnet-lite0",
-        "extractor.toml",
-    )
-}
-
 impl FeatureExtractor {
     /// Reads the manifest, checks the graph's sha256, plans the graph for its input size.
     pub fn open(dir: &Path) -> Result<FeatureExtractor> {

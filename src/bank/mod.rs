@@ -3,3 +3,5 @@
 
 pub mod features;
 pub mod memory;
+pub mod scoring;
+pub mod store;

@@ -10,36 +10,18 @@ use serde_json::json;
 
 use std::sync::Arc;
 
+use crate::bank::store::Shot;
 use crate::detect::calibration::{calibrate, CalibrationRule};
 use crate::detect::detector::{open_extractor, Detection, Detector, DetectorOptions};
 use crate::detect::eq1::AnomalyMap;
-use crate::detect::fuse::ScorerKind;
+use crate::detect::fuse::{self, ScorerKind};
 use crate::detect::preprocess::load_image;
 use crate::detect::render;
-use crate::enroll::{enroll, load_shots, EnrollSettings, Shot};
+use crate::enroll::{enroll, load_shots, EnrollSettings};
 use crate::eval::dataset::{list_images, Dataset, Sample};
 use crate::eval::roc::{auroc, label_regions, pro_auc, quantile};
 use crate::model::manifest::Model;
 use crate::model::schedule::seeded_permutation;
-
-/// The model used when none is given: `$MAEDAY_MODEL`, else `models/default` in the
-/// working directory, else the one in the source tree this binary was built from.
-pub fn default_model_dir() -> PathBuf {
-    bundled_dir("MAEDAY_MODEL", "models/default", "manifest.toml")
-}
-
-/// A folder shipped in the repository: `$env` if set, else `rel` in the working directory
-/// (when it holds `marker`), else `rel` in the source tree this binary was built from.
-pub fn bundled_dir(env: &str, rel: &str, marker: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    let local = PathBuf::from(rel);
-    if local.join(marker).is_file() {
-        return local;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
 
 fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
@@ -361,7 +343,10 @@ pub fn eval(
                 }
             }
             for (_, idx, tally) in &mut combos {
-                let fused = fuse(&det.parts, idx, weights);
+                let fused = fuse::weighted_sum(
+                    idx.iter()
+                        .map(|&i| (&det.parts[i].1.data[..], weights.of(&det.parts[i].0))),
+                );
                 for y in (0..det.map.height).step_by(stride) {
                     for x in (0..det.map.width).step_by(stride) {
                         tally.pixels.push(fused[y * det.map.width + x]);
@@ -370,7 +355,10 @@ pub fn eval(
             }
         }
         for (_, idx, tally) in &mut combos {
-            let fused = fuse(&det.parts, idx, weights);
+            let fused = fuse::weighted_sum(
+                idx.iter()
+                    .map(|&i| (&det.parts[i].1.data[..], weights.of(&det.parts[i].0))),
+            );
             tally
                 .scores
                 .push(fused.iter().copied().fold(f32::NEG_INFINITY, f32::max));
@@ -490,24 +478,6 @@ pub fn eval(
 }
 
 /// The weighted sum of some of a detection's standardised maps.
-fn fuse(
-    parts: &[(String, AnomalyMap)],
-    idx: &[usize],
-    w: crate::detect::fuse::Weights,
-) -> Vec<f32> {
-    let mut out = vec![0f32; parts[idx[0]].1.data.len()];
-    for &i in idx {
-        let weight = if parts[i].0 == "maeday" {
-            w.maeday
-        } else {
-            w.bank
-        };
-        for (o, v) in out.iter_mut().zip(&parts[i].1.data) {
-            *o += weight * v;
-        }
-    }
-    out
-}
 
 /// A readable summary of an eval report.
 pub fn eval_table(r: &serde_json::Value) -> String {

@@ -27,15 +27,17 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::durable;
+use crate::enroll::request::{EnrollJob, EnrollStatus};
 use crate::update::bundle::{reject, Abi, Bundle, Rejection};
 use crate::update::transfer::{Assembler, Chunk, Limits, Progress};
 use std::sync::Arc;
 
+use crate::bank::store::{Shot, StoredBank};
 use crate::daemon::mqtt::spool::Message;
 use crate::detect::detector::{open_extractor, Detector, DetectorOptions};
 use crate::detect::fuse::ScorerKind;
 use crate::detect::preprocess::Fit;
-use crate::enroll::{check_shots, enroll, EnrollSettings, Shot, StoredBank};
+use crate::enroll::{check_shots, enroll, EnrollSettings};
 use crate::model::manifest::Model;
 
 /// What `active.toml` holds.
@@ -316,61 +318,9 @@ pub enum InstallerInput {
     Enroll(EnrollJob),
 }
 
-/// The `enroll [frames] [camera]` command, as the inference thread gets it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EnrollRequest {
-    /// `None`: `[enroll] frames`.
-    pub frames: Option<usize>,
-    /// `None`: the first camera.
-    pub camera: Option<String>,
-}
-
-impl EnrollRequest {
-    /// `[]`, `["4"]`, `["4", "line1"]`.
-    pub fn parse(args: &[&str]) -> Result<EnrollRequest> {
-        anyhow::ensure!(args.len() <= 2, "usage: enroll [frames] [camera]");
-        let frames = match args.first() {
-            Some(n) => {
-                let n: usize = n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("enroll: {n:?} is not a frame count"))?;
-                anyhow::ensure!((1..=64).contains(&n), "enroll: frames must be 1 to 64");
-                Some(n)
-            }
-            None => None,
-        };
-        Ok(EnrollRequest {
-            frames,
-            camera: args.get(1).map(|c| c.to_string()),
-        })
-    }
-}
-
-/// Good frames captured from a live camera, ready to enroll.
-pub struct EnrollJob {
-    pub camera: String,
-    pub fit: Fit,
-    pub shots: Vec<Shot>,
-}
-
 /// Where enrollment progress, verdicts and refusals are published.
 pub fn enroll_status_topic(device_id: &str) -> String {
     format!("maeday/{device_id}/enroll/status")
-}
-
-/// The `enroll/status` payload.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct EnrollStatus {
-    /// `building`, `enrolled`, `rejected` (with `detail`).
-    pub state: &'static str,
-    pub camera: String,
-    pub frames: usize,
-    pub rows: Option<usize>,
-    pub rows_before_coreset: Option<usize>,
-    pub image_threshold: Option<f32>,
-    /// Milliseconds from the captured frames to the switch.
-    pub enroll_ms: Option<f64>,
-    pub detail: Option<String>,
 }
 
 /// A loaded detector for the inference thread to switch to between two frames.

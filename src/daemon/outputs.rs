@@ -16,9 +16,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::config::{Config, MaskPolicy, OutputConfig};
-use crate::daemon::installer::{
-    enroll_status_topic, BundleStatus, EnrollRequest, EnrollStatus, InstallerInput,
-};
+use crate::daemon::installer::{enroll_status_topic, BundleStatus, InstallerInput};
 use crate::daemon::mqtt::link::{MqttSink, MqttStats, Received, StatusMessages};
 use crate::daemon::mqtt::packet::{self, Fitted};
 use crate::daemon::mqtt::spool::Message;
@@ -26,6 +24,7 @@ use crate::daemon::payload::{self, FrameResult, Picture, ResultPayload};
 use crate::daemon::pipeline::MetricsPayload;
 use crate::daemon::throttle::{more, Throttle};
 use crate::detect::detector::Detector;
+use crate::enroll::request::{EnrollRequest, EnrollStatus};
 use crate::update::command::{excerpt, Checked, CommandAuth, MAX_COMMAND_BYTES};
 
 /// The retained `status` payload.

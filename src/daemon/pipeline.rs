@@ -26,19 +26,18 @@ use heapless::HistoryBuf;
 use image::{DynamicImage, RgbImage};
 use serde::Serialize;
 
-use crate::cli::tools::default_model_dir;
+use crate::bank::store::Shot;
 use crate::config::{roi_fits, Config};
-use crate::daemon::installer::{
-    EnrollJob, EnrollRequest, Installer, InstallerInput, InstallerSettings, Slots, Swap,
-};
+use crate::daemon::installer::{Installer, InstallerInput, InstallerSettings, Slots, Swap};
 use crate::daemon::outputs::Sinks;
 use crate::daemon::payload::{self, FrameResult, LatencyMs, ResultPayload};
 use crate::daemon::source::{self, Next};
 use crate::daemon::watchdog::{self, Liveness};
 use crate::detect::detector::{Detector, DetectorOptions};
 use crate::detect::engine::EngineOptions;
-use crate::enroll::Shot;
+use crate::enroll::request::{EnrollJob, EnrollRequest};
 use crate::eval::roc::quantile;
+use crate::model::bundled::default_model_dir;
 use crate::model::manifest::Model;
 use crate::update::bundle::read_public_key;
 

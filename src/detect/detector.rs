@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use image::DynamicImage;
 
-use crate::bank::features::{default_extractor_dir, FeatureExtractor};
+use crate::bank::features::FeatureExtractor;
 use crate::bank::memory::{Features, MemoryBank};
+use crate::bank::scoring::{BankScorer, BankThresholds};
+use crate::bank::store::StoredBank;
 use crate::detect::engine::{self, Engine, EngineOptions};
 use crate::detect::eq1::{self, AnomalyMap};
-use crate::detect::fuse::{self, BankScorer, BankThresholds, Normalisation, ScorerKind, Weights};
+use crate::detect::fuse::{self, Normalisation, ScorerKind, Weights};
 use crate::detect::preprocess::{Fit, Preprocessor};
-use crate::enroll::StoredBank;
+use crate::model::bundled::default_extractor_dir;
 use crate::model::manifest::{Manifest, Model, OutputKind, Thresholds};
 use crate::model::schedule::{MaskSchedule, ScheduleKind};
 
@@ -161,7 +163,7 @@ impl Detector {
             kind: ScorerKind::Maeday,
             extractor: None,
             banks: None,
-            bank_kernel: fuse::bank_kernel(),
+            bank_kernel: crate::bank::scoring::bank_kernel(),
             keep_parts: opts.keep_parts,
             input: Vec::new(),
             output: Vec::new(),
@@ -331,29 +333,31 @@ impl Detector {
             (raw.remove(0), Vec::new())
         } else {
             let b = self.banks.as_ref().expect("banks checked by set_scorer");
-            let mut parts: Vec<(String, AnomalyMap, f32)> = Vec::new();
+            let mut parts: Vec<(String, AnomalyMap)> = Vec::new();
             let mut raw = raw.into_iter();
             if with_maeday {
                 let mut m = raw.next().expect("the MAEDAY map");
-                standardise(&mut m, b.maeday_norm);
-                parts.push(("maeday".into(), m, b.weights.maeday));
+                fuse::standardise(&mut m.data, b.maeday_norm);
+                parts.push((fuse::MAEDAY_PART.into(), m));
             }
             for (s, mut m) in b.scorers.iter().zip(raw) {
-                standardise(&mut m, s.norm);
-                parts.push((s.name.clone(), m, b.weights.bank));
+                fuse::standardise(&mut m.data, s.norm);
+                parts.push((s.name.clone(), m));
             }
-            let first = &parts[0].1;
-            let mut fused = AnomalyMap::zeros(first.width, first.height);
-            for (_, m, w) in &parts {
-                for (f, v) in fused.data.iter_mut().zip(&m.data) {
-                    *f += w * v;
-                }
-            }
-            let parts = if self.keep_parts {
-                parts.into_iter().map(|(n, m, _)| (n, m)).collect()
-            } else {
-                Vec::new()
+            let (width, height) = (parts[0].1.width, parts[0].1.height);
+            let data = fuse::weighted_sum(
+                parts
+                    .iter()
+                    .map(|(name, m)| (&m.data[..], b.weights.of(name))),
+            );
+            let fused = AnomalyMap {
+                width,
+                height,
+                data,
             };
+            if !self.keep_parts {
+                parts.clear();
+            }
             (fused, parts)
         };
         let score = map.max();
@@ -433,7 +437,7 @@ impl Detector {
                 let (grid, size) = (extractor.manifest.grid, extractor.manifest.input_size);
                 for bank in banks {
                     let t = Instant::now();
-                    let knn = fuse::bank_map(
+                    let knn = crate::bank::scoring::bank_map(
                         &feats,
                         grid,
                         size,
@@ -501,12 +505,6 @@ fn add_window(sum: &mut [f32], cw: usize, (wx, wy): (u32, u32), window: &Anomaly
         {
             *acc += v;
         }
-    }
-}
-
-fn standardise(map: &mut AnomalyMap, n: Normalisation) {
-    for v in &mut map.data {
-        *v = n.apply(*v);
     }
 }
 

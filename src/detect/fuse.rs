@@ -9,23 +9,9 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-
-use crate::bank::memory::{Features, MemoryBank};
-use crate::detect::eq1::{self, AnomalyMap};
-use crate::model::manifest::Thresholds;
-
-/// PatchCore smooths its upsampled distance map with a Gaussian of sigma 4 pixels.
-pub const BANK_SIGMA: f32 = 4.0;
-
-/// The kernel size for [`BANK_SIGMA`]: three sigmas each side.
-pub fn bank_kernel() -> Vec<f32> {
-    eq1::gaussian_kernel(2 * (3.0 * BANK_SIGMA).ceil() as usize + 1, BANK_SIGMA)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -104,72 +90,42 @@ impl Default for Weights {
     }
 }
 
-/// Thresholds in the units of each scorer that uses a bank.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct BankThresholds {
-    pub bank: Thresholds,
-    pub ensemble: Thresholds,
+impl Weights {
+    /// The weight of a named part: `maeday`, or any bank's name.
+    pub fn of(&self, part: &str) -> f32 {
+        if part == MAEDAY_PART {
+            self.maeday
+        } else {
+            self.bank
+        }
+    }
 }
 
-/// One memory bank ready to score: the bank and the statistics that standardise its maps.
-#[derive(Debug, Clone)]
-pub struct BankScorer {
-    /// Names the bank in reports (its folder, or `bank<seed>`).
-    pub name: String,
-    pub bank: Arc<MemoryBank>,
-    pub norm: Normalisation,
+/// The name MAEDAY's map has among the fused parts (banks go by their folder names).
+pub const MAEDAY_PART: &str = "maeday";
+
+/// Put a raw map in standardised units, in place.
+pub fn standardise(map: &mut [f32], n: Normalisation) {
+    for v in map {
+        *v = n.apply(*v);
+    }
 }
 
-/// Bilinear resize of a `sw x sh` grid to `dw x dh` with half-pixel centres (torch's
-/// `interpolate(mode="bilinear", align_corners=False)`; edges clamp).
-pub fn upsample_bilinear(src: &[f32], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
-    let axis = |d: usize, s: usize| -> Vec<(usize, usize, f32)> {
-        (0..d)
-            .map(|i| {
-                let x = ((i as f32 + 0.5) * s as f32 / d as f32 - 0.5).max(0.0);
-                let x0 = (x.floor() as usize).min(s - 1);
-                let x1 = (x0 + 1).min(s - 1);
-                (x0, x1, x - x0 as f32)
-            })
-            .collect()
-    };
-    let (xs, ys) = (axis(dw, sw), axis(dh, sh));
-    let mut out = Vec::with_capacity(dw * dh);
-    for &(y0, y1, fy) in &ys {
-        for &(x0, x1, fx) in &xs {
-            let top = src[y0 * sw + x0] * (1.0 - fx) + src[y0 * sw + x1] * fx;
-            let bottom = src[y1 * sw + x0] * (1.0 - fx) + src[y1 * sw + x1] * fx;
-            out.push(top * (1.0 - fy) + bottom * fy);
+/// The fused map: the weighted sum of standardised maps of one frame, in the order given
+/// (MAEDAY first, then the banks). Every fusion (serving, `eval`'s scorer combinations,
+/// enrollment's calibration) goes through here, so they cannot drift apart.
+pub fn weighted_sum<'a>(parts: impl IntoIterator<Item = (&'a [f32], f32)>) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::new();
+    for (map, weight) in parts {
+        if out.is_empty() {
+            out = vec![0.0; map.len()];
+        }
+        debug_assert_eq!(map.len(), out.len(), "fused maps differ in size");
+        for (o, v) in out.iter_mut().zip(map) {
+            *o += weight * v;
         }
     }
     out
-}
-
-/// A `grid x grid` patch grid's map: each patch's distance to its nearest bank row,
-/// upsampled to `size x size`, smoothed with `kernel` (sigma 4). Returns the time spent
-/// in the nearest-neighbour search.
-pub fn bank_map(
-    feats: &Features,
-    grid: usize,
-    size: usize,
-    bank: &MemoryBank,
-    kernel: &[f32],
-    out: &mut AnomalyMap,
-    scratch: &mut Vec<f32>,
-) -> Result<Duration> {
-    anyhow::ensure!(
-        feats.rows() == grid * grid,
-        "{} patch rows for a {grid}x{grid} grid",
-        feats.rows()
-    );
-    let t = Instant::now();
-    let dist = bank.nearest(feats)?;
-    let knn = t.elapsed();
-    out.width = size;
-    out.height = size;
-    out.data = upsample_bilinear(&dist, grid, grid, size, size);
-    eq1::gaussian_filter(out, kernel, scratch);
-    Ok(knn)
 }
 
 #[cfg(test)]
@@ -177,12 +133,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upsampling_keeps_constants_and_interpolates_between_centres() {
-        let up = upsample_bilinear(&[2.0; 4], 2, 2, 8, 8);
-        assert!(up.iter().all(|v| (v - 2.0).abs() < 1e-6));
-        // 1-D ramp 0, 1 over 2 cells -> 4 pixels: 0, 0.25, 0.75, 1 (torch, align_corners=False).
-        let up = upsample_bilinear(&[0.0, 1.0], 2, 1, 4, 1);
-        assert_eq!(up, [0.0, 0.25, 0.75, 1.0]);
+    fn the_weighted_sum_adds_weighted_parts_in_order() {
+        let w = Weights {
+            maeday: 2.0,
+            bank: 0.5,
+        };
+        let (m, b) = ([1.0, -1.0], [4.0, 2.0]);
+        let fused = weighted_sum([(&m[..], w.of(MAEDAY_PART)), (&b[..], w.of("bank0"))]);
+        assert_eq!(fused, [4.0, -1.0]);
+        assert_eq!(weighted_sum([(&b[..], w.bank)]), [2.0, 1.0]);
+        assert!(weighted_sum(std::iter::empty()).is_empty());
     }
 
     #[test]

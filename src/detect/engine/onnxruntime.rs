@@ -20,7 +20,7 @@ use ort::session::builder::SessionBuilder;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::{Engine, EngineOptions, OrtSettings, Precision, Provider};
+use super::api::{Engine, EngineOptions, OrtSettings, Precision, Provider};
 use crate::model::manifest::{Model, OutputKind};
 use crate::model::schedule::MaskSchedule;
 

@@ -5,7 +5,7 @@ use tract_core::transform::{build_float_translator, NodeFilter};
 use tract_onnx::pb::{type_proto, ModelProto};
 use tract_onnx::prelude::*;
 
-use super::{Engine, EngineOptions, Precision};
+use super::api::{native_f16, Engine, EngineOptions, Precision};
 use crate::model::manifest::{Model, OutputKind};
 use crate::model::schedule::MaskSchedule;
 
@@ -300,13 +300,6 @@ fn build_plan(
         "the graph outputs shape {out:?}, the contract needs {want:?}"
     );
     typed.into_runnable()
-}
-
-/// True when tract runs f16 plans on native fp16 kernels: an ARMv8.2 core with `asimdhp`
-/// (Jetson Orin/Xavier, Cortex-A55/A75 and later), or `TRACT_CPU_AARCH64_KIND=a55|a75`
-/// forcing them (qemu reports the host's CPU). Always false on x86.
-pub fn native_f16() -> bool {
-    tract_linalg::has_fp16()
 }
 
 impl Engine for TractEngine {

@@ -1,0 +1,95 @@
+//! Views of a good frame that the bank also memorises (`[enroll] augment`), and the zoomed
+//! view that stands in for a held-out frame when there is only one.
+
+use image::RgbImage;
+
+use crate::bank::store::Augmentation;
+
+/// The extra views one augmentation adds for a good frame.
+pub fn views(a: Augmentation, img: &RgbImage) -> Vec<RgbImage> {
+    match a {
+        Augmentation::Hflip => vec![image::imageops::flip_horizontal(img)],
+        Augmentation::Vflip => vec![image::imageops::flip_vertical(img)],
+        Augmentation::Rotate => vec![rotate(img, -5.0), rotate(img, 5.0)],
+        Augmentation::Brightness => {
+            vec![scale_brightness(img, 0.9), scale_brightness(img, 1.1)]
+        }
+    }
+}
+
+/// Rotation about the centre by `degrees`, bilinear, edges clamped (no black corners).
+fn rotate(img: &RgbImage, degrees: f32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let px = |x: i64, y: i64| {
+        img.get_pixel(
+            x.clamp(0, w as i64 - 1) as u32,
+            y.clamp(0, h as i64 - 1) as u32,
+        )
+    };
+    RgbImage::from_fn(w, h, |x, y| {
+        let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+        let sx = cos * dx + sin * dy + cx;
+        let sy = -sin * dx + cos * dy + cy;
+        let (x0, y0) = (sx.floor(), sy.floor());
+        let (fx, fy) = (sx - x0, sy - y0);
+        let (x0, y0) = (x0 as i64, y0 as i64);
+        let mut out = [0u8; 3];
+        for (c, o) in out.iter_mut().enumerate() {
+            let v = px(x0, y0)[c] as f32 * (1.0 - fx) * (1.0 - fy)
+                + px(x0 + 1, y0)[c] as f32 * fx * (1.0 - fy)
+                + px(x0, y0 + 1)[c] as f32 * (1.0 - fx) * fy
+                + px(x0 + 1, y0 + 1)[c] as f32 * fx * fy;
+            *o = v.round().clamp(0.0, 255.0) as u8;
+        }
+        image::Rgb(out)
+    })
+}
+
+fn scale_brightness(img: &RgbImage, f: f32) -> RgbImage {
+    let mut out = img.clone();
+    for p in out.pixels_mut() {
+        for c in &mut p.0 {
+            *c = (*c as f32 * f).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
+/// A 5% zoom into the centre: a view of a good frame that no bank row equals.
+pub fn zoom(img: &RgbImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (zw, zh) = (
+        ((w as f32 * 1.05).round() as u32).max(w + 1),
+        ((h as f32 * 1.05).round() as u32).max(h + 1),
+    );
+    let big = image::imageops::resize(img, zw, zh, image::imageops::FilterType::Triangle);
+    image::imageops::crop_imm(&big, (zw - w) / 2, (zh - h) / 2, w, h).to_image()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_keep_the_size_and_change_the_pixels() {
+        let img = RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, 77])
+        });
+        for a in [
+            Augmentation::Hflip,
+            Augmentation::Vflip,
+            Augmentation::Rotate,
+            Augmentation::Brightness,
+        ] {
+            for v in views(a, &img) {
+                assert_eq!(v.dimensions(), (40, 30));
+                assert_ne!(v, img, "{a:?}");
+            }
+        }
+        assert_eq!(rotate(&img, 0.0), img);
+        assert_eq!(zoom(&img).dimensions(), (40, 30));
+        assert!("mirror".parse::<Augmentation>().is_err());
+    }
+}

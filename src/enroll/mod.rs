@@ -1,0 +1,298 @@
+//! Enrollment: a few good frames -> a memory bank on disk, with what scoring needs.
+//!
+//! 1. Every good frame (and, optionally, flipped / slightly rotated / brightened copies of
+//!    it) is placed like any frame and cut into windows; the extractor turns each window
+//!    into a 28 x 28 grid of patch features.
+//! 2. Greedy coreset selection (seeded random projection) keeps a fraction of the rows.
+//! 3. Statistics for standardising the maps come from maps of good frames the bank has
+//!    not memorised: with K >= 2 frames each frame is scored against a bank of the others
+//!    (leave one out); with one frame, a 5% zoom of it is scored against the bank. MAEDAY's
+//!    maps of the same views give its statistics.
+//! 4. Thresholds for the bank alone and for the ensemble are calibrated on those maps.
+//!
+//! The bank is stored by [`crate::bank::store`]; [`augment`] makes the extra views;
+//! [`request`] holds what an enrollment asked for over MQTT carries.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use image::DynamicImage;
+
+use crate::bank::features::FeatureExtractor;
+use crate::bank::memory::{coreset, Features, MemoryBank};
+use crate::bank::scoring::BankThresholds;
+use crate::bank::store::{
+    features_sha, Augmentation, BankMeta, MaedayStats, Shot, ShotRecord, StoredBank, BANK_FORMAT,
+};
+use crate::detect::calibration::{calibrate, CalibrationRule};
+use crate::detect::detector::Detector;
+use crate::detect::fuse::{self, Normalisation, Weights};
+use crate::detect::preprocess::load_image;
+use crate::eval::dataset::list_images;
+use crate::model::manifest::Thresholds;
+
+pub mod augment;
+pub mod request;
+
+/// Below this a frame cannot hold a meaningful patch grid.
+pub const MIN_SIDE: u32 = 32;
+
+/// How a bank is built.
+#[derive(Debug, Clone)]
+pub struct EnrollSettings {
+    /// Seeds the coreset's random projection and starting row.
+    pub seed: u64,
+    /// The fraction of patch rows the coreset keeps.
+    pub coreset_fraction: f64,
+    /// Coreset distances are measured after a random projection to this many features.
+    pub projection_dim: usize,
+    pub augment: Vec<Augmentation>,
+    pub weights: Weights,
+    pub rule: CalibrationRule,
+}
+
+impl Default for EnrollSettings {
+    fn default() -> Self {
+        EnrollSettings {
+            seed: 0,
+            coreset_fraction: 0.25,
+            projection_dim: 128,
+            augment: Vec::new(),
+            weights: Weights::default(),
+            rule: CalibrationRule::default(),
+        }
+    }
+}
+
+/// The good frames in `dir` (at most `limit`, in path order). Every file must decode: a
+/// corrupt good frame is an error, not something to skip silently.
+pub fn load_shots(dir: &Path, limit: Option<usize>) -> Result<Vec<Shot>> {
+    let mut paths = list_images(dir)?;
+    ensure!(
+        !paths.is_empty(),
+        "no images in {}: enrollment needs at least one good frame",
+        dir.display()
+    );
+    if let Some(l) = limit {
+        paths.truncate(l);
+    }
+    paths
+        .iter()
+        .map(|p| {
+            Ok(Shot {
+                name: p.display().to_string(),
+                image: load_image(p).context("cannot use it as a good frame")?,
+            })
+        })
+        .collect()
+}
+
+/// Refuse input no bank can be built from: no frames, frames too small for a patch grid,
+/// or (with `expect`, a camera's frame size) frames of another size.
+pub fn check_shots(shots: &[Shot], expect: Option<(u32, u32)>) -> Result<()> {
+    ensure!(
+        !shots.is_empty(),
+        "no good frames: enrollment needs at least one"
+    );
+    for s in shots {
+        let (w, h) = (s.image.width(), s.image.height());
+        ensure!(
+            w >= MIN_SIDE && h >= MIN_SIDE,
+            "good frame {} is {w}x{h}: too small (at least {MIN_SIDE}x{MIN_SIDE})",
+            s.name
+        );
+        if let Some((ew, eh)) = expect {
+            ensure!(
+                (w, h) == (ew, eh),
+                "good frame {} is {w}x{h}, the camera's frames are {ew}x{eh}",
+                s.name
+            );
+        }
+    }
+    Ok(())
+}
+
+fn concat(parts: &[Features], dim: usize) -> Features {
+    Features {
+        dim,
+        data: parts.iter().flat_map(|f| f.data.iter().copied()).collect(),
+    }
+}
+
+/// Build a bank from good frames. `detector` places the frames (its fit) and gives
+/// MAEDAY's maps for the ensemble statistics; it gets `extractor` if it has none.
+pub fn enroll(
+    detector: &mut Detector,
+    extractor: Arc<FeatureExtractor>,
+    shots: &[Shot],
+    s: &EnrollSettings,
+) -> Result<StoredBank> {
+    check_shots(shots, None)?;
+    ensure!(
+        s.coreset_fraction > 0.0 && s.coreset_fraction <= 1.0,
+        "coreset fraction must be in (0, 1], got {}",
+        s.coreset_fraction
+    );
+    if detector
+        .extractor()
+        .map(|e| e.manifest.graph_sha256.clone())
+        != Some(extractor.manifest.graph_sha256.clone())
+    {
+        detector.set_extractor(extractor.clone())?;
+    }
+    let dim = extractor.manifest.feature_dim;
+    // Every view's window features, grouped per good frame.
+    let mut per_shot = Vec::with_capacity(shots.len());
+    for shot in shots {
+        let rgb = shot.image.to_rgb8();
+        let mut views = vec![rgb.clone()];
+        for a in &s.augment {
+            views.extend(augment::views(*a, &rgb));
+        }
+        let mut feats = Vec::new();
+        for v in views {
+            feats.extend(
+                detector
+                    .window_features(&DynamicImage::ImageRgb8(v))
+                    .with_context(|| format!("good frame {}", shot.name))?,
+            );
+        }
+        per_shot.push(concat(&feats, dim));
+    }
+    let all = concat(&per_shot, dim);
+    let chosen = coreset(&all, s.coreset_fraction, s.projection_dim, s.seed);
+    let bank = Arc::new(MemoryBank::new(all.select(&chosen))?);
+
+    // Good maps the bank has not memorised, with MAEDAY's maps of the same views.
+    let (mut maeday_px, mut bank_px) = (Vec::new(), Vec::new());
+    let mut maps = Vec::with_capacity(shots.len());
+    let held_out = if shots.len() >= 2 {
+        "leave-one-out"
+    } else {
+        "zoomed-view"
+    };
+    for (i, shot) in shots.iter().enumerate() {
+        let (view, against) = if shots.len() >= 2 {
+            let others: Vec<Features> = per_shot
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, f)| f.clone())
+                .collect();
+            (
+                shot.image.clone(),
+                Arc::new(MemoryBank::new(concat(&others, dim))?),
+            )
+        } else {
+            (
+                DynamicImage::ImageRgb8(augment::zoom(&shot.image.to_rgb8())),
+                bank.clone(),
+            )
+        };
+        let (raw, _, _) = detector.raw_maps(&view, true, &[against])?;
+        maeday_px.extend_from_slice(&raw[0].data);
+        bank_px.extend_from_slice(&raw[1].data);
+        maps.push(raw);
+    }
+    let maeday_norm = Normalisation::of(&maeday_px);
+    let bank_norm = Normalisation::of(&bank_px);
+    let w = s.weights;
+    // The good maps in standardised units, then the bank alone and the ensemble fused from
+    // them exactly as serving fuses them.
+    for raw in &mut maps {
+        fuse::standardise(&mut raw[0].data, maeday_norm);
+        fuse::standardise(&mut raw[1].data, bank_norm);
+    }
+    let calibrated = |with_maeday: bool| -> Result<Thresholds> {
+        let (mut scores, mut pixels) = (Vec::new(), Vec::new());
+        for raw in &maps {
+            let maeday = (&raw[0].data[..], w.maeday);
+            let bank = (&raw[1].data[..], w.bank);
+            let fused = if with_maeday {
+                fuse::weighted_sum([maeday, bank])
+            } else {
+                fuse::weighted_sum([bank])
+            };
+            scores.push(fused.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            pixels.extend(fused);
+        }
+        Ok(calibrate(&mut scores, &mut pixels, &s.rule)?.thresholds)
+    };
+    let thresholds = BankThresholds {
+        bank: calibrated(false)?,
+        ensemble: calibrated(true)?,
+    };
+    let created_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let meta = BankMeta {
+        format: BANK_FORMAT,
+        created_unix_ms,
+        extractor: extractor.manifest.name.clone(),
+        extractor_sha256: extractor.manifest.graph_sha256.clone(),
+        dim,
+        rows: bank.len(),
+        rows_before_coreset: all.rows(),
+        features_sha256: features_sha(bank.features()),
+        seed: s.seed,
+        coreset_fraction: s.coreset_fraction,
+        projection_dim: s.projection_dim,
+        augment: s.augment.clone(),
+        fit: detector.fit().to_string(),
+        held_out: held_out.into(),
+        bank_norm,
+        weights: w,
+        maeday: MaedayStats {
+            model_sha256: detector.model.manifest.graph_sha256.clone(),
+            schedule: detector.schedule.id(),
+            standardise: detector.model.manifest.input.standardise,
+            norm: maeday_norm,
+        },
+        thresholds,
+        shots: shots
+            .iter()
+            .map(|s| ShotRecord {
+                name: s.name.clone(),
+                width: s.image.width(),
+                height: s.image.height(),
+                file: None,
+                sha256: None,
+            })
+            .collect(),
+    };
+    Ok(StoredBank {
+        dir: PathBuf::new(),
+        meta,
+        bank,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::RgbImage;
+
+    fn shot(w: u32, h: u32) -> Shot {
+        Shot {
+            name: format!("{w}x{h}"),
+            image: DynamicImage::ImageRgb8(RgbImage::new(w, h)),
+        }
+    }
+
+    #[test]
+    fn unusable_shots_are_refused_with_the_reason() {
+        let e = check_shots(&[], None).unwrap_err().to_string();
+        assert!(e.contains("no good frames"), "{e}");
+        let e = check_shots(&[shot(64, 64), shot(20, 64)], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("20x64") && e.contains("too small"), "{e}");
+        let e = check_shots(&[shot(64, 48)], Some((64, 64)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("camera's frames are 64x64"), "{e}");
+        assert!(check_shots(&[shot(64, 64)], Some((64, 64))).is_ok());
+    }
+}
