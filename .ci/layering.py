@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 MAX_LINES = 500
+MAX_FN_LINES = 80
+# "file::function" -> why it may be longer.
+ALLOWED_LONG_FN = {}
 # file -> why it may be longer (keep this short; a reason is required).
 ALLOWED_LONG = {
     "config.rs": "the whole TOML schema with its documented defaults and range checks in one place, "
@@ -110,6 +113,31 @@ def resolve(path: str, here: tuple, is_dir_module: bool, modules: set):
     return best
 
 
+def long_functions(text: str):
+    """(name, lines) of every `fn` whose body closes at the indentation it opened at."""
+    lines = text.split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)(?:pub(?:\([\w:]+\))?\s+)?(?:const\s+)?(?:unsafe\s+)?(?:extern\s+\"C\"\s+)?fn\s+(\w+)", line)
+        if not m:
+            continue
+        indent = m.group(1)
+        # the body starts at the first line ending in `{` from here; a `;` first is a declaration
+        j = i
+        while j < len(lines) and not lines[j].rstrip().endswith("{"):
+            if lines[j].rstrip().endswith(";"):
+                j = None
+                break
+            j += 1
+        if j is None or j >= len(lines):
+            continue
+        k = j + 1
+        while k < len(lines) and lines[k] != indent + "}":
+            k += 1
+        out.append((m.group(2), k - i + 1))
+    return out
+
+
 def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     show_graph = "--graph" in sys.argv
@@ -179,12 +207,24 @@ def main() -> int:
             failed = True
             print(f"{rel}: {n} lines (limit {MAX_LINES}; split it or list it in ALLOWED_LONG with the reason)")
 
+    for m, p in modules.items():
+        rel = str(p.relative_to(root))
+        text = p.read_text()
+        cut = re.search(r"#\[cfg\(test\)\]\s*mod tests\b", text)
+        # Unit tests are often tables of cases: they are not held to the function limit.
+        for name, n in long_functions(text[: cut.start()] if cut else text):
+            key = f"{rel}::{name}"
+            if n > MAX_FN_LINES and key not in ALLOWED_LONG_FN:
+                failed = True
+                print(f"{key}: {n} lines (limit {MAX_FN_LINES}; split it or list it in ALLOWED_LONG_FN with the reason)")
+
     if show_graph:
         for v in sorted(modules):
             print(f"{name(v)}: {', '.join(sorted(name(w) for w in edges[v]))}")
     if not failed:
         print(f"layering: {len(modules)} modules, no import loops, no file over {MAX_LINES} lines "
-              f"(except {', '.join(sorted(ALLOWED_LONG)) or 'none'})")
+              f"(except {', '.join(sorted(ALLOWED_LONG)) or 'none'}), no function over "
+              f"{MAX_FN_LINES} lines (except {', '.join(sorted(ALLOWED_LONG_FN)) or 'none'})")
     return 1 if failed else 0
 
 

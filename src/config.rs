@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::daemon::source::convert::PixelFormat;
 use crate::detect::decode::{DecodeLimits, MAX_FRAME_PIXELS_RANGE};
-use crate::detect::engine::{Backend, OrtSettings, Precision};
+use crate::detect::engine::{Backend, EngineKind, OrtSettings, Precision};
 use crate::detect::preprocess::Fit;
 use crate::model::manifest::Thresholds;
 
@@ -173,10 +173,10 @@ pub struct ModelConfig {
     /// CPU threads for inference; default: all cores.
     pub threads: Option<usize>,
     #[serde(default)]
-    pub precision: PrecisionName,
+    pub precision: Precision,
     /// `tract` (built in, CPU) or `ort` (ONNX Runtime: GPU providers; see `[model.ort]`).
     #[serde(default)]
-    pub engine: EngineName,
+    pub engine: EngineKind,
     /// ONNX Runtime settings, used with `engine = "ort"`.
     pub ort: Option<OrtSettings>,
     /// `maeday`, `bank` or `ensemble`; default: the ensemble once a memory bank is
@@ -190,41 +190,9 @@ pub struct ModelConfig {
     pub bank: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineName {
-    #[default]
-    Tract,
-    Ort,
-}
-
 impl ModelConfig {
     pub fn backend(&self) -> Backend {
-        match self.engine {
-            EngineName::Tract => Backend::Tract,
-            EngineName::Ort => Backend::Ort(self.ort.clone().unwrap_or_default()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrecisionName {
-    /// f16 where the CPU has native fp16 arithmetic (ARMv8.2 `asimdhp`), f32 elsewhere:
-    /// on the magnetic-tile set f16 changes no AUROC by more than 0.001 (cross/README.md).
-    #[default]
-    Auto,
-    F32,
-    F16,
-}
-
-impl From<PrecisionName> for Precision {
-    fn from(p: PrecisionName) -> Precision {
-        match p {
-            PrecisionName::Auto => Precision::auto(),
-            PrecisionName::F32 => Precision::F32,
-            PrecisionName::F16 => Precision::F16,
-        }
+        self.engine.backend(self.ort.clone())
     }
 }
 
@@ -238,7 +206,7 @@ pub struct CameraConfig {
     pub roi: Option<[u32; 4]>,
     /// How a frame is mapped onto the model's windows.
     #[serde(default)]
-    pub fit: FitName,
+    pub fit: Fit,
     /// With `fit = "tile"`: the fraction of a window shared with its neighbour.
     #[serde(default = "default_overlap")]
     pub tile_overlap: f32,
@@ -250,23 +218,13 @@ fn default_overlap() -> f32 {
     0.25
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FitName {
-    #[default]
-    Squash,
-    Letterbox,
-    Tile,
-}
-
 impl CameraConfig {
     pub fn fit(&self) -> Fit {
         match self.fit {
-            FitName::Squash => Fit::Squash,
-            FitName::Letterbox => Fit::Letterbox,
-            FitName::Tile => Fit::Tile {
+            Fit::Tile { .. } => Fit::Tile {
                 overlap: self.tile_overlap,
             },
+            other => other,
         }
     }
 }

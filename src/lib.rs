@@ -11,4 +11,5 @@ pub mod enroll;
 pub mod eval;
 pub mod faults;
 pub mod model;
+pub mod progress;
 pub mod update;

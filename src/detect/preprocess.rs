@@ -31,14 +31,25 @@ pub const RESIZE_FILTER: FilterType = FilterType::Triangle;
 pub const MAX_TILE_ASPECT: u32 = 64;
 
 /// How a frame of any shape is mapped onto `size x size` windows.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Read from text (config `fit`, CLI `--fit`) as `squash`, `letterbox` or `tile` (with the
+/// default overlap; a camera's `tile_overlap` replaces it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Fit {
+    #[default]
     Squash,
     Letterbox,
     /// Overlapping windows; `overlap` is the fraction (0..0.9) shared by neighbours.
     Tile {
         overlap: f32,
     },
+}
+
+impl TryFrom<String> for Fit {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Fit> {
+        s.parse()
+    }
 }
 
 impl std::str::FromStr for Fit {

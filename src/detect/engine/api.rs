@@ -9,8 +9,11 @@ use serde::Deserialize;
 
 use crate::model::manifest::OutputKind;
 
-/// Arithmetic precision of the plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Arithmetic precision of the plan. Read from text (config, CLI) as `auto`, `f32` or `f16`;
+/// `auto` is resolved on the spot for this CPU ([`Precision::auto`]), which is also the
+/// default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Precision {
     F32,
     /// tract's f32-to-f16 rewrite. Native and fast on ARMv8.2 cores with `asimdhp`;
@@ -27,6 +30,19 @@ impl Precision {
         } else {
             Precision::F32
         }
+    }
+}
+
+impl Default for Precision {
+    fn default() -> Self {
+        Precision::auto()
+    }
+}
+
+impl TryFrom<String> for Precision {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
     }
 }
 
@@ -51,7 +67,38 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// Which inference library runs the graph.
+/// Which inference library runs the graph, by name (`model.engine`, `--engine`); the
+/// [`Backend`] adds the library's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    #[default]
+    Tract,
+    Ort,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tract" => Ok(EngineKind::Tract),
+            "ort" => Ok(EngineKind::Ort),
+            other => bail!("unknown engine {other:?} (expected tract or ort)"),
+        }
+    }
+}
+
+impl EngineKind {
+    /// The backend of this kind; `ort` settings are used by ONNX Runtime only.
+    pub fn backend(self, ort: Option<OrtSettings>) -> Backend {
+        match self {
+            EngineKind::Tract => Backend::Tract,
+            EngineKind::Ort => Backend::Ort(ort.unwrap_or_default()),
+        }
+    }
+}
+
+/// Which inference library runs the graph, with its settings.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Backend {
     /// tract: pure Rust, CPU, f32 or f16. Always built.

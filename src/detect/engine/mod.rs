@@ -14,7 +14,9 @@ mod tract;
 use anyhow::bail;
 use anyhow::Result;
 
-pub use self::api::{native_f16, Backend, Engine, EngineOptions, OrtSettings, Precision, Provider};
+pub use self::api::{
+    native_f16, Backend, Engine, EngineKind, EngineOptions, OrtSettings, Precision, Provider,
+};
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;
 pub use self::tract::TractEngine;
