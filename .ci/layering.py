@@ -22,10 +22,7 @@ MAX_FN_LINES = 80
 # "file::function" -> why it may be longer.
 ALLOWED_LONG_FN = {}
 # file -> why it may be longer (keep this short; a reason is required).
-ALLOWED_LONG = {
-    "config.rs": "the whole TOML schema with its documented defaults and range checks in one place, "
-    "so `--check`, the README table and the parser cannot drift apart",
-}
+ALLOWED_LONG = {}
 
 
 def module_of(path: Path, root: Path) -> tuple:
@@ -209,6 +206,8 @@ def main() -> int:
 
     for m, p in modules.items():
         rel = str(p.relative_to(root))
+        if p.name == "tests.rs":
+            continue
         text = p.read_text()
         cut = re.search(r"#\[cfg\(test\)\]\s*mod tests\b", text)
         # Unit tests are often tables of cases: they are not held to the function limit.

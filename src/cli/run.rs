@@ -47,7 +47,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         config.model.scorer = a.scorer;
     }
     if a.check {
-        config.check_sources()?;
+        crate::daemon::source::check::check_sources(&config)?;
         println!("config ok: {} camera(s)", config.cameras.len());
         return Ok(ExitCode::SUCCESS);
     }

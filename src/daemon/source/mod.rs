@@ -14,6 +14,7 @@ use image::RgbImage;
 
 use crate::config::{PipelineConfig, SourceConfig};
 
+pub mod check;
 pub mod convert;
 pub mod replay;
 #[cfg(all(target_os = "linux", feature = "v4l2"))]

@@ -1,0 +1,165 @@
+//! `[model]` (which model, engine and scorer serve) and `[enroll]` (how `enroll` commands
+//! build memory banks).
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Context, Result};
+use serde::Deserialize;
+
+use super::checks::{MAX_MASKS, MAX_THREADS};
+use crate::detect::engine::{Backend, EngineKind, OrtSettings, Precision};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model folder; default: the bundled model.
+    pub path: Option<PathBuf>,
+    /// Override the manifest's mask count (fewer masks: faster, noisier).
+    pub masks: Option<usize>,
+    /// CPU threads for inference; default: all cores.
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub precision: Precision,
+    /// `tract` (built in, CPU) or `ort` (ONNX Runtime: GPU providers; see `[model.ort]`).
+    #[serde(default)]
+    pub engine: EngineKind,
+    /// ONNX Runtime settings, used with `engine = "ort"`.
+    pub ort: Option<OrtSettings>,
+    /// `maeday`, `bank` or `ensemble`; default: the ensemble once a memory bank is
+    /// enrolled, MAEDAY alone before.
+    pub scorer: Option<crate::detect::fuse::ScorerKind>,
+    /// The memory bank's feature extractor; default: the shipped EfficientNet-Lite0.
+    pub extractor: Option<PathBuf>,
+    /// A memory bank folder (from `enroll`) for a model folder that has no `bank/` of its
+    /// own (the demo ships one for the bundled model); a bank enrolled into a model slot
+    /// on the device takes precedence.
+    pub bank: Option<PathBuf>,
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<()> {
+        if let Some(m) = self.masks {
+            // The batch holds all N masked copies of a window: 256 is ~150 MB of input.
+            ensure!(
+                (1..=MAX_MASKS).contains(&m),
+                "model.masks: must be 1 to {MAX_MASKS} (got {m})"
+            );
+        }
+        if let Some(t) = self.threads {
+            ensure!(
+                (1..=MAX_THREADS).contains(&t),
+                "model.threads: must be 1 to {MAX_THREADS} (got {t})"
+            );
+        }
+        if let Some(o) = &self.ort {
+            ensure!(
+                !o.providers.is_empty(),
+                "model.ort.providers: name at least one of cpu, cuda, tensorrt"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.engine.backend(self.ort.clone())
+    }
+}
+
+/// Enrollment of a memory bank from live good frames (the `enroll` MQTT command; the
+/// bank is installed into a model slot, so it needs `[bundles]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollConfig {
+    /// Good frames captured when the command names no count.
+    #[serde(default = "default_enroll_frames")]
+    pub frames: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// The fraction of patch features the coreset keeps.
+    #[serde(default = "default_coreset_fraction")]
+    pub coreset_fraction: f64,
+    /// Extra views of each good frame: hflip, vflip, rotate, brightness.
+    #[serde(default)]
+    pub augment: Vec<String>,
+    /// Weights of MAEDAY's and the bank's standardised maps in the ensemble.
+    #[serde(default = "one")]
+    pub maeday_weight: f32,
+    #[serde(default = "one")]
+    pub bank_weight: f32,
+}
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        EnrollConfig {
+            frames: default_enroll_frames(),
+            seed: 0,
+            coreset_fraction: default_coreset_fraction(),
+            augment: Vec::new(),
+            maeday_weight: 1.0,
+            bank_weight: 1.0,
+        }
+    }
+}
+
+fn default_enroll_frames() -> usize {
+    4
+}
+
+fn default_coreset_fraction() -> f64 {
+    0.25
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl EnrollConfig {
+    pub fn validate(&self) -> Result<()> {
+        let e = self;
+        ensure!(
+            (1..=64).contains(&e.frames),
+            "enroll.frames: must be 1 to 64 (got {})",
+            e.frames
+        );
+        ensure!(
+            e.coreset_fraction > 0.0 && e.coreset_fraction <= 1.0,
+            "enroll.coreset_fraction: must be in (0, 1] (got {})",
+            e.coreset_fraction
+        );
+        ensure!(
+            e.maeday_weight.is_finite()
+                && e.bank_weight.is_finite()
+                && e.maeday_weight >= 0.0
+                && e.bank_weight > 0.0,
+            "enroll: maeday_weight must be finite and >= 0, bank_weight finite and > 0"
+        );
+        let settings = e.settings()?;
+        for (i, a) in settings.augment.iter().enumerate() {
+            // Each augmentation multiplies the bank's rows: each at most once.
+            ensure!(
+                !settings.augment[..i].contains(a),
+                "enroll.augment[{i}]: {:?} is listed twice",
+                e.augment[i]
+            );
+        }
+        Ok(())
+    }
+
+    pub fn settings(&self) -> Result<crate::enroll::EnrollSettings> {
+        Ok(crate::enroll::EnrollSettings {
+            seed: self.seed,
+            coreset_fraction: self.coreset_fraction,
+            augment: self
+                .augment
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_>>()
+                .context("enroll.augment")?,
+            weights: crate::detect::fuse::Weights {
+                maeday: self.maeday_weight,
+                bank: self.bank_weight,
+            },
+            ..Default::default()
+        })
+    }
+}
