@@ -17,7 +17,7 @@ target=aarch64-unknown-linux-gnu
 tdir=${CARGO_TARGET_DIR:-target}
 
 bash cross/toolchain.sh
-# The hand-written V4L2 ABI (src/source/v4l2_abi.rs) against the arm64 kernel headers the
+# The hand-written V4L2 ABI (src/daemon/source/v4l2_abi.rs) against the arm64 kernel headers the
 # toolchain brought, and the host's (the x86 test binary compiles both with gcc).
 MAEDAY_EXPECT_ARM64_HEADERS=1 cargo test --test v4l2_abi
 export TRACT_CPU_AARCH64_KIND=a75 MAEDAY_EXPECT_NATIVE_F16=1

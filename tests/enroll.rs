@@ -7,8 +7,9 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use image::{DynamicImage, GenericImage, RgbImage};
+use maeday_edge::bank::features::open_extractor;
 use maeday_edge::bank::store::{Shot, StoredBank};
-use maeday_edge::detect::detector::{open_extractor, Detector, DetectorOptions};
+use maeday_edge::detect::detector::{Detector, DetectorOptions};
 use maeday_edge::detect::fuse::ScorerKind;
 use maeday_edge::enroll::{enroll, EnrollSettings};
 use maeday_edge::model::manifest::Model;

@@ -1,5 +1,5 @@
 """An independent numpy reference for the memory bank's anomaly map (the runtime's
-`scorer::bank_window_map`), written the literal way, in float64.
+`bank::scoring::bank_map` in `src/bank/scoring.rs`), written the literal way, in float64.
 
 For every query patch: the Euclidean distance to every bank row, the smallest kept
 (the runtime uses one sgemm and re-measures the winner). The 28 x 28 distance grid is

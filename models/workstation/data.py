@@ -56,7 +56,7 @@ def normalise(rgb01: np.ndarray) -> np.ndarray:
 def standardise(rgb01: np.ndarray, mean: float, std: float, eps: float = 1e-3) -> np.ndarray:
     """Per-image contrast standardisation (the manifest's `[input.standardise]`): shift and
     scale all channels of each [3, H, W] image alike so its gray level (the channel mean)
-    has `mean` and `std`. The runtime does the same per window (`src/preprocess.rs`)."""
+    has `mean` and `std`. The runtime does the same per window (`src/detect/preprocess.rs`)."""
     x = np.asarray(rgb01, np.float64)
     gray = x.mean(axis=-3, keepdims=True)
     m = gray.mean(axis=(-2, -1), keepdims=True)

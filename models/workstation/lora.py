@@ -161,7 +161,7 @@ def magnetic_tile_shots(root: Path, shots: int, shot_seed: int, eval_limit: int 
 
     The evaluation set is what `maeday-edge eval --limit <eval_limit> --seed <eval_seed>`
     picks: the first `eval_limit` of a SplitMix64 Fisher-Yates shuffle of the sorted
-    `MT_Free/Imgs/*.jpg` (the same generator as `src/schedule.rs`). The shots are drawn
+    `MT_Free/Imgs/*.jpg` (the same generator as `src/model/schedule.rs`). The shots are drawn
     from the rest with a second shuffle seeded by `shot_seed`.
     """
     normals = sorted((root / "MT_Free" / "Imgs").glob("*.jpg"))

@@ -1,4 +1,4 @@
-"""Mask schedules, bit-for-bit identical to `src/schedule.rs`.
+"""Mask schedules, bit-for-bit identical to `src/model/schedule.rs`.
 
 A schedule is a pure function of (kind, N, K, number of patches, seed), so two devices (or
 the workstation and a device) hide the same patches for the same frame. The generator is

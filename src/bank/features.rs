@@ -127,3 +127,12 @@ impl FeatureExtractor {
         self.features(&t)
     }
 }
+
+/// The feature extractor at `dir`, or the shipped one.
+pub fn open_extractor(dir: Option<&PathBuf>) -> Result<FeatureExtractor> {
+    let dir = dir
+        .cloned()
+        .unwrap_or_else(crate::model::bundled::default_extractor_dir);
+    FeatureExtractor::open(&dir)
+        .with_context(|| format!("cannot open the feature extractor {}", dir.display()))
+}

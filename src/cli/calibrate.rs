@@ -10,7 +10,6 @@ use serde_json::json;
 use crate::cli::model_args::ModelArgs;
 use crate::detect::calibration::{calibrate, CalibrationRule};
 use crate::detect::detector::{Detector, DetectorOptions};
-use crate::detect::fuse::ScorerKind;
 use crate::detect::preprocess::load_image;
 use crate::eval::dataset::list_images;
 use crate::model::manifest::Model;
@@ -63,10 +62,7 @@ pub fn calibrate_model(
         log::warn!("calibrating with a schedule other than the manifest's: the thresholds fit that schedule only");
     }
     // The manifest's thresholds are MAEDAY's; a bank's are calibrated when it is enrolled.
-    let opts = DetectorOptions {
-        scorer: Some(ScorerKind::Maeday),
-        ..opts.clone()
-    };
+    let opts = opts.maeday_only();
     let mut detector = Detector::new(model, &opts)?;
     let (mut scores, mut pixels, mut used) = (Vec::new(), Vec::new(), Vec::new());
     let bar = progress(images.len(), "calibrate");

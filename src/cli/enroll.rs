@@ -10,9 +10,9 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
+use crate::bank::features::open_extractor;
 use crate::cli::model_args::{BankArgs, ModelArgs};
-use crate::detect::detector::{open_extractor, Detector, DetectorOptions};
-use crate::detect::fuse::ScorerKind;
+use crate::detect::detector::{Detector, DetectorOptions};
 use crate::enroll::{enroll, load_shots, EnrollSettings};
 use crate::model::manifest::Model;
 
@@ -63,14 +63,7 @@ pub fn enroll_bank(
     let started = Instant::now();
     let shots = load_shots(good, limit)?;
     let extractor = Arc::new(open_extractor(opts.extractor.as_ref())?);
-    let mut detector = Detector::new(
-        model,
-        &DetectorOptions {
-            scorer: Some(ScorerKind::Maeday),
-            banks: Vec::new(),
-            ..opts.clone()
-        },
-    )?;
+    let mut detector = Detector::new(model, &opts.maeday_only())?;
     let mut bank = enroll(&mut detector, extractor, &shots, settings)?;
     bank.save(out, &shots)?;
     let m = &bank.meta;

@@ -115,8 +115,7 @@ fn write_pictures(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "frame".into());
-    // The pixel threshold sits mid-scale; without one, the map's own maximum tops it.
-    let vmax = pixel_threshold.map(|t| 2.0 * t).unwrap_or(det.score);
+    let vmax = render::heatmap_scale(pixel_threshold, det.score);
     let heat = dir.join(format!("{stem}.heatmap.png"));
     render::heatmap_overlay(frame, &det.map, vmax)
         .save(&heat)

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::checks::{MAX_MASKS, MAX_THREADS};
 use crate::detect::engine::{Backend, EngineKind, OrtSettings, Precision};
+use crate::enroll::EnrollSettings;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,9 +83,9 @@ pub struct EnrollConfig {
     #[serde(default)]
     pub augment: Vec<String>,
     /// Weights of MAEDAY's and the bank's standardised maps in the ensemble.
-    #[serde(default = "one")]
+    #[serde(default = "default_maeday_weight")]
     pub maeday_weight: f32,
-    #[serde(default = "one")]
+    #[serde(default = "default_bank_weight")]
     pub bank_weight: f32,
 }
 
@@ -95,8 +96,8 @@ impl Default for EnrollConfig {
             seed: 0,
             coreset_fraction: default_coreset_fraction(),
             augment: Vec::new(),
-            maeday_weight: 1.0,
-            bank_weight: 1.0,
+            maeday_weight: default_maeday_weight(),
+            bank_weight: default_bank_weight(),
         }
     }
 }
@@ -105,12 +106,17 @@ fn default_enroll_frames() -> usize {
     4
 }
 
+// The defaults are EnrollSettings' (the same as the `enroll` and `eval` tools').
 fn default_coreset_fraction() -> f64 {
-    0.25
+    EnrollSettings::default().coreset_fraction
 }
 
-fn one() -> f32 {
-    1.0
+fn default_maeday_weight() -> f32 {
+    EnrollSettings::default().weights.maeday
+}
+
+fn default_bank_weight() -> f32 {
+    EnrollSettings::default().weights.bank
 }
 
 impl EnrollConfig {
@@ -145,8 +151,8 @@ impl EnrollConfig {
         Ok(())
     }
 
-    pub fn settings(&self) -> Result<crate::enroll::EnrollSettings> {
-        Ok(crate::enroll::EnrollSettings {
+    pub fn settings(&self) -> Result<EnrollSettings> {
+        Ok(EnrollSettings {
             seed: self.seed,
             coreset_fraction: self.coreset_fraction,
             augment: self

@@ -32,9 +32,10 @@ use crate::update::bundle::{reject, Abi, Bundle, Rejection};
 use crate::update::transfer::{Assembler, Chunk, Limits, Progress};
 use std::sync::Arc;
 
+use crate::bank::features::open_extractor;
 use crate::bank::store::{Shot, StoredBank};
 use crate::daemon::mqtt::spool::Message;
-use crate::detect::detector::{open_extractor, Detector, DetectorOptions};
+use crate::detect::detector::{Detector, DetectorOptions};
 use crate::detect::fuse::ScorerKind;
 use crate::detect::preprocess::Fit;
 use crate::enroll::{check_shots, enroll, EnrollSettings};

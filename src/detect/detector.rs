@@ -16,7 +16,8 @@ use crate::detect::engine::{self, Engine, EngineOptions};
 use crate::detect::eq1::{self, AnomalyMap};
 use crate::detect::fuse::{self, Normalisation, ScorerKind, Weights};
 use crate::detect::preprocess::{Fit, Preprocessor};
-use crate::model::bundled::default_extractor_dir;
+use crate::detect::stitch::Stitch;
+
 use crate::model::manifest::{Manifest, Model, OutputKind, Thresholds};
 use crate::model::schedule::{MaskSchedule, ScheduleKind};
 
@@ -50,6 +51,18 @@ impl DetectorOptions {
             m.input.patches(),
             self.seed.unwrap_or(m.masks.seed),
         )
+    }
+}
+
+impl DetectorOptions {
+    /// The same options scoring with MAEDAY alone and no bank: what enrollment (whose
+    /// bank does not exist yet), calibration (MAEDAY's thresholds) and golden checks use.
+    pub fn maeday_only(&self) -> DetectorOptions {
+        DetectorOptions {
+            scorer: Some(ScorerKind::Maeday),
+            banks: Vec::new(),
+            ..self.clone()
+        }
     }
 }
 
@@ -175,7 +188,9 @@ impl Detector {
             dirs.push(own);
         }
         if !dirs.is_empty() && opts.scorer != Some(ScorerKind::Maeday) {
-            let extractor = Arc::new(open_extractor(opts.extractor.as_ref())?);
+            let extractor = Arc::new(crate::bank::features::open_extractor(
+                opts.extractor.as_ref(),
+            )?);
             let stored = dirs
                 .iter()
                 .map(|d| StoredBank::load(d))
@@ -389,44 +404,26 @@ impl Detector {
         let placed = self.pre.place(frame)?;
         times.preprocess += t.elapsed();
         let s = self.pre.size as usize;
-        let (cw, ch) = (
+        let mut stitch = Stitch::new(
+            maeday as usize + banks.len(),
             placed.canvas.width() as usize,
             placed.canvas.height() as usize,
         );
-        let maps = maeday as usize + banks.len();
-        let mut sums = vec![vec![0.0f32; cw * ch]; maps];
-        let mut count = vec![0u16; cw * ch];
         let mut window = AnomalyMap::zeros(s, s);
         let mut image01 = Vec::new();
-        for &(wx, wy) in &placed.windows {
+        for &corner in &placed.windows {
             let t = Instant::now();
             self.pre
-                .window_tensor(&placed.canvas, (wx, wy), &mut self.input);
+                .window_tensor(&placed.canvas, corner, &mut self.input);
             if !banks.is_empty() {
-                self.pre
-                    .window_rgb01(&placed.canvas, (wx, wy), &mut image01);
+                self.pre.window_rgb01(&placed.canvas, corner, &mut image01);
             }
             times.preprocess += t.elapsed();
             let mut slot = 0;
             if maeday {
-                let t = Instant::now();
-                self.engine.run(&self.input, &mut self.output)?;
-                times.inference += t.elapsed();
-
-                let t = Instant::now();
-                match self.engine.output_kind() {
-                    OutputKind::Reconstruction => eq1::anomaly_map_into(
-                        &self.input,
-                        &self.output,
-                        &self.kernel,
-                        &mut window,
-                        &mut self.scratch,
-                    )?,
-                    OutputKind::AnomalyMap => window.data.copy_from_slice(&self.output),
-                }
-                add_window(&mut sums[slot], cw, (wx, wy), &window);
+                self.maeday_window(&mut window, &mut times)?;
+                stitch.add(slot, corner, &window);
                 slot += 1;
-                times.scoring += t.elapsed();
             }
             if !banks.is_empty() {
                 // One extractor run per window, whatever the number of banks.
@@ -446,36 +443,39 @@ impl Detector {
                         &mut window,
                         &mut self.scratch,
                     )?;
-                    add_window(&mut sums[slot], cw, (wx, wy), &window);
+                    stitch.add(slot, corner, &window);
                     slot += 1;
                     times.knn += knn;
                     times.scoring += t.elapsed().saturating_sub(knn);
                 }
             }
-            for y in 0..s {
-                let row = (wy as usize + y) * cw + wx as usize;
-                for c in &mut count[row..row + s] {
-                    *c += 1;
-                }
-            }
+            stitch.covered(corner, s);
         }
         let t = Instant::now();
-        let c = placed.content;
-        let out = sums
-            .iter()
-            .map(|sum| {
-                let mut map = AnomalyMap::zeros(c.width as usize, c.height as usize);
-                for y in 0..map.height {
-                    for x in 0..map.width {
-                        let i = (c.y as usize + y) * cw + c.x as usize + x;
-                        map.data[y * map.width + x] = sum[i] / count[i].max(1) as f32;
-                    }
-                }
-                map
-            })
-            .collect();
+        let out = stitch.finish(placed.content);
         times.scoring += t.elapsed();
         Ok((out, placed.windows.len(), times))
+    }
+
+    /// MAEDAY's map of the window in `self.input` (Eq. 1 on the engine's reconstructions,
+    /// or the engine's own map for graphs that end in one).
+    fn maeday_window(&mut self, window: &mut AnomalyMap, times: &mut StageTimes) -> Result<()> {
+        let t = Instant::now();
+        self.engine.run(&self.input, &mut self.output)?;
+        times.inference += t.elapsed();
+        let t = Instant::now();
+        match self.engine.output_kind() {
+            OutputKind::Reconstruction => eq1::anomaly_map_into(
+                &self.input,
+                &self.output,
+                &self.kernel,
+                window,
+                &mut self.scratch,
+            )?,
+            OutputKind::AnomalyMap => window.data.copy_from_slice(&self.output),
+        }
+        times.scoring += t.elapsed();
+        Ok(())
     }
 
     /// The bank features of every window of a frame (what enrollment stores).
@@ -493,24 +493,4 @@ impl Detector {
         }
         Ok(out)
     }
-}
-
-fn add_window(sum: &mut [f32], cw: usize, (wx, wy): (u32, u32), window: &AnomalyMap) {
-    let s = window.width;
-    for y in 0..window.height {
-        let row = (wy as usize + y) * cw + wx as usize;
-        for (acc, v) in sum[row..row + s]
-            .iter_mut()
-            .zip(&window.data[y * s..(y + 1) * s])
-        {
-            *acc += v;
-        }
-    }
-}
-
-/// The feature extractor at `dir`, or the shipped one.
-pub fn open_extractor(dir: Option<&PathBuf>) -> Result<FeatureExtractor> {
-    let dir = dir.cloned().unwrap_or_else(default_extractor_dir);
-    FeatureExtractor::open(&dir)
-        .with_context(|| format!("cannot open the feature extractor {}", dir.display()))
 }

@@ -3,9 +3,10 @@
 //!
 //! The two scorers speak different units (summed squared RGB error vs. feature-space
 //! distance), so before they are added each map is standardised by statistics taken on
-//! good images (`(v - mean) / std` over their pixels, see [`crate::enroll`]); the fused map
-//! is a weighted sum of standardised maps, and its thresholds are calibrated on the same
-//! good images. MAEDAY alone keeps its raw Eq. 1 units (the manifest's thresholds).
+//! good images (`(v - mean) / scale`, `scale` the spread from the mean to the 0.999
+//! quantile of their pixels: [`Normalisation`]; taken by [`crate::enroll`]); the fused
+//! map is a weighted sum of standardised maps ([`weighted_sum`]), and its thresholds are
+//! calibrated on the same good images. MAEDAY alone keeps its raw Eq. 1 units (the manifest's thresholds).
 
 use std::fmt;
 use std::str::FromStr;

@@ -14,3 +14,4 @@ pub mod eq1;
 pub mod fuse;
 pub mod preprocess;
 pub mod render;
+pub mod stitch;

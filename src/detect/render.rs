@@ -35,6 +35,13 @@ pub fn resize_map(map: &AnomalyMap, width: u32, height: u32) -> AnomalyMap {
     }
 }
 
+/// The top of the heatmap colour scale: twice the pixel threshold, so the threshold sits
+/// mid-scale; without a threshold, the frame's own score (its map's maximum) tops it.
+/// Every heatmap (`score --out`, the daemon's files and MQTT) uses this scale.
+pub fn heatmap_scale(pixel_threshold: Option<f32>, score: f32) -> f32 {
+    pixel_threshold.map(|t| 2.0 * t).unwrap_or(score)
+}
+
 /// The map in a perceptual colour scale (turbo) blended half-and-half over the frame.
 /// Values are scaled by `vmax` (the pixel threshold maps to the middle when
 /// `vmax = 2 x threshold`), clamped at both ends.

@@ -27,6 +27,7 @@ use crate::bank::store::{
 };
 use crate::detect::calibration::{calibrate, CalibrationRule};
 use crate::detect::detector::Detector;
+use crate::detect::eq1::AnomalyMap;
 use crate::detect::fuse::{self, Normalisation, Weights};
 use crate::detect::preprocess::load_image;
 use crate::eval::dataset::list_images;
@@ -142,12 +143,57 @@ pub fn enroll(
         detector.set_extractor(extractor.clone())?;
     }
     let dim = extractor.manifest.feature_dim;
-    // Every view's window features, grouped per good frame.
+    let per_shot = shot_features(detector, shots, &s.augment, dim)?;
+    let all = concat(&per_shot, dim);
+    let chosen = coreset(&all, s.coreset_fraction, s.projection_dim, s.seed);
+    let bank = Arc::new(MemoryBank::new(all.select(&chosen))?);
+    let held_out = held_out_maps(detector, shots, &per_shot, &bank, dim)?;
+    let stats = statistics(held_out.maps, s)?;
+    let meta = BankMeta {
+        format: BANK_FORMAT,
+        created_unix_ms: unix_ms_now(),
+        extractor: extractor.manifest.name.clone(),
+        extractor_sha256: extractor.manifest.graph_sha256.clone(),
+        dim,
+        rows: bank.len(),
+        rows_before_coreset: all.rows(),
+        features_sha256: features_sha(bank.features()),
+        seed: s.seed,
+        coreset_fraction: s.coreset_fraction,
+        projection_dim: s.projection_dim,
+        augment: s.augment.clone(),
+        fit: detector.fit().to_string(),
+        held_out: held_out.how.into(),
+        bank_norm: stats.bank_norm,
+        weights: s.weights,
+        maeday: MaedayStats {
+            model_sha256: detector.model.manifest.graph_sha256.clone(),
+            schedule: detector.schedule.id(),
+            standardise: detector.model.manifest.input.standardise,
+            norm: stats.maeday_norm,
+        },
+        thresholds: stats.thresholds,
+        shots: shots.iter().map(shot_record).collect(),
+    };
+    Ok(StoredBank {
+        dir: PathBuf::new(),
+        meta,
+        bank,
+    })
+}
+
+/// Every view's window features, grouped per good frame.
+fn shot_features(
+    detector: &mut Detector,
+    shots: &[Shot],
+    augment: &[Augmentation],
+    dim: usize,
+) -> Result<Vec<Features>> {
     let mut per_shot = Vec::with_capacity(shots.len());
     for shot in shots {
         let rgb = shot.image.to_rgb8();
         let mut views = vec![rgb.clone()];
-        for a in &s.augment {
+        for a in augment {
             views.extend(augment::views(*a, &rgb));
         }
         let mut feats = Vec::new();
@@ -160,20 +206,29 @@ pub fn enroll(
         }
         per_shot.push(concat(&feats, dim));
     }
-    let all = concat(&per_shot, dim);
-    let chosen = coreset(&all, s.coreset_fraction, s.projection_dim, s.seed);
-    let bank = Arc::new(MemoryBank::new(all.select(&chosen))?);
+    Ok(per_shot)
+}
 
-    // Good maps the bank has not memorised, with MAEDAY's maps of the same views.
-    let (mut maeday_px, mut bank_px) = (Vec::new(), Vec::new());
+/// Raw maps (MAEDAY, bank) of good frames the bank has not memorised, and how they were
+/// held out.
+struct HeldOut {
+    maps: Vec<Vec<AnomalyMap>>,
+    /// `leave-one-out` (K >= 2 frames: each against a bank of the others) or `zoomed-view`
+    /// (one frame: a 5% zoom of it against the bank).
+    how: &'static str,
+}
+
+fn held_out_maps(
+    detector: &mut Detector,
+    shots: &[Shot],
+    per_shot: &[Features],
+    bank: &Arc<MemoryBank>,
+    dim: usize,
+) -> Result<HeldOut> {
+    let leave_one_out = shots.len() >= 2;
     let mut maps = Vec::with_capacity(shots.len());
-    let held_out = if shots.len() >= 2 {
-        "leave-one-out"
-    } else {
-        "zoomed-view"
-    };
     for (i, shot) in shots.iter().enumerate() {
-        let (view, against) = if shots.len() >= 2 {
+        let (view, against) = if leave_one_out {
             let others: Vec<Features> = per_shot
                 .iter()
                 .enumerate()
@@ -191,19 +246,38 @@ pub fn enroll(
             )
         };
         let (raw, _, _) = detector.raw_maps(&view, true, &[against])?;
-        maeday_px.extend_from_slice(&raw[0].data);
-        bank_px.extend_from_slice(&raw[1].data);
         maps.push(raw);
     }
-    let maeday_norm = Normalisation::of(&maeday_px);
-    let bank_norm = Normalisation::of(&bank_px);
-    let w = s.weights;
-    // The good maps in standardised units, then the bank alone and the ensemble fused from
-    // them exactly as serving fuses them.
+    let how = if leave_one_out {
+        "leave-one-out"
+    } else {
+        "zoomed-view"
+    };
+    Ok(HeldOut { maps, how })
+}
+
+/// What scoring needs from the held-out good maps.
+struct Statistics {
+    maeday_norm: Normalisation,
+    bank_norm: Normalisation,
+    thresholds: BankThresholds,
+}
+
+/// Standardise MAEDAY's and the bank's held-out maps by their own pixels, then calibrate
+/// the bank alone and the ensemble on maps fused exactly as serving fuses them.
+fn statistics(mut maps: Vec<Vec<AnomalyMap>>, s: &EnrollSettings) -> Result<Statistics> {
+    let pixels = |k: usize| -> Vec<f32> {
+        maps.iter()
+            .flat_map(|raw| raw[k].data.iter().copied())
+            .collect()
+    };
+    let maeday_norm = Normalisation::of(&pixels(0));
+    let bank_norm = Normalisation::of(&pixels(1));
     for raw in &mut maps {
         fuse::standardise(&mut raw[0].data, maeday_norm);
         fuse::standardise(&mut raw[1].data, bank_norm);
     }
+    let w = s.weights;
     let calibrated = |with_maeday: bool| -> Result<Thresholds> {
         let (mut scores, mut pixels) = (Vec::new(), Vec::new());
         for raw in &maps {
@@ -219,54 +293,31 @@ pub fn enroll(
         }
         Ok(calibrate(&mut scores, &mut pixels, &s.rule)?.thresholds)
     };
-    let thresholds = BankThresholds {
-        bank: calibrated(false)?,
-        ensemble: calibrated(true)?,
-    };
-    let created_unix_ms = std::time::SystemTime::now()
+    Ok(Statistics {
+        maeday_norm,
+        bank_norm,
+        thresholds: BankThresholds {
+            bank: calibrated(false)?,
+            ensemble: calibrated(true)?,
+        },
+    })
+}
+
+fn shot_record(s: &Shot) -> ShotRecord {
+    ShotRecord {
+        name: s.name.clone(),
+        width: s.image.width(),
+        height: s.image.height(),
+        file: None,
+        sha256: None,
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let meta = BankMeta {
-        format: BANK_FORMAT,
-        created_unix_ms,
-        extractor: extractor.manifest.name.clone(),
-        extractor_sha256: extractor.manifest.graph_sha256.clone(),
-        dim,
-        rows: bank.len(),
-        rows_before_coreset: all.rows(),
-        features_sha256: features_sha(bank.features()),
-        seed: s.seed,
-        coreset_fraction: s.coreset_fraction,
-        projection_dim: s.projection_dim,
-        augment: s.augment.clone(),
-        fit: detector.fit().to_string(),
-        held_out: held_out.into(),
-        bank_norm,
-        weights: w,
-        maeday: MaedayStats {
-            model_sha256: detector.model.manifest.graph_sha256.clone(),
-            schedule: detector.schedule.id(),
-            standardise: detector.model.manifest.input.standardise,
-            norm: maeday_norm,
-        },
-        thresholds,
-        shots: shots
-            .iter()
-            .map(|s| ShotRecord {
-                name: s.name.clone(),
-                width: s.image.width(),
-                height: s.image.height(),
-                file: None,
-                sha256: None,
-            })
-            .collect(),
-    };
-    Ok(StoredBank {
-        dir: PathBuf::new(),
-        meta,
-        bank,
-    })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

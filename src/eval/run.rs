@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
+use crate::bank::features::open_extractor;
 use crate::bank::store::Shot;
-use crate::detect::detector::{open_extractor, Detection, Detector, DetectorOptions};
+use crate::detect::detector::{Detection, Detector, DetectorOptions};
 use crate::detect::eq1::AnomalyMap;
 use crate::detect::fuse::{self, ScorerKind, Weights};
 use crate::detect::preprocess::load_image;
@@ -130,10 +131,8 @@ fn few_shot_detector(
     let mut d = Detector::new(
         model,
         &DetectorOptions {
-            scorer: Some(ScorerKind::Maeday),
-            banks: Vec::new(),
             keep_parts: true,
-            ..opts.clone()
+            ..opts.maeday_only()
         },
     )?;
     let extractor = Arc::new(open_extractor(opts.extractor.as_ref())?);

@@ -98,162 +98,20 @@ impl Open {
         max_pixels: u64,
     ) -> Result<(Self, String)> {
         let (format, width, height, fps) = want;
-        let cpath = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| anyhow!("{} contains a NUL byte", path.display()))?;
-        // SAFETY: a valid C string; the result is checked.
-        let raw = unsafe {
-            libc::open(
-                cpath.as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(anyhow::Error::new(std::io::Error::last_os_error())
-                .context(format!("cannot open {}", path.display())));
-        }
-        // SAFETY: `raw` is a freshly opened descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-
-        let mut cap = abi::Capability::default();
-        // SAFETY: QUERYCAP fills a v4l2_capability.
-        unsafe {
-            ioctl(
-                &fd,
-                abi::VIDIOC_QUERYCAP,
-                "VIDIOC_QUERYCAP (not a V4L2 device?)",
-                &mut cap,
-            )?
-        };
-        let caps = if cap.capabilities & abi::CAP_DEVICE_CAPS != 0 {
-            cap.device_caps
-        } else {
-            cap.capabilities
-        };
-        let card = String::from_utf8_lossy(&cap.card);
-        let card = card.trim_end_matches('\0').to_string();
-        ensure!(
-            caps & abi::CAP_VIDEO_CAPTURE != 0,
-            "{} ({card}) is not a video capture device",
-            path.display()
-        );
-        ensure!(
-            caps & abi::CAP_STREAMING != 0,
-            "{} ({card}) cannot stream (no V4L2_CAP_STREAMING)",
-            path.display()
-        );
-
-        let mut fmt = abi::Format {
-            type_: abi::BUF_TYPE_VIDEO_CAPTURE,
-            ..Default::default()
-        };
-        // SAFETY: G_FMT/S_FMT fill a v4l2_format; the pix member is the one a capture
-        // buffer type uses.
-        let pix = unsafe {
-            ioctl(&fd, abi::VIDIOC_G_FMT, "VIDIOC_G_FMT", &mut fmt)?;
-            fmt.fmt.pix.width = width;
-            fmt.fmt.pix.height = height;
-            fmt.fmt.pix.pixelformat = u32::from_le_bytes(format.fourcc());
-            fmt.fmt.pix.field = abi::FIELD_ANY;
-            ioctl(&fd, abi::VIDIOC_S_FMT, "VIDIOC_S_FMT", &mut fmt)?;
-            fmt.fmt.pix
-        };
-        let granted_code = pix.pixelformat.to_le_bytes();
-        let granted_format = PixelFormat::from_fourcc(granted_code)
-            .context("the driver granted a pixel format this runtime cannot read")?;
-        ensure!(
-            pix.width > 0 && pix.height > 0,
-            "the driver granted an empty frame size"
-        );
-        // A driver may grant more than was asked: never map and decode past the limit.
-        ensure!(
-            pix.width as u64 * pix.height as u64 <= max_pixels,
-            "the driver granted {}x{}, over pipeline.max_frame_pixels ({max_pixels})",
-            pix.width,
-            pix.height
-        );
-
-        // The frame rate: not every driver lets it be set (then it runs at its own).
-        let mut parm = abi::StreamParm {
-            type_: abi::BUF_TYPE_VIDEO_CAPTURE,
-            ..Default::default()
-        };
-        parm.parm.capture = abi::CaptureParm {
-            capability: 0,
-            capturemode: 0,
-            timeperframe: abi::Fract {
-                numerator: 1,
-                denominator: fps,
-            },
-            extendedmode: 0,
-            readbuffers: 0,
-            reserved: [0; 4],
-        };
-        // SAFETY: S_PARM fills a v4l2_streamparm whose capture member a capture type uses.
-        let granted_fps =
-            match unsafe { ioctl(&fd, abi::VIDIOC_S_PARM, "VIDIOC_S_PARM", &mut parm) } {
-                Ok(()) => {
-                    // SAFETY: as above.
-                    let t = unsafe { parm.parm.capture.timeperframe };
-                    format!("{:.1}", t.denominator as f64 / t.numerator.max(1) as f64)
-                }
-                Err(e) => {
-                    log::warn!(
-                        "camera {}: {e:#}; it runs at the driver's frame rate",
-                        path.display()
-                    );
-                    "driver's".into()
-                }
-            };
+        let fd = open_device(path)?;
+        let card = check_capabilities(&fd, path)?;
+        let (pix, granted_format) = set_format(&fd, format, width, height, max_pixels)?;
+        let granted_fps = set_frame_rate(&fd, fps, path);
         let granted = format!(
             "{} ({card}) asked {width}x{height} {:?} @{fps} fps, granted {}x{} {} @{granted_fps} fps",
             path.display(),
             String::from_utf8_lossy(&format.fourcc()),
             pix.width,
             pix.height,
-            String::from_utf8_lossy(&granted_code),
+            String::from_utf8_lossy(&pix.pixelformat.to_le_bytes()),
         );
-
-        let mut req = abi::RequestBuffers {
-            count,
-            type_: abi::BUF_TYPE_VIDEO_CAPTURE,
-            memory: abi::MEMORY_MMAP,
-            ..Default::default()
-        };
-        // SAFETY: REQBUFS fills a v4l2_requestbuffers.
-        unsafe { ioctl(&fd, abi::VIDIOC_REQBUFS, "VIDIOC_REQBUFS", &mut req)? };
-        ensure!(req.count > 0, "the driver granted no capture buffers");
-        let mut buffers = Vec::with_capacity(req.count as usize);
-        for index in 0..req.count {
-            let mut buf = abi::Buffer {
-                index,
-                type_: abi::BUF_TYPE_VIDEO_CAPTURE,
-                memory: abi::MEMORY_MMAP,
-                ..Default::default()
-            };
-            // SAFETY: QUERYBUF fills a v4l2_buffer; for MMAP buffers `m.offset` is set.
-            let offset = unsafe {
-                ioctl(&fd, abi::VIDIOC_QUERYBUF, "VIDIOC_QUERYBUF", &mut buf)?;
-                buf.m.offset
-            };
-            let len = buf.length as usize;
-            ensure!(len > 0, "the driver gave capture buffer {index} no length");
-            // SAFETY: maps the driver's buffer read-only; checked for MAP_FAILED.
-            let ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ,
-                    libc::MAP_SHARED,
-                    fd.as_raw_fd(),
-                    offset as libc::off_t,
-                )
-            };
-            if ptr == libc::MAP_FAILED {
-                return Err(anyhow::Error::new(std::io::Error::last_os_error())
-                    .context(format!("cannot map capture buffer {index}")));
-            }
-            buffers.push(Mapped { ptr, len });
-        }
+        let buffers = map_buffers(&fd, count)?;
+        let queued = buffers.len() as u32;
         let open = Open {
             buffers,
             fd,
@@ -261,7 +119,7 @@ impl Open {
             width: pix.width,
             height: pix.height,
         };
-        for index in 0..req.count {
+        for index in 0..queued {
             open.queue(index)?;
         }
         let mut kind = abi::BUF_TYPE_VIDEO_CAPTURE as i32;
@@ -444,4 +302,177 @@ impl FrameSource for V4l2Source {
     fn describe(&self) -> String {
         format!("v4l2 {}", self.granted)
     }
+}
+
+/// Open the device node (non-blocking: frames are waited for with poll).
+fn open_device(path: &Path) -> Result<OwnedFd> {
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| anyhow!("{} contains a NUL byte", path.display()))?;
+    // SAFETY: a valid C string; the result is checked.
+    let raw = unsafe {
+        libc::open(
+            cpath.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(anyhow::Error::new(std::io::Error::last_os_error())
+            .context(format!("cannot open {}", path.display())));
+    }
+    // SAFETY: `raw` is a freshly opened descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(fd)
+}
+
+/// Check that the device captures video by streaming; its card name, for logs.
+fn check_capabilities(fd: &OwnedFd, path: &Path) -> Result<String> {
+    let mut cap = abi::Capability::default();
+    // SAFETY: QUERYCAP fills a v4l2_capability.
+    unsafe {
+        ioctl(
+            fd,
+            abi::VIDIOC_QUERYCAP,
+            "VIDIOC_QUERYCAP (not a V4L2 device?)",
+            &mut cap,
+        )?
+    };
+    let caps = if cap.capabilities & abi::CAP_DEVICE_CAPS != 0 {
+        cap.device_caps
+    } else {
+        cap.capabilities
+    };
+    let card = String::from_utf8_lossy(&cap.card);
+    let card = card.trim_end_matches('\0').to_string();
+    ensure!(
+        caps & abi::CAP_VIDEO_CAPTURE != 0,
+        "{} ({card}) is not a video capture device",
+        path.display()
+    );
+    ensure!(
+        caps & abi::CAP_STREAMING != 0,
+        "{} ({card}) cannot stream (no V4L2_CAP_STREAMING)",
+        path.display()
+    );
+    Ok(card)
+}
+
+/// Ask for a pixel format and size; what the driver granted, refused when this runtime
+/// cannot read it or it is over `max_pixels`.
+fn set_format(
+    fd: &OwnedFd,
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+    max_pixels: u64,
+) -> Result<(abi::PixFormat, PixelFormat)> {
+    let mut fmt = abi::Format {
+        type_: abi::BUF_TYPE_VIDEO_CAPTURE,
+        ..Default::default()
+    };
+    // SAFETY: G_FMT/S_FMT fill a v4l2_format; the pix member is the one a capture
+    // buffer type uses.
+    let pix = unsafe {
+        ioctl(fd, abi::VIDIOC_G_FMT, "VIDIOC_G_FMT", &mut fmt)?;
+        fmt.fmt.pix.width = width;
+        fmt.fmt.pix.height = height;
+        fmt.fmt.pix.pixelformat = u32::from_le_bytes(format.fourcc());
+        fmt.fmt.pix.field = abi::FIELD_ANY;
+        ioctl(fd, abi::VIDIOC_S_FMT, "VIDIOC_S_FMT", &mut fmt)?;
+        fmt.fmt.pix
+    };
+    let granted = PixelFormat::from_fourcc(pix.pixelformat.to_le_bytes())
+        .context("the driver granted a pixel format this runtime cannot read")?;
+    ensure!(
+        pix.width > 0 && pix.height > 0,
+        "the driver granted an empty frame size"
+    );
+    // A driver may grant more than was asked: never map and decode past the limit.
+    ensure!(
+        pix.width as u64 * pix.height as u64 <= max_pixels,
+        "the driver granted {}x{}, over pipeline.max_frame_pixels ({max_pixels})",
+        pix.width,
+        pix.height
+    );
+    Ok((pix, granted))
+}
+
+/// Ask for a frame rate; the rate granted, for logs. Not every driver lets it be set (then
+/// the camera runs at its own, and this says so).
+fn set_frame_rate(fd: &OwnedFd, fps: u32, path: &Path) -> String {
+    let mut parm = abi::StreamParm {
+        type_: abi::BUF_TYPE_VIDEO_CAPTURE,
+        ..Default::default()
+    };
+    parm.parm.capture = abi::CaptureParm {
+        capability: 0,
+        capturemode: 0,
+        timeperframe: abi::Fract {
+            numerator: 1,
+            denominator: fps,
+        },
+        extendedmode: 0,
+        readbuffers: 0,
+        reserved: [0; 4],
+    };
+    // SAFETY: S_PARM fills a v4l2_streamparm whose capture member a capture type uses.
+    match unsafe { ioctl(fd, abi::VIDIOC_S_PARM, "VIDIOC_S_PARM", &mut parm) } {
+        Ok(()) => {
+            // SAFETY: as above.
+            let t = unsafe { parm.parm.capture.timeperframe };
+            format!("{:.1}", t.denominator as f64 / t.numerator.max(1) as f64)
+        }
+        Err(e) => {
+            log::warn!(
+                "camera {}: {e:#}; it runs at the driver's frame rate",
+                path.display()
+            );
+            "driver's".into()
+        }
+    }
+}
+
+/// Request `count` capture buffers and map each read-only.
+fn map_buffers(fd: &OwnedFd, count: u32) -> Result<Vec<Mapped>> {
+    let mut req = abi::RequestBuffers {
+        count,
+        type_: abi::BUF_TYPE_VIDEO_CAPTURE,
+        memory: abi::MEMORY_MMAP,
+        ..Default::default()
+    };
+    // SAFETY: REQBUFS fills a v4l2_requestbuffers.
+    unsafe { ioctl(fd, abi::VIDIOC_REQBUFS, "VIDIOC_REQBUFS", &mut req)? };
+    ensure!(req.count > 0, "the driver granted no capture buffers");
+    let mut buffers = Vec::with_capacity(req.count as usize);
+    for index in 0..req.count {
+        let mut buf = abi::Buffer {
+            index,
+            type_: abi::BUF_TYPE_VIDEO_CAPTURE,
+            memory: abi::MEMORY_MMAP,
+            ..Default::default()
+        };
+        // SAFETY: QUERYBUF fills a v4l2_buffer; for MMAP buffers `m.offset` is set.
+        let offset = unsafe {
+            ioctl(fd, abi::VIDIOC_QUERYBUF, "VIDIOC_QUERYBUF", &mut buf)?;
+            buf.m.offset
+        };
+        let len = buf.length as usize;
+        ensure!(len > 0, "the driver gave capture buffer {index} no length");
+        // SAFETY: maps the driver's buffer read-only; checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(anyhow::Error::new(std::io::Error::last_os_error())
+                .context(format!("cannot map capture buffer {index}")));
+        }
+        buffers.push(Mapped { ptr, len });
+    }
+    Ok(buffers)
 }

@@ -59,45 +59,17 @@ impl TractEngine {
         } else {
             1
         };
-        let mut plans: Vec<(usize, Plan)> = Vec::new();
-        let mut workers = Vec::with_capacity(workers_n);
-        let mut first = 0;
-        for w in 0..workers_n {
-            // Spread N masks as evenly as possible; at most two distinct batch sizes.
-            let masks = schedule.masks / workers_n + usize::from(w < schedule.masks % workers_n);
-            let plan = match plans.iter().find(|(n, _)| *n == masks) {
-                Some((_, p)) => p.clone(),
-                None => {
-                    let p = build_plan(
-                        &onnx,
-                        &proto,
-                        image_ix,
-                        keep_ix,
-                        model,
-                        masks,
-                        schedule.keep,
-                        opts,
-                    )
-                    .with_context(|| {
-                        format!("cannot prepare graph {} for tract", path.display())
-                    })?;
-                    plans.push((masks, p.clone()));
-                    p
-                }
-            };
-            let keep = Tensor::from_shape(
-                &[masks, schedule.keep],
-                &schedule.indices()[first * schedule.keep..(first + masks) * schedule.keep],
-            )?;
-            first += masks;
-            workers.push(Worker {
-                state: TypedSimpleState::new(&plan)?,
-                keep,
-                masks,
-                image_first: image_ix < keep_ix,
-            });
-        }
-        let input_type = plans[0].1.model().input_fact(image_ix)?.datum_type;
+        let graph = Graph {
+            onnx: &onnx,
+            proto: &proto,
+            image_ix,
+            keep_ix,
+            model,
+            keep: schedule.keep,
+            opts,
+        };
+        let (workers, input_type) = build_workers(&graph, schedule, workers_n)
+            .with_context(|| format!("cannot prepare graph {} for tract", path.display()))?;
         let pool = (!split && threads > 1)
             .then(|| tract_linalg::multithread::Executor::multithread(threads));
         if opts.precision == Precision::F16 && !native_f16() {
@@ -106,18 +78,7 @@ impl TractEngine {
                  emulates it, several times slower than f32; use f32 here"
             );
         }
-        let label = format!(
-            "tract {}{} x{threads} thread{}",
-            opts.precision,
-            match (opts.precision, native_f16(), opts.f32_norms) {
-                (Precision::F32, _, _) => "",
-                (Precision::F16, true, true) => " native (norms f32)",
-                (Precision::F16, true, false) => " native",
-                (Precision::F16, false, true) => " emulated (norms f32)",
-                (Precision::F16, false, false) => " emulated",
-            },
-            if threads == 1 { "" } else { "s" }
-        );
+        let label = describe(opts, threads);
         let mut engine = TractEngine {
             kind: m.output.kind,
             size,
@@ -256,50 +217,117 @@ fn check_dims(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_plan(
-    onnx: &tract_onnx::Onnx,
-    proto: &ModelProto,
+/// `workers_n` workers that split the schedule's masks as evenly as possible (at most two
+/// distinct batch sizes, so at most two plans), and the graph's image input type.
+fn build_workers(
+    graph: &Graph,
+    schedule: &MaskSchedule,
+    workers_n: usize,
+) -> Result<(Vec<Worker>, DatumType)> {
+    let mut plans: Vec<(usize, Plan)> = Vec::new();
+    let mut workers = Vec::with_capacity(workers_n);
+    let mut first = 0;
+    for w in 0..workers_n {
+        let masks = schedule.masks / workers_n + usize::from(w < schedule.masks % workers_n);
+        let plan = match plans.iter().find(|(n, _)| *n == masks) {
+            Some((_, p)) => p.clone(),
+            None => {
+                let p = graph.plan(masks)?;
+                plans.push((masks, p.clone()));
+                p
+            }
+        };
+        let keep = Tensor::from_shape(
+            &[masks, schedule.keep],
+            &schedule.indices()[first * schedule.keep..(first + masks) * schedule.keep],
+        )?;
+        first += masks;
+        workers.push(Worker {
+            state: TypedSimpleState::new(&plan)?,
+            keep,
+            masks,
+            image_first: graph.image_ix < graph.keep_ix,
+        });
+    }
+    let input_type = plans[0].1.model().input_fact(graph.image_ix)?.datum_type;
+    Ok((workers, input_type))
+}
+
+/// E.g. `tract f16 native (norms f32) x4 threads`.
+fn describe(opts: &EngineOptions, threads: usize) -> String {
+    format!(
+        "tract {}{} x{threads} thread{}",
+        opts.precision,
+        match (opts.precision, native_f16(), opts.f32_norms) {
+            (Precision::F32, _, _) => "",
+            (Precision::F16, true, true) => " native (norms f32)",
+            (Precision::F16, true, false) => " native",
+            (Precision::F16, false, true) => " emulated (norms f32)",
+            (Precision::F16, false, false) => " emulated",
+        },
+        if threads == 1 { "" } else { "s" }
+    )
+}
+
+/// One parsed ONNX graph and where its inputs are: plans for several batch sizes are
+/// made from it.
+struct Graph<'a> {
+    onnx: &'a tract_onnx::Onnx,
+    proto: &'a ModelProto,
     image_ix: usize,
     keep_ix: usize,
-    model: &Model,
-    masks: usize,
+    model: &'a Model,
+    /// Patches each mask keeps.
     keep: usize,
-    opts: &EngineOptions,
-) -> Result<Plan> {
-    let s = model.manifest.input.size;
-    let mut inference = onnx.model_for_proto_model(proto)?;
-    inference.set_input_fact(image_ix, f32::fact([1, 3, s, s]).into())?;
-    inference.set_input_fact(keep_ix, i64::fact([masks, keep]).into())?;
-    let mut typed = inference.into_typed().context("shape analysis failed")?;
-    if opts.precision == Precision::F16 {
-        // The scoring tail (named /head/ by the exporter) always stays f32: in f16 its
-        // depthwise Gaussian conv dominated the frame on x86 and loses precision.
-        let mut exclude = vec!["/head/".to_string()];
-        if opts.f32_norms {
-            exclude.extend(["norm".to_string(), "Softmax".to_string()]);
+    opts: &'a EngineOptions,
+}
+
+impl Graph<'_> {
+    /// The optimised plan for a batch of `masks` masks, its output shape checked.
+    fn plan(&self, masks: usize) -> Result<Plan> {
+        let Graph {
+            onnx,
+            proto,
+            image_ix,
+            keep_ix,
+            model,
+            keep,
+            opts,
+        } = *self;
+        let s = model.manifest.input.size;
+        let mut inference = onnx.model_for_proto_model(proto)?;
+        inference.set_input_fact(image_ix, f32::fact([1, 3, s, s]).into())?;
+        inference.set_input_fact(keep_ix, i64::fact([masks, keep]).into())?;
+        let mut typed = inference.into_typed().context("shape analysis failed")?;
+        if opts.precision == Precision::F16 {
+            // The scoring tail (named /head/ by the exporter) always stays f32: in f16 its
+            // depthwise Gaussian conv dominated the frame on x86 and loses precision.
+            let mut exclude = vec!["/head/".to_string()];
+            if opts.f32_norms {
+                exclude.extend(["norm".to_string(), "Softmax".to_string()]);
+            }
+            let filter = NodeFilter {
+                exclude: Some(exclude),
+                ..Default::default()
+            };
+            build_float_translator(DatumType::F32, DatumType::F16, filter).transform(&mut typed)?;
         }
-        let filter = NodeFilter {
-            exclude: Some(exclude),
-            ..Default::default()
+        let typed = typed.into_optimized().context("optimisation failed")?;
+        let out = typed
+            .output_fact(0)?
+            .shape
+            .as_concrete()
+            .map(|d| d.to_vec());
+        let want = match model.manifest.output.kind {
+            OutputKind::Reconstruction => vec![masks, 3, s, s],
+            OutputKind::AnomalyMap => vec![1, 1, s, s],
         };
-        build_float_translator(DatumType::F32, DatumType::F16, filter).transform(&mut typed)?;
+        ensure!(
+            out.as_deref() == Some(&want[..]),
+            "the graph outputs shape {out:?}, the contract needs {want:?}"
+        );
+        typed.into_runnable()
     }
-    let typed = typed.into_optimized().context("optimisation failed")?;
-    let out = typed
-        .output_fact(0)?
-        .shape
-        .as_concrete()
-        .map(|d| d.to_vec());
-    let want = match model.manifest.output.kind {
-        OutputKind::Reconstruction => vec![masks, 3, s, s],
-        OutputKind::AnomalyMap => vec![1, 1, s, s],
-    };
-    ensure!(
-        out.as_deref() == Some(&want[..]),
-        "the graph outputs shape {out:?}, the contract needs {want:?}"
-    );
-    typed.into_runnable()
 }
 
 impl Engine for TractEngine {
