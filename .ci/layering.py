@@ -10,7 +10,10 @@ Every strongly connected component of more than one module is a loop and fails t
 printed with one import edge of each module in it. Files over the line limit fail too,
 unless they are listed in ALLOWED_LONG with the reason.
 
-    python3 .ci/layering.py [--graph] [src_dir]
+    python3 .ci/layering.py [--graph] [src_dir ...]   (default: src and crates/*/src)
+
+Each source folder is one crate, checked on its own (Cargo already forbids loops between
+crates).
 """
 
 import re
@@ -137,8 +140,15 @@ def long_functions(text: str):
 
 def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    show_graph = "--graph" in sys.argv
-    root = Path(args[0] if args else "src")
+    roots = [Path(a) for a in args] or [Path("src")] + sorted(Path("crates").glob("*/src"))
+    failed = 0
+    for root in roots:
+        print(f"== {root}")
+        failed |= check(root, "--graph" in sys.argv)
+    return failed
+
+
+def check(root: Path, show_graph: bool) -> int:
     files = sorted(p for p in root.rglob("*.rs") if p.name != "main.rs" and "bin" not in p.parts)
     modules = {module_of(p, root): p for p in files}
     edges = {m: {} for m in modules}

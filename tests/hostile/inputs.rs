@@ -42,25 +42,18 @@ fn photo_jpeg() -> Vec<u8> {
     jpeg
 }
 
-/// A GIF whose 65535x65535 logical screen holds one 1x1 frame: 43 bytes.
-fn screen_bomb_gif() -> Vec<u8> {
-    let mut g = b"GIF89a".to_vec();
-    g.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0x80, 0, 0]); // screen, 2-colour table
-    g.extend_from_slice(&[0, 0, 0, 255, 255, 255]);
-    g.extend_from_slice(&[0x21, 0xF9, 4, 0, 0, 0, 0, 0]); // graphic control extension
-    g.extend_from_slice(&[0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0]); // 1x1 image at (0, 0)
-    g.extend_from_slice(&[2, 2, 0x44, 0x01, 0, 0x3B]); // LZW data, trailer
-    assert_eq!(g.len(), 43);
-    g
-}
-
 /// The 43-byte GIF once aborted the daemon (a 17 GB allocation for its logical screen).
 /// Replayed alone or in a folder, it is one corrupt frame and the daemon goes on.
 #[test]
 fn a_43_byte_gif_is_a_corrupt_frame_not_an_abort() {
     let tmp = tempfile::tempdir().unwrap();
     let bomb = tmp.path().join("bomb.gif");
-    std::fs::write(&bomb, screen_bomb_gif()).unwrap();
+    std::fs::write(&bomb, {
+        let g = maeday_edge::detect::decode::screen_bomb_gif();
+        assert_eq!(g.len(), 43);
+        g
+    })
+    .unwrap();
     let cfg = config(tmp.path(), "gif", &replay_source(&bomb, ""), "");
     let out = run_to_end(&cfg);
     let s = summary(&out);

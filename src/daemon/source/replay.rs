@@ -238,7 +238,7 @@ mod tests {
     fn a_gif_beyond_the_limits_is_one_corrupt_frame_per_pass() {
         let dir = tempfile::tempdir().unwrap();
         let gif = dir.path().join("bomb.gif");
-        std::fs::write(&gif, crate::detect::decode::tests::screen_bomb_gif()).unwrap();
+        std::fs::write(&gif, crate::detect::decode::screen_bomb_gif()).unwrap();
         for looping in [false, true] {
             let stop = Arc::new(AtomicBool::new(false));
             let mut src =

@@ -415,10 +415,9 @@ mod tests {
 
     #[test]
     fn manifests_refuse_a_degenerate_standardisation() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/fixture-recon/manifest.toml"
-        ))
+        let text = std::fs::read_to_string(
+            crate::model::bundled::source_tree().join("tests/fixtures/fixture-recon/manifest.toml"),
+        )
         .unwrap();
         // An inline table inside [input], as the workstation writes it.
         let text_ok = text.replace(

@@ -30,5 +30,16 @@ pub fn bundled_dir(env: &str, rel: &str, marker: &str) -> PathBuf {
     if local.join(marker).is_file() {
         return local;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    source_tree().join(rel)
+}
+
+/// The repository this crate was built from (it lives in `crates/maeday-core`): where the
+/// shipped model, extractor, samples and test fixtures are.
+pub fn source_tree() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(crate_dir)
+        .to_path_buf()
 }

@@ -260,6 +260,19 @@ pub fn gif_frames(bytes: &[u8], limits: &DecodeLimits) -> (Vec<RgbImage>, Option
     (frames, err)
 }
 
+/// A GIF whose 65535x65535 logical screen holds one 1x1 frame (43 bytes): the attack the
+/// frame limits exist for (a naive decoder allocates 17 GB for it). The unit tests, the
+/// replay source's tests and `tests/hostile` feed it to every decode path.
+pub fn screen_bomb_gif() -> Vec<u8> {
+    let mut g = b"GIF89a".to_vec();
+    g.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0x80, 0, 0]); // screen, 2-colour table
+    g.extend_from_slice(&[0, 0, 0, 255, 255, 255]);
+    g.extend_from_slice(&[0x21, 0xF9, 4, 0, 0, 0, 0, 0]); // graphic control extension
+    g.extend_from_slice(&[0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0]); // 1x1 image at (0, 0)
+    g.extend_from_slice(&[2, 2, 0x44, 0x01, 0, 0x3B]); // LZW data, trailer
+    g
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -273,22 +286,11 @@ pub(crate) mod tests {
 
     fn sample(name: &str) -> Vec<u8> {
         std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
+            crate::model::bundled::source_tree()
                 .join("models/samples")
                 .join(name),
         )
         .unwrap()
-    }
-
-    /// A GIF whose 65535x65535 logical screen holds one 1x1 frame (43 bytes).
-    pub fn screen_bomb_gif() -> Vec<u8> {
-        let mut g = b"GIF89a".to_vec();
-        g.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0x80, 0, 0]); // screen, 2-colour table
-        g.extend_from_slice(&[0, 0, 0, 255, 255, 255]);
-        g.extend_from_slice(&[0x21, 0xF9, 4, 0, 0, 0, 0, 0]); // graphic control extension
-        g.extend_from_slice(&[0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0]); // 1x1 image at (0, 0)
-        g.extend_from_slice(&[2, 2, 0x44, 0x01, 0, 0x3B]); // LZW data, trailer
-        g
     }
 
     #[test]
@@ -323,7 +325,7 @@ pub(crate) mod tests {
     #[test]
     fn a_truncated_jpeg_is_corrupt_and_a_padded_one_is_not() {
         let img =
-            image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/samples/chelsea.png"))
+            image::open(crate::model::bundled::source_tree().join("models/samples/chelsea.png"))
                 .unwrap();
         let mut jpeg = Vec::new();
         img.write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
