@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use maeday_edge::cli::tools::{self, EvalOptions};
 use maeday_edge::config::Config;
 use maeday_edge::config::EngineName;
-use maeday_edge::daemon::pipeline::{self, RunOptions};
+use maeday_edge::daemon::{self, RunOptions};
 use maeday_edge::detect::calibration::CalibrationRule;
 use maeday_edge::detect::detector::DetectorOptions;
 use maeday_edge::detect::engine::{Backend, EngineOptions, OrtSettings, Precision, Provider};
@@ -481,8 +481,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 max_frames,
                 stop: stop_flag()?,
             };
-            let summary = pipeline::run(config, opts)?;
-            println!("{}", pipeline::summary_line(&summary));
+            let summary = daemon::run(config, opts)?;
+            println!("{}", daemon::summary_line(&summary));
         }
         Command::Bundle { command } => return bundle_command(command),
         #[cfg(feature = "embedded-broker")]
