@@ -43,7 +43,7 @@ pub mod topics;
 pub mod watchdog;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -65,8 +65,9 @@ use crate::daemon::outputs::Outputs;
 use crate::daemon::payload::ServingModel;
 use crate::daemon::shutdown::Shutdown;
 use crate::daemon::sink::{Routes, Sink};
+use crate::daemon::source::FrameSource;
 use crate::daemon::startup::Serving;
-use crate::daemon::stats::Stats;
+use crate::daemon::stats::{SinkStats, Stats};
 use crate::daemon::topics::Topics;
 use crate::daemon::watchdog::Liveness;
 
@@ -93,28 +94,28 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let boot = startup::boot(&config);
     startup::embedded_broker(&config)?;
     let cameras = startup::cameras(&config, &shutdown)?;
-    let stats = Arc::new(Stats::new(cameras.stats));
-    let slots = Arc::new(FrameSlots::new(config.cameras.len()));
-    shutdown.on_trigger({
-        let slots = slots.clone();
-        move || slots.wake()
-    });
-    let liveness = Arc::new(Liveness::default());
-    liveness.sink_alive();
     let trusted = startup::trusted_keys(&config)?;
     let (events, event_queue) = events::channel(config.pipeline.result_queue);
+    let shared = Shared {
+        stats: Arc::new(Stats::new(cameras.stats)),
+        slots: Arc::new(FrameSlots::new(config.cameras.len())),
+        liveness: Arc::new(Liveness::default()),
+        shutdown,
+        events,
+    };
+    shared.shutdown.on_trigger({
+        let slots = shared.slots.clone();
+        move || slots.wake()
+    });
+    shared.liveness.sink_alive();
 
     // The installer: its own thread, fed chunks and commands by the sink thread, reporting
     // through the sink events, handing loaded detectors to the inference thread.
     let (swap_tx, swap_rx) = mpsc::channel::<Swap>();
     let installer = match trusted.clone() {
-        Some(keys) => start_installer(&config, &mut serving, keys, swap_tx, &events)?,
+        Some(keys) => start_installer(&config, &mut serving, keys, swap_tx, &shared.events)?,
         None => None,
     };
-    let topics = Topics::new(
-        &config.device_id,
-        config.bundles.as_ref().map_or(&[][..], |b| &b.groups),
-    );
     // `enroll` commands: sink -> inference thread (captures the frames) -> installer.
     let mut routes = Routes::default();
     let enrollment = installer.as_ref().map(|i| {
@@ -123,35 +124,10 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         routes.installer = Some(i.input.clone());
         Enrollment::new(rx, i.input.clone())
     });
-    let sink = Sink {
-        outputs: open_outputs(&config, &opts, &serving, topics.clone(), &events)?,
-        control: Control::open(&config, topics.clone(), trusted)?,
-        routes,
-        topics,
-        format: config.output.format,
-        stats: stats.clone(),
-        slots: slots.clone(),
-        liveness: liveness.clone(),
-        device_id: config.device_id.clone(),
-        metrics_interval: config.output.metrics_interval(),
-    };
-    let sink_thread = std::thread::Builder::new()
-        .name("sinks".into())
-        .spawn(move || sink.run(event_queue))?;
-
-    let shared = CaptureShared {
-        slots: slots.clone(),
-        stats: stats.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let mut captures: Vec<JoinHandle<()>> = Vec::new();
-    for (index, source) in cameras.sources.into_iter().enumerate() {
-        let roi = config.cameras[index].roi;
-        let camera = Camera { source, index, roi };
-        captures.push(capture::spawn(camera, shared.clone())?);
-    }
-
-    let watchdog_thread = watchdog::start(liveness.clone(), shutdown.flag());
+    let sink =
+        start_sink(&config, &opts, &serving, routes, trusted, &shared)?.spawn(event_queue)?;
+    let captures = start_captures(&config, cameras.sources, &shared)?;
+    let watchdog = watchdog::start(shared.liveness.clone(), shared.shutdown.flag());
     watchdog::ready(&format!(
         "serving {} on {} camera(s)",
         serving.detector.model.manifest.name,
@@ -163,37 +139,118 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         detector: serving.detector,
         swaps: &swap_rx,
         enrollment,
-        slots: slots.clone(),
-        stats: stats.clone(),
-        liveness,
-        events: events.clone(),
+        slots: shared.slots.clone(),
+        stats: shared.stats.clone(),
+        liveness: shared.liveness.clone(),
+        events: shared.events.clone(),
         max_frames: opts.max_frames,
-        shutdown: shutdown.clone(),
+        shutdown: shared.shutdown.clone(),
     }
     .run();
-
-    // Whatever happened, stop capture and let the sinks drain and flush.
-    watchdog::stopping();
-    shutdown.trigger();
-    if let Some(t) = watchdog_thread {
-        let _ = t.join();
-    }
-    events.send(SinkEvent::Stop);
-    drop(events);
-    for c in captures {
-        let _ = c.join();
-    }
-    let sink_stats = sink_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the sink thread panicked"))??;
-    // The sink thread held the installer's input: it ends once that is gone. An install
-    // that is still loading is abandoned (nothing was persisted for it yet, or all of it).
-    drop(swap_rx);
-    if let Some(i) = installer {
-        i.join();
-    }
+    let threads = Threads {
+        captures,
+        sink,
+        watchdog,
+        installer,
+    };
+    let sink_stats = threads.stop(&shared, swap_rx)?;
     result?;
-    Ok(stats.snapshot(&config.device_id, slots.counts(), sink_stats))
+    Ok(shared
+        .stats
+        .snapshot(&config.device_id, shared.slots.counts(), sink_stats))
+}
+
+/// What every thread is started with.
+struct Shared {
+    stats: Arc<Stats>,
+    slots: Arc<FrameSlots>,
+    liveness: Arc<Liveness>,
+    shutdown: Shutdown,
+    /// The sink thread's event channel.
+    events: Events,
+}
+
+/// The threads besides inference (the caller's), to stop in order.
+struct Threads {
+    captures: Vec<JoinHandle<()>>,
+    sink: JoinHandle<Result<SinkStats>>,
+    watchdog: Option<JoinHandle<()>>,
+    installer: Option<InstallerThreads>,
+}
+
+impl Threads {
+    /// Once inference has ended, whatever happened: stop capture, let the sinks drain and
+    /// flush, then let the installer end. `swaps` is kept until the sinks are done.
+    fn stop(self, shared: &Shared, swaps: Receiver<Swap>) -> Result<SinkStats> {
+        watchdog::stopping();
+        shared.shutdown.trigger();
+        if let Some(t) = self.watchdog {
+            let _ = t.join();
+        }
+        shared.events.send(SinkEvent::Stop);
+        for c in self.captures {
+            let _ = c.join();
+        }
+        let sink_stats = self
+            .sink
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sink thread panicked"))??;
+        // The sink thread held the installer's input: it ends once that is gone. An
+        // install that is still loading is abandoned (nothing was persisted for it yet,
+        // or all of it).
+        drop(swaps);
+        if let Some(i) = self.installer {
+            i.join();
+        }
+        Ok(sink_stats)
+    }
+}
+
+/// The sink thread's state: outputs, command parser and routes.
+fn start_sink(
+    config: &Config,
+    opts: &RunOptions,
+    serving: &Serving,
+    routes: Routes,
+    trusted: Option<Vec<VerifyingKey>>,
+    shared: &Shared,
+) -> Result<Sink> {
+    let topics = Topics::new(
+        &config.device_id,
+        config.bundles.as_ref().map_or(&[][..], |b| &b.groups),
+    );
+    Ok(Sink {
+        outputs: open_outputs(config, opts, serving, topics.clone(), &shared.events)?,
+        control: Control::open(config, topics.clone(), trusted)?,
+        routes,
+        topics,
+        format: config.output.format,
+        stats: shared.stats.clone(),
+        slots: shared.slots.clone(),
+        liveness: shared.liveness.clone(),
+        device_id: config.device_id.clone(),
+        metrics_interval: config.output.metrics_interval(),
+    })
+}
+
+/// One capture thread per camera.
+fn start_captures(
+    config: &Config,
+    sources: Vec<Box<dyn FrameSource>>,
+    shared: &Shared,
+) -> Result<Vec<JoinHandle<()>>> {
+    let capture = CaptureShared {
+        slots: shared.slots.clone(),
+        stats: shared.stats.clone(),
+        shutdown: shared.shutdown.clone(),
+    };
+    let mut threads = Vec::new();
+    for (index, source) in sources.into_iter().enumerate() {
+        let roi = config.cameras[index].roi;
+        let camera = Camera { source, index, roi };
+        threads.push(capture::spawn(camera, capture.clone())?);
+    }
+    Ok(threads)
 }
 
 /// The running installer: its input, its thread and the thread relaying its outbox to

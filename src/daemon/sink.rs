@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -65,6 +66,13 @@ enum Ordered {
 }
 
 impl Sink {
+    /// Start the sink thread.
+    pub fn spawn(self, events: EventQueue) -> std::io::Result<JoinHandle<Result<SinkStats>>> {
+        std::thread::Builder::new()
+            .name("sinks".into())
+            .spawn(move || self.run(events))
+    }
+
     /// Run until `Stop` and everything before it is handled; returns what the outputs
     /// counted.
     pub fn run(mut self, events: EventQueue) -> Result<SinkStats> {
