@@ -90,6 +90,8 @@ impl Sink {
             if stopping && waiting.is_empty() {
                 break;
             }
+            // Hand what was just queued to the MQTT client before waiting.
+            self.outputs.drive();
             let mut metrics_asked = false;
             match events.next(self.wait(next_metrics)) {
                 Ok(SinkEvent::Result(s)) => waiting.push_back(Ordered::Result(s)),
@@ -103,7 +105,6 @@ impl Sink {
                 Ok(SinkEvent::Stop) | Err(RecvTimeoutError::Disconnected) => stopping = true,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            self.outputs.drive();
             let due = next_metrics.is_some_and(|t| Instant::now() >= t);
             if due || metrics_asked {
                 self.metrics()?;
