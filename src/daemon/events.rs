@@ -149,3 +149,67 @@ pub fn channel(result_queue: usize) -> (Events, EventQueue) {
         EventQueue { rx, gate },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::daemon::payload::{FrameFacts, LatencyMs, ResultPayload};
+    use crate::detect::eq1::AnomalyMap;
+
+    fn scored() -> Scored {
+        let map = AnomalyMap::zeros(2, 2);
+        let payload = ResultPayload::new(FrameFacts {
+            device_id: "d",
+            camera: "c",
+            boot: 1,
+            seq: 1,
+            captured: SystemTime::now(),
+            frame_size: [2, 2],
+            roi: [0, 0, 2, 2],
+            score: 0.0,
+            map: &map,
+            windows: 1,
+            thresholds: None,
+            latency: LatencyMs::default(),
+            model_sha256: "ab",
+            schedule: "s",
+            scorer: "maeday".into(),
+        });
+        Scored {
+            result: FrameResult {
+                payload,
+                map,
+                roi_image: None,
+            },
+            ready: Instant::now(),
+            captured_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn results_wait_for_room_and_fail_once_the_sink_is_gone() {
+        // `result_queue = 1`: one result in the sinks' hands, one waiting, the third waits.
+        let (events, queue) = channel(1);
+        assert!(events.send_result(scored()));
+        assert!(events.send_result(scored()));
+        let third = {
+            let events = events.clone();
+            std::thread::spawn(move || events.send_result(scored()))
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!third.is_finished(), "the queue is full: the sender waits");
+        assert!(matches!(
+            queue.next(Duration::ZERO),
+            Ok(SinkEvent::Result(_))
+        ));
+        queue.result_done();
+        assert!(third.join().unwrap());
+        drop(queue);
+        assert!(
+            !events.send_result(scored()),
+            "nobody takes results any more"
+        );
+    }
+}
