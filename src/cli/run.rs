@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::config::Config;
-use crate::daemon::pipeline::{self, RunOptions};
+use crate::daemon::{self, RunOptions};
 use crate::detect::engine::EngineKind;
 use crate::detect::fuse::ScorerKind;
 
@@ -56,8 +56,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         max_frames: a.max_frames,
         stop: super::stop_flag()?,
     };
-    let summary = pipeline::run(config, opts)?;
-    println!("{}", pipeline::summary_line(&summary));
+    let summary = daemon::run(config, opts)?;
+    println!("{}", daemon::summary_line(&summary));
     Ok(ExitCode::SUCCESS)
 }
 

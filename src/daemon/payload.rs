@@ -11,9 +11,11 @@ use image::{GrayImage, RgbImage};
 use serde::Serialize;
 
 use crate::config::PayloadFormat;
+use crate::detect::detector::Detector;
 use crate::detect::eq1::AnomalyMap;
 use crate::detect::render;
 use crate::eval::roc::label_regions;
+use crate::model::manifest::Thresholds;
 
 /// One region of the thresholded map, in frame pixels.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -79,9 +81,6 @@ pub struct FrameResult {
     pub map: AnomalyMap,
     /// The ROI pixels, kept only when a heatmap is wanted.
     pub roi_image: Option<RgbImage>,
-    /// Set on the first result after a bundle swap or rollback: the model now serving,
-    /// so the retained status can follow it.
-    pub serving: Option<ServingModel>,
 }
 
 /// What the retained status says about the model.
@@ -93,6 +92,68 @@ pub struct ServingModel {
     pub engine: String,
     pub bundle_version: Option<u64>,
     pub scorer: String,
+}
+
+/// What a result payload is built from: one scored frame and the model that scored it.
+pub struct FrameFacts<'a> {
+    pub device_id: &'a str,
+    pub camera: &'a str,
+    pub boot: u64,
+    pub seq: u64,
+    pub captured: SystemTime,
+    pub frame_size: [u32; 2],
+    pub roi: [u32; 4],
+    pub score: f32,
+    /// The anomaly map over the ROI (blobs are found in it).
+    pub map: &'a AnomalyMap,
+    pub windows: usize,
+    /// The camera's thresholds, else the model's.
+    pub thresholds: Option<Thresholds>,
+    pub latency: LatencyMs,
+    pub model_sha256: &'a str,
+    pub schedule: &'a str,
+    pub scorer: String,
+}
+
+impl ResultPayload {
+    /// The payload of one scored frame (`mask` is decided later, by the outputs).
+    pub fn new(f: FrameFacts<'_>) -> ResultPayload {
+        let t = f.thresholds;
+        ResultPayload {
+            device_id: f.device_id.to_string(),
+            camera: f.camera.to_string(),
+            boot: f.boot,
+            seq: f.seq,
+            captured_unix_ms: unix_ms(f.captured),
+            score: f.score,
+            image_threshold: t.map(|t| t.image),
+            pixel_threshold: t.map(|t| t.pixel),
+            anomalous: t.map(|t| f.score > t.image),
+            blobs: t.map(|t| blobs(f.map, t.pixel, f.roi)).unwrap_or_default(),
+            frame_size: f.frame_size,
+            roi: f.roi,
+            mask: false,
+            latency_ms: f.latency,
+            model_sha256: f.model_sha256.to_string(),
+            schedule: f.schedule.to_string(),
+            windows: f.windows,
+            scorer: f.scorer,
+        }
+    }
+}
+
+impl ServingModel {
+    /// What `detector` serves; `bundle_version` is `None` for the factory model.
+    pub fn of(detector: &Detector, bundle_version: Option<u64>) -> ServingModel {
+        ServingModel {
+            name: detector.model.manifest.name.clone(),
+            sha256: detector.model.manifest.graph_sha256.clone(),
+            schedule: detector.schedule.id(),
+            engine: detector.engine_description(),
+            bundle_version,
+            scorer: detector.scorer_description(),
+        }
+    }
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -251,7 +312,7 @@ pub fn mask_picture(r: &FrameResult, threshold: f32) -> Picture {
 pub fn heatmap_picture(r: &FrameResult) -> Option<Picture> {
     let img = r.roi_image.as_ref()?;
     let p = &r.payload;
-    let vmax = p.pixel_threshold.map(|t| 2.0 * t).unwrap_or(p.score);
+    let vmax = render::heatmap_scale(p.pixel_threshold, p.score);
     Some(Picture::Heatmap(render::heatmap_overlay(img, &r.map, vmax)))
 }
 

@@ -14,8 +14,8 @@ use sd_notify::NotifyState;
 
 /// Heartbeats of the threads whose progress the watchdog vouches for.
 ///
-/// The sink thread loops every few milliseconds whatever happens (broker down or not), so
-/// a stale beat means it is stuck. The inference thread may legitimately wait for frames
+/// The sink thread wakes at least every `sink::HEARTBEAT` (100 ms) whatever happens
+/// (broker down or not), so a stale beat means it is stuck. The inference thread may legitimately wait for frames
 /// for ever (camera unplugged): only a frame that has been in inference for longer than the
 /// watchdog period counts against it.
 pub struct Liveness {
