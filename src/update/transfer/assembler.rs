@@ -268,7 +268,12 @@ impl Assembler {
 
     /// The transfer `c` belongs to (its folder name), created (evicting the least recently
     /// updated ones past the limit) if it is the first chunk of it.
-    fn open_transfer(&mut self, sha: &str, c: &Chunk, now: SystemTime) -> Result<String, Rejection> {
+    fn open_transfer(
+        &mut self,
+        sha: &str,
+        c: &Chunk,
+        now: SystemTime,
+    ) -> Result<String, Rejection> {
         let name = folder_name(sha, c.total_bytes, c.count);
         if !self.transfers.contains_key(&name) {
             while self.transfers.len() >= self.limits.max_transfers {
