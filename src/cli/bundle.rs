@@ -6,16 +6,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
-use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
+use rumqttc::{Client, Connection, Event, Incoming, MqttOptions, QoS};
 
 use crate::config::url_with_client_id;
-use crate::detect::detector::{Detector, DetectorOptions};
+use crate::daemon::topics::Topics;
+use crate::detect::engine::EngineOptions;
 use crate::detect::preprocess::load_image;
 use crate::model::manifest::Model;
 use crate::update::bundle::{
     generate_key, key_id, read_public_key, read_signing_key, sign_and_pack, Abi, Bundle,
     BundleManifest, GoldenFrame, Target,
 };
+use crate::update::golden::{self, GoldenScorer};
 use crate::update::transfer::split;
 
 /// Write `<out>.key` (secret, mode 0600) and `<out>.pub`.
@@ -85,31 +87,12 @@ pub fn pack(o: &PackOptions) -> Result<()> {
             fs::read(model.graph_path())?,
         );
     }
-    // Golden scores are MAEDAY's: banks are enrolled per device and do not travel in bundles.
-    let golden_opts = DetectorOptions {
-        scorer: Some(crate::detect::fuse::ScorerKind::Maeday),
-        ..Default::default()
-    };
-    let mut detector = Detector::new(model.clone(), &golden_opts)?;
+    // Scored the way the device checks them (`update::golden`).
+    let mut scorer = GoldenScorer::new(model.clone(), EngineOptions::default())?;
     let mut golden = Vec::new();
     for (i, path) in o.golden.iter().enumerate() {
-        let frame = load_image(path)?;
-        let score = detector.detect(&frame)?.score;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let clean: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let file = format!("golden/{i}-{clean}");
+        let score = scorer.score(&load_image(path)?)?;
+        let file = golden::bundle_path(i, path);
         files.insert(file.clone(), fs::read(path)?);
         golden.push(GoldenFrame { file, score });
     }
@@ -196,40 +179,15 @@ pub fn send(o: &SendOptions) -> Result<Option<serde_json::Value>> {
         fs::read(&o.bundle).with_context(|| format!("cannot read {}", o.bundle.display()))?;
     let chunks = split(&bytes, o.chunk_bytes);
     let topic = match (&o.device, &o.group) {
-        (Some(d), None) => format!("maeday/{d}/bundle/chunk"),
-        (None, Some(g)) => format!("maeday/fleet/{g}/bundle/chunk"),
+        (Some(d), None) => Topics::new(d, &[]).bundle_chunk(),
+        (None, Some(g)) => Topics::fleet_chunk(g),
         _ => bail!("give exactly one of --device and --group"),
     };
-    let id = format!("maeday-bundle-send-{}", std::process::id());
-    let mut opts = MqttOptions::parse_url(url_with_client_id(&o.mqtt_url, &id))
-        .map_err(|e| anyhow::anyhow!("MQTT URL {:?}: {e}", o.mqtt_url))?;
-    opts.set_max_packet_size(o.chunk_bytes + (64 << 10), o.chunk_bytes + (64 << 10));
-    let (client, mut conn) = Client::new(opts, chunks.len() + 16);
     let status_topic = o
         .device
         .as_ref()
-        .map(|d| format!("maeday/{d}/bundle/status"));
-    if let Some(t) = &status_topic {
-        client.subscribe(t.clone(), QoS::AtLeastOnce)?;
-    }
-    let total = chunks[0].bundle_sha256.clone();
-    // Wait for the SUBACK (device targets) before sending, so no verdict is missed.
-    let until = Instant::now() + Duration::from_secs(30);
-    let mut ready = status_topic.is_none();
-    let mut connected = false;
-    while !(ready && connected) {
-        ensure!(
-            Instant::now() < until,
-            "could not connect to {}",
-            o.mqtt_url
-        );
-        match conn.recv_timeout(Duration::from_millis(200)) {
-            Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => connected = true,
-            Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => ready = true,
-            Ok(Err(e)) => bail!("MQTT: {e}"),
-            _ => {}
-        }
-    }
+        .map(|d| Topics::new(d, &[]).bundle_status());
+    let (client, inbox) = Inbox::connect(o, chunks.len(), status_topic.as_deref())?;
     let publish = |i: usize| -> Result<()> {
         client.publish(topic.clone(), QoS::AtLeastOnce, false, chunks[i].encode())?;
         Ok(())
@@ -237,79 +195,154 @@ pub fn send(o: &SendOptions) -> Result<Option<serde_json::Value>> {
     for i in 0..chunks.len() {
         publish(i)?;
     }
+    let total = &chunks[0].bundle_sha256;
     eprintln!(
         "sent {} chunks ({} bytes, bundle {}) to {topic}",
         chunks.len(),
         bytes.len(),
         &total[..12]
     );
-    let Some(status_topic) = status_topic else {
-        // Let the client flush the publishes before leaving.
+    match status_topic {
+        Some(status_topic) => {
+            let verdict = Verdict {
+                status_topic: &status_topic,
+                bundle_sha256: total,
+                chunks: chunks.len(),
+                wait: o.wait,
+            };
+            inbox.await_verdict(&verdict, publish).map(Some)
+        }
+        None => {
+            inbox.flush(chunks.len());
+            Ok(None)
+        }
+    }
+}
+
+/// What the broker sends back to the sender: acks and the device's statuses.
+struct Inbox {
+    conn: Connection,
+}
+
+/// What `send` waits for from one device.
+struct Verdict<'a> {
+    status_topic: &'a str,
+    bundle_sha256: &'a str,
+    chunks: usize,
+    wait: Duration,
+}
+
+impl Inbox {
+    /// Connect, and subscribe to `status_topic` if any; returns once the broker
+    /// acknowledged both, so no verdict is missed.
+    fn connect(
+        o: &SendOptions,
+        chunks: usize,
+        status_topic: Option<&str>,
+    ) -> Result<(Client, Inbox)> {
+        let id = format!("maeday-bundle-send-{}", std::process::id());
+        let mut opts = MqttOptions::parse_url(url_with_client_id(&o.mqtt_url, &id))
+            .map_err(|e| anyhow::anyhow!("MQTT URL {:?}: {e}", o.mqtt_url))?;
+        opts.set_max_packet_size(o.chunk_bytes + (64 << 10), o.chunk_bytes + (64 << 10));
+        let (client, mut conn) = Client::new(opts, chunks + 16);
+        if let Some(t) = status_topic {
+            client.subscribe(t, QoS::AtLeastOnce)?;
+        }
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut ready = status_topic.is_none();
+        let mut connected = false;
+        while !(ready && connected) {
+            ensure!(
+                Instant::now() < until,
+                "could not connect to {}",
+                o.mqtt_url
+            );
+            match conn.recv_timeout(Duration::from_millis(200)) {
+                Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => connected = true,
+                Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => ready = true,
+                Ok(Err(e)) => bail!("MQTT: {e}"),
+                _ => {}
+            }
+        }
+        Ok((client, Inbox { conn }))
+    }
+
+    /// Let the client flush `published` publishes (up to 5 s) before leaving.
+    fn flush(mut self, published: usize) {
         let until = Instant::now() + Duration::from_secs(5);
         let mut acked = 0;
-        while acked < chunks.len() && Instant::now() < until {
+        while acked < published && Instant::now() < until {
             if let Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) =
-                conn.recv_timeout(Duration::from_millis(100))
+                self.conn.recv_timeout(Duration::from_millis(100))
             {
                 acked += 1;
             }
         }
-        return Ok(None);
-    };
-    // Wait for the verdict. Chunks lost on the way (the device was reconnecting) show up
-    // as `missing` in its status; when nothing arrives for a while, re-send those (or all).
-    let until = Instant::now() + o.wait;
-    let mut missing: Option<Vec<usize>> = None;
-    let mut quiet_since = Instant::now();
-    while Instant::now() < until {
-        if quiet_since.elapsed() > Duration::from_secs(5) {
-            let again = missing
-                .clone()
-                .unwrap_or_else(|| (0..chunks.len()).collect());
-            eprintln!("no news from the device: re-sending {} chunks", again.len());
-            for i in again {
-                publish(i)?;
+    }
+
+    /// Wait for the device's verdict on the bundle. Chunks lost on the way (the device was
+    /// reconnecting) show up as `missing` in its status; when nothing arrives for a while,
+    /// re-send those (or all) through `publish`.
+    fn await_verdict(
+        mut self,
+        v: &Verdict,
+        publish: impl Fn(usize) -> Result<()>,
+    ) -> Result<serde_json::Value> {
+        let until = Instant::now() + v.wait;
+        let mut missing: Option<Vec<usize>> = None;
+        let mut quiet_since = Instant::now();
+        while Instant::now() < until {
+            if quiet_since.elapsed() > Duration::from_secs(5) {
+                let again = missing.clone().unwrap_or_else(|| (0..v.chunks).collect());
+                eprintln!("no news from the device: re-sending {} chunks", again.len());
+                for i in again {
+                    publish(i)?;
+                }
+                quiet_since = Instant::now();
             }
+            let Some(st) = self.next_status(v) else {
+                continue;
+            };
             quiet_since = Instant::now();
+            match st["state"].as_str() {
+                Some("installed") | Some("rejected") => {
+                    eprintln!("device: {st}");
+                    return Ok(st);
+                }
+                // Chunks bigger than the device takes will never get through: say so now.
+                Some("chunk-rejected") if st["reason"] == "too-large" => {
+                    eprintln!("device: {st} (use a smaller --chunk-bytes)");
+                    return Ok(st);
+                }
+                Some("receiving") => {
+                    missing = st["missing"].as_array().map(|m| {
+                        m.iter()
+                            .filter_map(|v| v.as_u64())
+                            .map(|i| i as usize)
+                            .collect()
+                    });
+                }
+                _ => {}
+            }
         }
-        let Ok(ev) = conn.recv_timeout(Duration::from_millis(200)) else {
-            continue;
+        bail!("no verdict from the device within {:?}", v.wait)
+    }
+
+    /// The next status of this bundle within 200 ms, if one came (JSON or CBOR).
+    fn next_status(&mut self, v: &Verdict) -> Option<serde_json::Value> {
+        let Ok(Ok(Event::Incoming(Incoming::Publish(p)))) =
+            self.conn.recv_timeout(Duration::from_millis(200))
+        else {
+            return None;
         };
-        let Ok(Event::Incoming(Incoming::Publish(p))) = ev else {
-            continue;
-        };
-        if p.topic != status_topic {
-            continue;
+        if p.topic != v.status_topic {
+            return None;
         }
         let st: serde_json::Value = serde_json::from_slice(&p.payload)
             .or_else(|_| ciborium::from_reader(&p.payload[..]))
             .unwrap_or_default();
-        if st["bundle_sha256"] != total.as_str() {
-            continue;
-        }
-        quiet_since = Instant::now();
-        match st["state"].as_str() {
-            Some("installed") | Some("rejected") => {
-                eprintln!("device: {st}");
-                return Ok(Some(st));
-            }
-            // Chunks bigger than the device takes will never get through: say so now.
-            Some("chunk-rejected") if st["reason"] == "too-large" => {
-                eprintln!("device: {st} (use a smaller --chunk-bytes)");
-                return Ok(Some(st));
-            }
-            Some("receiving") => {
-                missing = st["missing"].as_array().map(|m| {
-                    m.iter()
-                        .filter_map(|v| v.as_u64())
-                        .map(|i| i as usize)
-                        .collect()
-                });
-            }
-            _ => {}
-        }
+        (st["bundle_sha256"] == v.bundle_sha256).then_some(st)
     }
-    bail!("no verdict from the device within {:?}", o.wait)
 }
 
 pub struct CommandOptions {
@@ -344,7 +377,7 @@ pub fn command(o: &CommandOptions) -> Result<()> {
     let opts = MqttOptions::parse_url(url_with_client_id(url, &id))
         .map_err(|e| anyhow::anyhow!("MQTT URL {url:?}: {e}"))?;
     let (client, mut conn) = Client::new(opts, 16);
-    let topic = format!("maeday/{}/command", o.device);
+    let topic = Topics::new(&o.device, &[]).command();
     client.publish(topic.clone(), QoS::AtLeastOnce, false, payload)?;
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {

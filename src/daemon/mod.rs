@@ -253,20 +253,17 @@ fn start_captures(
     Ok(threads)
 }
 
-/// The running installer: its input, its thread and the thread relaying its outbox to
-/// the sink events.
+/// The running installer: its input and its thread (its statuses go out as sink events).
 struct InstallerThreads {
     input: Sender<InstallerInput>,
     thread: JoinHandle<()>,
-    outbox: JoinHandle<()>,
 }
 
 impl InstallerThreads {
-    /// Wait for both threads (once every input sender is gone).
+    /// Wait for the thread (once every input sender is gone).
     fn join(self) {
         drop(self.input);
         let _ = self.thread.join();
-        let _ = self.outbox.join();
     }
 }
 
@@ -299,27 +296,20 @@ fn start_installer(
         format: config.output.format,
         enroll: config.enroll.settings()?,
     };
-    let (out_tx, out_rx) = mpsc::channel();
     let (in_tx, in_rx) = mpsc::channel::<InstallerInput>();
-    let installer = Installer::new(settings, model_slots, serving.model.clone(), out_tx, swaps)?;
+    let installer = Installer::new(
+        settings,
+        model_slots,
+        serving.model.clone(),
+        events.clone(),
+        swaps,
+    )?;
     let thread = std::thread::Builder::new()
         .name("installer".into())
         .spawn(move || installer.run(in_rx))?;
-    let events = events.clone();
-    let outbox = std::thread::Builder::new()
-        .name("installer-outbox".into())
-        .spawn(move || {
-            // Ends when the installer does (it holds the sender).
-            for m in out_rx {
-                if !events.send(SinkEvent::Outbox(m)) {
-                    break;
-                }
-            }
-        })?;
     Ok(Some(InstallerThreads {
         input: in_tx,
         thread,
-        outbox,
     }))
 }
 

@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
 
 use crate::config::Config;
-use crate::daemon::installer::Slots;
 use crate::daemon::shutdown::Shutdown;
 use crate::daemon::source::{self, FrameSource};
 use crate::daemon::stats::CameraStats;
@@ -17,6 +16,7 @@ use crate::detect::engine::EngineOptions;
 use crate::model::bundled::default_model_dir;
 use crate::model::manifest::Model;
 use crate::update::bundle::read_public_key;
+use crate::update::slots::Slots;
 
 /// The model serving at start.
 pub struct Serving {

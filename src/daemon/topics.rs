@@ -1,4 +1,5 @@
-//! Every MQTT topic the daemon uses, formatted in one place.
+//! Every MQTT topic the daemon (and `maeday-edge bundle send|command`) uses, formatted in one
+//! place.
 //!
 //! A [`Topics`] value is built once from the device id (and the fleet groups it listens
 //! to); each topic has a method, so a topic name cannot drift between the code that
@@ -41,7 +42,7 @@ impl Topics {
     }
 
     /// Bundle chunks for a fleet group.
-    pub fn fleet_chunk(&self, group: &str) -> String {
+    pub fn fleet_chunk(group: &str) -> String {
         format!("maeday/fleet/{group}/bundle/chunk")
     }
 
@@ -85,7 +86,7 @@ impl Topics {
         let mut topics = vec![self.command()];
         if bundles {
             topics.push(self.bundle_chunk());
-            topics.extend(self.groups.iter().map(|g| self.fleet_chunk(g)));
+            topics.extend(self.groups.iter().map(|g| Topics::fleet_chunk(g)));
         }
         topics
     }

@@ -1,7 +1,13 @@
-//! Model updates as data: the signed [`bundle`] format, its chunked [`transfer`], and the
-//! signed operator [`command`]s. Pure parsing and verification (fuzzed): no MQTT, no disk
-//! state; the daemon's installer applies them.
+//! Model updates: the signed [`bundle`] format, its chunked [`transfer`], the [`golden`]
+//! frame recipe both the workstation and the device follow, the signed operator
+//! [`command`]s, and the A/B model [`slots`] a bundle or an enrollment is installed into.
+//!
+//! Parsing and verification are pure (and fuzzed); the incoming chunk area and the slots are
+//! the only disk state, each behind one type. No MQTT and no threads: the daemon's
+//! installer (`crate::daemon::installer`) drives them.
 
 pub mod bundle;
 pub mod command;
+pub mod golden;
+pub mod slots;
 pub mod transfer;

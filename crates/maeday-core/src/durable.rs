@@ -62,13 +62,20 @@ pub fn copy_dir_synced(from: &Path, to: &Path) -> Result<()> {
         if entry.file_type()?.is_dir() {
             copy_dir_synced(&entry.path(), &target)?;
         } else {
-            fs::copy(entry.path(), &target)
-                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
-            File::open(&target)?.sync_all()?;
+            copy_synced(&entry.path(), &target)?;
         }
     }
     sync_dir(to);
     Ok(())
+}
+
+/// Copy one file and fsync the copy (not atomic: the folder holding it is renamed into
+/// place, or synced, by the caller).
+pub fn copy_synced(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to).with_context(|| format!("cannot copy {}", from.display()))?;
+    File::open(to)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync {}", to.display()))
 }
 
 /// Lower-case hex sha256 of some bytes.

@@ -1,11 +1,9 @@
-//! Moving a bundle over MQTT: chunks, each hashed, reassembled on disk.
+//! The incoming area: chunks of partial transfers stored on disk until a bundle is complete.
 //!
-//! A sender publishes `Chunk`s (CBOR) to `maeday/<device_id>/bundle/chunk` or
-//! `maeday/fleet/<group>/bundle/chunk`. The device stores each verified chunk under
-//! `<state>/incoming/<bundle sha256>-<total bytes>-<count>/`, so a transfer survives
-//! reconnects and restarts: duplicates are ignored, order does not matter, and a sender
-//! that re-sends (what the device's status lists as missing) completes it. The whole
-//! bundle is hashed at the end.
+//! Each verified chunk goes under `<state>/incoming/<bundle sha256>-<total bytes>-<count>/`,
+//! so a transfer survives reconnects and restarts: duplicates are ignored, order does not
+//! matter, and a sender that re-sends (what the device's status lists as missing) completes
+//! it. The whole bundle is hashed at the end.
 //!
 //! Chunks are not signed (only the complete bundle is), so anyone on the broker can send
 //! them: the area is bounded ([`Limits`]: chunk and bundle size, stored bytes never above
@@ -19,54 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
-use super::bundle::{reject, sha256_hex, Rejection};
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Chunk {
-    /// sha256 (hex) of the whole bundle file: names the transfer.
-    pub bundle_sha256: String,
-    pub total_bytes: u64,
-    pub index: u32,
-    pub count: u32,
-    /// sha256 (hex) of `data`.
-    pub sha256: String,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
-}
-
-impl Chunk {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        ciborium::into_writer(self, &mut out).expect("a chunk always encodes");
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Chunk, Rejection> {
-        ciborium::from_reader(bytes)
-            .map_err(|e| reject("corrupt", format!("not a bundle chunk: {e}")))
-    }
-}
-
-/// Cut a bundle into chunks of at most `chunk_bytes`.
-pub fn split(bundle: &[u8], chunk_bytes: usize) -> Vec<Chunk> {
-    let total = sha256_hex(bundle);
-    let parts: Vec<&[u8]> = bundle.chunks(chunk_bytes.max(1)).collect();
-    let count = parts.len() as u32;
-    parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, data)| Chunk {
-            bundle_sha256: total.clone(),
-            total_bytes: bundle.len() as u64,
-            index: i as u32,
-            count,
-            sha256: sha256_hex(data),
-            data: data.to_vec(),
-        })
-        .collect()
-}
+use crate::update::bundle::{reject, sha256_hex, Rejection};
+use crate::update::transfer::chunk::{valid_hex64, Chunk};
 
 /// Progress of one transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,10 +94,6 @@ pub struct Assembler {
     transfers: HashMap<String, Transfer>,
     /// Bundles installed or rejected lately, and when: their late chunks are dropped.
     finished: VecDeque<(String, Instant)>,
-}
-
-fn valid_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn folder_name(sha: &str, total: u64, count: u32) -> String {
@@ -296,51 +245,7 @@ impl Assembler {
 
     /// Take one chunk. A bad chunk is rejected without harming the transfer.
     pub fn add(&mut self, c: &Chunk) -> Result<Progress, Rejection> {
-        if !valid_hex64(&c.bundle_sha256) || !valid_hex64(&c.sha256) {
-            return Err(reject("corrupt", "chunk hashes are not sha256 hex"));
-        }
-        let l = &self.limits;
-        if c.total_bytes > l.max_bundle_bytes {
-            return Err(reject(
-                "too-large",
-                format!(
-                    "bundle of {} bytes, the limit is {}",
-                    c.total_bytes, l.max_bundle_bytes
-                ),
-            ));
-        }
-        if c.data.len() > l.max_chunk_bytes {
-            return Err(reject(
-                "too-large",
-                format!(
-                    "chunk of {} bytes, the limit is {}",
-                    c.data.len(),
-                    l.max_chunk_bytes
-                ),
-            ));
-        }
-        if c.count == 0
-            || c.index >= c.count
-            || c.count as u64 > c.total_bytes.max(1)
-            || c.data.len() as u64 > c.total_bytes
-        {
-            return Err(reject(
-                "corrupt",
-                format!(
-                    "chunk {} of {} with {} bytes of a {}-byte bundle",
-                    c.index,
-                    c.count,
-                    c.data.len(),
-                    c.total_bytes
-                ),
-            ));
-        }
-        if sha256_hex(&c.data) != c.sha256.to_ascii_lowercase() {
-            return Err(reject(
-                "corrupt",
-                format!("chunk {} does not match its hash", c.index),
-            ));
-        }
+        c.check(self.limits.max_chunk_bytes, self.limits.max_bundle_bytes)?;
         let sha = c.bundle_sha256.to_ascii_lowercase();
         self.finished.retain(|(_, at)| at.elapsed() < LATE);
         if self.finished.iter().any(|(s, _)| *s == sha) {
@@ -348,18 +253,37 @@ impl Assembler {
         }
         let now = SystemTime::now();
         self.sweep(now);
-        let name = folder_name(&sha, c.total_bytes, c.count);
-        let io = |e: std::io::Error| reject("install-failed", format!("cannot store chunk: {e}"));
-        let dir = self.dir.join(&name);
+        let name = self.open_transfer(&sha, c, now)?;
+        self.store(&name, c, now)?;
+        let t = &self.transfers[&name];
+        if (t.have.len() as u32) < t.count {
+            return Ok(Progress::Receiving {
+                received: t.have.len() as u32,
+                count: t.count,
+                missing: t.missing(64),
+            });
+        }
+        self.reassemble(&name)
+    }
+
+    /// The transfer `c` belongs to (its folder name), created (evicting the least recently
+    /// updated ones past the limit) if it is the first chunk of it.
+    fn open_transfer(
+        &mut self,
+        sha: &str,
+        c: &Chunk,
+        now: SystemTime,
+    ) -> Result<String, Rejection> {
+        let name = folder_name(sha, c.total_bytes, c.count);
         if !self.transfers.contains_key(&name) {
             while self.transfers.len() >= self.limits.max_transfers {
                 self.evict_oldest(None);
             }
-            fs::create_dir_all(&dir).map_err(io)?;
+            fs::create_dir_all(self.dir.join(&name)).map_err(store_failed)?;
             self.transfers.insert(
                 name.clone(),
                 Transfer {
-                    sha: sha.clone(),
+                    sha: sha.to_string(),
                     total: c.total_bytes,
                     count: c.count,
                     have: BTreeMap::new(),
@@ -368,8 +292,15 @@ impl Assembler {
                 },
             );
         }
+        Ok(name)
+    }
+
+    /// Write `c` into its transfer's folder, within the transfer's declared size and the
+    /// area's total (evicting other transfers to make room).
+    fn store(&mut self, name: &str, c: &Chunk, now: SystemTime) -> Result<(), Rejection> {
+        let dir = self.dir.join(name);
         let path = dir.join(format!("{}.chunk", c.index));
-        let t = &self.transfers[&name];
+        let t = &self.transfers[name];
         let old = t.have.get(&c.index).copied();
         // A copy already here: the same bytes are a duplicate; other bytes replace it (one
         // of the two is forged; the whole-bundle hash decides, and a sender re-sends).
@@ -388,35 +319,38 @@ impl Assembler {
             }
             let grow = c.data.len() as u64 - old.unwrap_or(0).min(c.data.len() as u64);
             while self.bytes() + grow > self.limits.max_incoming_bytes {
-                if !self.evict_oldest(Some(&name)) {
+                if !self.evict_oldest(Some(name)) {
                     return Err(reject(
                         "too-large",
                         "the incoming area is full (bundles.max_incoming_bytes)",
                     ));
                 }
             }
+            // Not fsynced: a chunk torn by a power cut fails the whole-bundle hash, and the
+            // transfer is sent again.
             let tmp = dir.join(format!("{}.tmp", c.index));
-            fs::write(&tmp, &c.data).map_err(io)?;
-            fs::rename(&tmp, &path).map_err(io)?;
+            fs::write(&tmp, &c.data).map_err(store_failed)?;
+            fs::rename(&tmp, &path).map_err(store_failed)?;
         }
-        let t = self.transfers.get_mut(&name).expect("present");
+        let t = self.transfers.get_mut(name).expect("present");
         t.have.insert(c.index, c.data.len() as u64);
         t.bytes = after;
         t.updated = now;
-        if (t.have.len() as u32) < t.count {
-            return Ok(Progress::Receiving {
-                received: t.have.len() as u32,
-                count: t.count,
-                missing: t.missing(64),
-            });
-        }
+        Ok(())
+    }
+
+    /// Read a transfer whose chunks are all in, and check the whole bundle's hash (a
+    /// mismatch discards the transfer).
+    fn reassemble(&mut self, name: &str) -> Result<Progress, Rejection> {
+        let t = &self.transfers[name];
+        let dir = self.dir.join(name);
         let mut bytes = Vec::with_capacity(t.total as usize);
         for i in 0..t.count {
-            let part = fs::read(dir.join(format!("{i}.chunk"))).map_err(io)?;
+            let part = fs::read(dir.join(format!("{i}.chunk"))).map_err(store_failed)?;
             bytes.extend_from_slice(&part);
         }
-        if bytes.len() as u64 != t.total || sha256_hex(&bytes) != sha {
-            self.remove(&name);
+        if bytes.len() as u64 != t.total || sha256_hex(&bytes) != t.sha {
+            self.remove(name);
             return Err(reject(
                 "corrupt",
                 "the reassembled bundle does not match its sha256 (transfer discarded)",
@@ -426,9 +360,14 @@ impl Assembler {
     }
 }
 
+fn store_failed(e: std::io::Error) -> Rejection {
+    reject("install-failed", format!("cannot store chunk: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::update::transfer::chunk::split;
 
     fn folders(dir: &Path) -> usize {
         fs::read_dir(dir).unwrap().count()
