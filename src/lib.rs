@@ -1,13 +1,15 @@
 //! maeday-edge: MAEDAY anomaly detection (an MAE reconstructing each frame under N random
 //! masks) on edge devices, through tract.
 //!
-//! Two crates, layered one way:
+//! Three crates, layered one way:
 //!
 //! - `maeday-core` (`crates/maeday-core`, re-exported here as [`model`], [`detect`],
-//!   [`bank`], [`enroll`], [`eval`], [`durable`], [`progress`]): one frame in, one
-//!   detection out; few-shot memory banks; offline evaluation. No daemon crate in its
+//!   [`bank`], [`enroll`], [`eval`], [`durable`], [`progress`], [`faults`]): one frame in,
+//!   one detection out; few-shot memory banks; offline evaluation. No daemon crate in its
 //!   dependency tree.
-//! - this crate: the daemon, model updates and the command line, on top of the core.
+//! - `maeday-update` (`crates/maeday-update`, re-exported as [`update`]): bundles, their
+//!   chunked transfer, golden frames, signed commands, A/B slots; no MQTT, no threads.
+//! - this crate: the daemon and the command line, on top of both.
 //!
 //! The daemon's data path (`maeday-edge run`), one module per step:
 //!
@@ -25,13 +27,12 @@
 //! [`daemon`] wires the threads and owns shutdown; [`config`] has one file per TOML
 //! section, each owning its keys, defaults and checks; [`update`] is pure parsing and
 //! verification of bundles and signed commands (fuzzed); [`cli`] has one file per
-//! subcommand; [`faults`] holds the test-only fault hooks (feature `test-hooks`).
+//! subcommand.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod faults;
-pub mod update;
 
-// The detection core, under the names the rest of this crate (and its users) use.
-pub use maeday_core::{bank, detect, durable, enroll, eval, model, progress};
+// The lower crates, under the names the rest of this crate (and its users) use.
+pub use maeday_core::{bank, detect, durable, enroll, eval, faults, model, progress};
+pub use maeday_update as update;

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use maeday_edge::update::transfer::Chunk;
-use maeday_edge::update::bundle::{Bundle, BundleManifest};
+use maeday_update::transfer::Chunk;
+use maeday_update::bundle::{Bundle, BundleManifest};
 
 fuzz_target!(|data: &[u8]| {
     // A fixed, valid key: parsing and verification must reject forged input cleanly.
@@ -21,6 +21,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = Chunk::decode(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = toml::from_str::<BundleManifest>(text);
-        let _ = toml::from_str::<maeday_edge::model::manifest::Manifest>(text);
+        let _ = toml::from_str::<maeday_core::model::manifest::Manifest>(text);
     }
 });

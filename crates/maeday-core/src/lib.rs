@@ -19,11 +19,13 @@
 //! frames into a memory bank ([`bank::features`] extracts patch features, [`bank::memory`]
 //! keeps a coreset, [`bank::store`] puts it on disk). [`eval`] scores labelled datasets
 //! (AUROC, PRO). [`durable`] writes files so a power cut leaves old or new, never half.
+//! [`faults`] holds the test suite's fault hooks (feature `test-hooks`, never shipped).
 
 pub mod bank;
 pub mod detect;
 pub mod durable;
 pub mod enroll;
 pub mod eval;
+pub mod faults;
 pub mod model;
 pub mod progress;

@@ -12,12 +12,12 @@ use std::path::Path;
 use anyhow::Result;
 use image::DynamicImage;
 
+use crate::bundle::{reject, Bundle, GoldenFrame, Rejection};
 use crate::detect::detector::{Detector, DetectorOptions};
 use crate::detect::engine::EngineOptions;
 use crate::detect::fuse::ScorerKind;
 use crate::detect::preprocess::Fit;
 use crate::model::manifest::Model;
-use crate::update::bundle::{reject, Bundle, GoldenFrame, Rejection};
 
 /// Absolute slack added to every golden tolerance (scores near zero).
 const SLACK: f32 = 1e-6;

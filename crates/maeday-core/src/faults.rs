@@ -1,6 +1,6 @@
 //! Fault injection for the test suite: crash at a named install step, stall one frame's
-//! inference. Compiled in only with the `test-hooks` feature, which `cargo test` enables
-//! (Cargo.toml's dev-dependency on this crate) and no shipped build has: without it every
+//! inference. Compiled in only with the `test-hooks` feature, which maeday-edge's `cargo test`
+//! enables (its Cargo.toml's dev-dependency on itself) and no shipped build has: without it every
 //! hook is an empty function and no environment variable is read.
 
 #[cfg(feature = "test-hooks")]

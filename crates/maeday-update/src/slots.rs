@@ -20,9 +20,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::bank::store::{Shot, StoredBank};
+use crate::bundle::{reject, Bundle, Rejection, MANIFEST};
 use crate::durable;
 use crate::model::manifest::{Manifest, Model};
-use crate::update::bundle::{reject, Bundle, Rejection, MANIFEST};
 
 /// What `active.toml` holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::update::bundle::{reject, sha256_hex, Rejection};
+use crate::bundle::{reject, sha256_hex, Rejection};
 
 /// One piece of a bundle, as published on a bundle chunk topic.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

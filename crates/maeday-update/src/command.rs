@@ -203,8 +203,8 @@ mod tests {
     #[test]
     fn signed_commands_pass_once_and_only_for_this_device_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        let key = crate::update::bundle::generate_key().unwrap();
-        let other = crate::update::bundle::generate_key().unwrap();
+        let key = crate::bundle::generate_key().unwrap();
+        let other = crate::bundle::generate_key().unwrap();
         let mut a = auth(dir.path(), &key);
         assert_eq!(
             a.check(b" rollback\n"),

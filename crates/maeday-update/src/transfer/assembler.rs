@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 
-use crate::update::bundle::{reject, sha256_hex, Rejection};
-use crate::update::transfer::chunk::{valid_hex64, Chunk};
+use crate::bundle::{reject, sha256_hex, Rejection};
+use crate::transfer::chunk::{valid_hex64, Chunk};
 
 /// Progress of one transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,7 +367,7 @@ fn store_failed(e: std::io::Error) -> Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::update::transfer::chunk::split;
+    use crate::transfer::chunk::split;
 
     fn folders(dir: &Path) -> usize {
         fs::read_dir(dir).unwrap().count()
