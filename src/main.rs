@@ -9,12 +9,7 @@ use clap::Parser;
 use maeday_edge::cli::Cli;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(
-        // rumqttd logs routine broker traffic at ERROR level through `tracing`: keep it
-        // quiet unless asked for (RUST_LOG=rumqttd=info).
-        env_logger::Env::default().default_filter_or("info,rumqttd=off,tracing=off"),
-    )
-    .init();
+    maeday_edge::cli::logging::init();
     match Cli::parse().run() {
         Ok(code) => code,
         Err(e) => {

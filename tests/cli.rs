@@ -489,3 +489,110 @@ fn bad_settings_are_usage_errors() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("dataset folder /nonexistent/data does not exist"));
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.status.success(), "{}", stderr(&bash));
+    let script = stdout(&bash);
+    for word in ["maeday-edge", "calibrate", "--max-frames", "--bank-seeds"] {
+        assert!(script.contains(word), "bash completions lack {word}");
+    }
+    let zsh = run(&["completions", "zsh"]);
+    assert!(zsh.status.success() && stdout(&zsh).contains("#compdef maeday-edge"));
+    assert!(!run(&["completions", "tcsh"]).status.success());
+
+    let man = run(&["man"]);
+    assert!(man.status.success(), "{}", stderr(&man));
+    let page = stdout(&man);
+    assert!(
+        page.starts_with(".ie") || page.starts_with(".TH"),
+        "{}",
+        &page[..80]
+    );
+    assert!(page.contains(".TH maeday-edge"), "no title");
+    // Every subcommand has its own section with its own flags.
+    for (section, flag) in [
+        ("RUN", "max\\-frames"),
+        ("EVAL", "bank\\-seeds"),
+        ("SCORE", "out"),
+    ] {
+        assert!(
+            page.contains(&format!(".SH \"{section}\"")),
+            "no {section} section"
+        );
+        assert!(page.contains(flag), "no {flag}");
+    }
+}
+
+/// Under systemd (stderr is the stream `$JOURNAL_STREAM` names) every log line carries its
+/// syslog priority for journald, and the per-frame console lines are off unless the config
+/// asks for them; in a terminal, neither.
+#[test]
+fn under_the_journal_lines_carry_priorities_and_per_frame_lines_are_off() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let write_config = |console: &str| {
+        let path = tmp.path().join(format!("journal{console}.toml"));
+        let text = format!(
+            "device_id = \"j\"\n{console}\n[model]\nmasks = 2\nthreads = 1\n[[camera]]\n\
+             name = \"c\"\nsource = {{ kind = \"replay\", path = \"{}\" }}\n",
+            samples().join("coffee-224.png").display()
+        );
+        fs::write(&path, text).unwrap();
+        path
+    };
+    let daemon = |config: &Path, journal: bool| -> String {
+        let log = tmp.path().join("stderr.log");
+        let file = fs::File::create(&log).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_maeday-edge"));
+        cmd.args(["run", "--config", s(config), "--max-frames", "1"])
+            .env("RUST_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stderr(file);
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        fs::read_to_string(&log).unwrap()
+    };
+    let default = write_config("");
+    let journal = daemon(&default, true);
+    let lines: Vec<&str> = journal.lines().collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let prio = l
+            .strip_prefix('<')
+            .and_then(|r| r.split_once('>'))
+            .map(|(p, _)| p);
+        assert!(
+            matches!(prio, Some("3" | "4" | "6" | "7")),
+            "no priority: {l}"
+        );
+    }
+    assert!(
+        !journal.contains(" #1 "),
+        "a per-frame line went to the journal: {journal}"
+    );
+    let forced = daemon(&write_config("console = true"), true);
+    assert!(
+        forced.contains(" #1 "),
+        "console = true is ignored: {forced}"
+    );
+    let terminal = daemon(&default, false);
+    assert!(
+        terminal.contains(" #1 ") && !terminal.starts_with('<'),
+        "{terminal}"
+    );
+    // A $JOURNAL_STREAM inherited but not naming stderr (a redirect) changes nothing.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_maeday-edge"));
+    let out = cmd
+        .args(["run", "--config", s(&default), "--max-frames", "1"])
+        .env("RUST_LOG", "info")
+        .env("JOURNAL_STREAM", "1:1")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains(" #1 "));
+}

@@ -5,7 +5,8 @@
 //! - [`run`]: `run` (the daemon) and `broker`;
 //! - [`score`], [`eval`], [`enroll`], [`calibrate`]: the offline tools;
 //! - [`bundle_command`] (flags) and [`bundle`] (work): keys, packing, signing, sending;
-//! - [`model_args`]: the model/engine/scorer flags the offline tools share.
+//! - [`model_args`]: the model/engine/scorer flags the offline tools share;
+//! - [`docs`]: shell completions and the man page; [`logging`]: terminal or journald lines.
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -17,8 +18,10 @@ use clap::{Parser, Subcommand};
 pub mod bundle;
 pub mod bundle_command;
 pub mod calibrate;
+pub mod docs;
 pub mod enroll;
 pub mod eval;
+pub mod logging;
 pub mod model_args;
 pub mod run;
 pub mod score;
@@ -57,6 +60,10 @@ enum Command {
     Enroll(enroll::EnrollArgs),
     /// Set image and pixel thresholds from good images; writes them into the manifest.
     Calibrate(calibrate::CalibrateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff), every subcommand included.
+    Man,
 }
 
 impl Cli {
@@ -71,6 +78,8 @@ impl Cli {
             Command::Eval(a) => eval::run(a),
             Command::Enroll(a) => enroll::run(a),
             Command::Calibrate(a) => calibrate::run(a),
+            Command::Completions(a) => docs::completions(a),
+            Command::Man => docs::man(),
         }
     }
 }

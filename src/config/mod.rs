@@ -47,9 +47,9 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     /// Write every result as a JSON line (and masks as PNG) into a folder.
     pub files: Option<FilesConfig>,
-    /// Log one line per frame (on by default: the sink a newcomer sees first).
-    #[serde(default = "yes")]
-    pub console: bool,
+    /// Log one line per frame. Default: on in a terminal (the output a newcomer sees first),
+    /// off under systemd (stderr is the journal), where a line per frame would flood it.
+    pub console: Option<bool>,
     #[serde(default)]
     pub pipeline: PipelineConfig,
     /// Accept signed retrain bundles over MQTT (needs `[mqtt]`).
@@ -59,11 +59,13 @@ pub struct Config {
     pub enroll: EnrollConfig,
 }
 
-fn yes() -> bool {
-    true
-}
-
 impl Config {
+    /// Whether to log a line per frame: `console` if set, else on unless stderr is the
+    /// journal (`journal`).
+    pub fn console_lines(&self, journal: bool) -> bool {
+        self.console.unwrap_or(!journal)
+    }
+
     /// Read, parse, resolve relative paths against the file's folder, validate.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)

@@ -322,7 +322,7 @@ fn open_outputs(
     events: &Events,
 ) -> Result<Outputs> {
     let mut outputs = Outputs::new(config.output.clone());
-    if config.console {
+    if config.console_lines(watchdog::stderr_is_journal()) {
         outputs.console = Some(Console);
     }
     outputs.files = config.files.as_ref().map(|f| FileSink::new(f.dir.clone()));

@@ -121,6 +121,35 @@ pub fn start(liveness: Arc<Liveness>, stop: Arc<AtomicBool>) -> Option<JoinHandl
     Some(handle)
 }
 
+/// Whether stderr is the journal: systemd sets `$JOURNAL_STREAM` to `<device>:<inode>` of the
+/// stream it connected, and a child that inherited the variable but writes elsewhere (a
+/// shell redirect) must not get priority prefixes, so the pair is compared with stderr's.
+pub fn stderr_is_journal() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    journal_stream_matches(&value)
+}
+
+#[cfg(unix)]
+fn journal_stream_matches(value: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2")
+        .or_else(|_| std::fs::metadata("/dev/stderr"))
+        .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+#[cfg(not(unix))]
+fn journal_stream_matches(_value: &str) -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +171,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         let err = l.check(Duration::from_millis(20)).unwrap_err();
         assert!(err.contains("sink"), "{err}");
+    }
+
+    #[test]
+    fn only_a_matching_journal_stream_counts() {
+        assert!(!journal_stream_matches("not-a-pair"));
+        assert!(!journal_stream_matches("0:0"));
     }
 }
