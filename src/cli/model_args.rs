@@ -8,7 +8,9 @@ use clap::Args;
 
 use crate::bank::store::Augmentation;
 use crate::detect::detector::DetectorOptions;
-use crate::detect::engine::{EngineKind, EngineOptions, OrtSettings, Precision, Provider};
+use crate::detect::engine::{
+    EngineKind, EngineOptions, GpuSettings, OrtSettings, Precision, Provider,
+};
 use crate::detect::fuse::{ScorerKind, Weights};
 use crate::detect::preprocess::Fit;
 use crate::enroll::EnrollSettings;
@@ -41,8 +43,8 @@ pub struct ModelArgs {
     /// With f16, also convert LayerNorm and Softmax to f16.
     #[arg(long)]
     f16_norms: bool,
-    /// Inference engine: tract (built in) or ort (ONNX Runtime; builds with `--features
-    /// ort` or `cuda`).
+    /// Inference engine: tract (built in), ort (ONNX Runtime; builds with `--features ort`
+    /// or `cuda`) or tract-cuda (tract on an NVIDIA GPU; `--features tract-cuda`).
     #[arg(long, default_value = "tract")]
     engine: EngineKind,
     /// ort: libonnxruntime.so (default: $ORT_DYLIB_PATH).
@@ -54,6 +56,9 @@ pub struct ModelArgs {
     /// ort: go on without a provider that fails to register.
     #[arg(long)]
     ort_allow_fallback: bool,
+    /// tract-cuda: serve on the CPU (tract) when no GPU can be used, instead of refusing.
+    #[arg(long)]
+    gpu_allow_fallback: bool,
     /// ort: TensorRT engine cache folder.
     #[arg(long)]
     tensorrt_cache: Option<PathBuf>,
@@ -87,7 +92,12 @@ impl ModelArgs {
         let mut engine = EngineOptions {
             precision: self.precision,
             f32_norms: !self.f16_norms,
-            backend: self.engine.backend(Some(ort)),
+            backend: self.engine.backend(
+                Some(ort),
+                Some(GpuSettings {
+                    allow_fallback: self.gpu_allow_fallback,
+                }),
+            ),
             ..Default::default()
         };
         if let Some(t) = self.threads {

@@ -25,8 +25,8 @@ pub struct RunArgs {
     /// Only check the config and exit.
     #[arg(long)]
     check: bool,
-    /// Inference engine, overriding model.engine: tract or ort (ONNX Runtime, set up
-    /// by [model.ort]).
+    /// Inference engine, overriding model.engine: tract, ort (ONNX Runtime, set up by
+    /// [model.ort]) or tract-cuda (tract on an NVIDIA GPU, set up by [model.gpu]).
     #[arg(long)]
     engine: Option<EngineKind>,
     /// maeday, bank or ensemble, overriding model.scorer (bank and ensemble need an

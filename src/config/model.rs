@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use serde::Deserialize;
 
 use super::checks::{MAX_MASKS, MAX_THREADS};
-use crate::detect::engine::{Backend, EngineKind, OrtSettings, Precision};
+use crate::detect::engine::{Backend, EngineKind, GpuSettings, OrtSettings, Precision};
 use crate::enroll::EnrollSettings;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -35,6 +35,8 @@ pub struct ModelConfig {
     /// own (the demo ships one for the bundled model); a bank enrolled into a model slot
     /// on the device takes precedence.
     pub bank: Option<PathBuf>,
+    /// tract-cuda settings, used with `engine = "tract-cuda"`.
+    pub gpu: Option<GpuSettings>,
 }
 
 impl ModelConfig {
@@ -62,7 +64,7 @@ impl ModelConfig {
     }
 
     pub fn backend(&self) -> Backend {
-        self.engine.backend(self.ort.clone())
+        self.engine.backend(self.ort.clone(), self.gpu.clone())
     }
 }
 

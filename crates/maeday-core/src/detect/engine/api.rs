@@ -75,6 +75,9 @@ pub enum EngineKind {
     #[default]
     Tract,
     Ort,
+    /// tract's CUDA backend (features `tract-cuda`, `tract-cuda-12`).
+    #[serde(rename = "tract-cuda")]
+    TractCuda,
 }
 
 impl std::str::FromStr for EngineKind {
@@ -83,17 +86,20 @@ impl std::str::FromStr for EngineKind {
         match s {
             "tract" => Ok(EngineKind::Tract),
             "ort" => Ok(EngineKind::Ort),
-            other => bail!("unknown engine {other:?} (expected tract or ort)"),
+            "tract-cuda" => Ok(EngineKind::TractCuda),
+            other => bail!("unknown engine {other:?} (expected tract, ort or tract-cuda)"),
         }
     }
 }
 
 impl EngineKind {
-    /// The backend of this kind; `ort` settings are used by ONNX Runtime only.
-    pub fn backend(self, ort: Option<OrtSettings>) -> Backend {
+    /// The backend of this kind, with its settings (`ort` for ONNX Runtime, `gpu` for
+    /// tract-cuda; each ignored by the others).
+    pub fn backend(self, ort: Option<OrtSettings>, gpu: Option<GpuSettings>) -> Backend {
         match self {
             EngineKind::Tract => Backend::Tract,
             EngineKind::Ort => Backend::Ort(ort.unwrap_or_default()),
+            EngineKind::TractCuda => Backend::TractCuda(gpu.unwrap_or_default()),
         }
     }
 }
@@ -106,6 +112,18 @@ pub enum Backend {
     Tract,
     /// ONNX Runtime (feature `ort`, `cuda` for the GPU providers), loaded at run time.
     Ort(OrtSettings),
+    /// tract on an NVIDIA GPU (feature `tract-cuda`): the same graph, CUDA loaded at run time.
+    TractCuda(GpuSettings),
+}
+
+/// `[model.gpu]`: how tract-cuda may behave when no GPU can be used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSettings {
+    /// Without a usable CUDA driver and libraries, serve on the CPU (tract) with a warning
+    /// instead of refusing to start.
+    #[serde(default)]
+    pub allow_fallback: bool,
 }
 
 impl Backend {
@@ -113,6 +131,7 @@ impl Backend {
         match self {
             Backend::Tract => "tract",
             Backend::Ort(_) => "ort",
+            Backend::TractCuda(_) => "tract-cuda",
         }
     }
 }

@@ -3,19 +3,22 @@
 //! An engine is bound to a model and a mask schedule when it is built (shapes are fixed
 //! then, so the backend can plan once); after that [`Engine::run`] only moves numbers.
 //! tract is the default backend; ONNX Runtime (feature `ort`, with CUDA and TensorRT
-//! providers under feature `cuda`) sits behind the same trait: [`build`] picks one.
+//! providers under feature `cuda`) and tract's own CUDA backend (feature `tract-cuda`) sit
+//! behind the same trait: [`build`] picks one.
 
 mod api;
+mod graph;
 #[cfg(feature = "ort")]
 mod onnxruntime;
 mod tract;
+#[cfg(any(feature = "tract-cuda", feature = "tract-cuda-12"))]
+mod tract_cuda;
 
-#[cfg(not(feature = "ort"))]
-use anyhow::bail;
 use anyhow::Result;
 
 pub use self::api::{
-    native_f16, Backend, Engine, EngineKind, EngineOptions, OrtSettings, Precision, Provider,
+    native_f16, Backend, Engine, EngineKind, EngineOptions, GpuSettings, OrtSettings, Precision,
+    Provider,
 };
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;
@@ -32,9 +35,37 @@ pub fn build(
         #[cfg(feature = "ort")]
         Backend::Ort(settings) => Ok(Box::new(OrtEngine::new(model, schedule, opts, settings)?)),
         #[cfg(not(feature = "ort"))]
-        Backend::Ort(_) => bail!(
+        Backend::Ort(_) => anyhow::bail!(
             "this build has no ONNX Runtime engine: rebuild with `--features ort` (CPU) or \
              `--features cuda` (CUDA and TensorRT providers)"
         ),
+        Backend::TractCuda(gpu) => tract_cuda_or_fallback(model, schedule, opts, gpu),
     }
+}
+
+/// tract-cuda, or (with `allow_fallback`) tract on the CPU when no GPU can be used.
+fn tract_cuda_or_fallback(
+    model: &crate::model::manifest::Model,
+    schedule: &crate::model::schedule::MaskSchedule,
+    opts: &EngineOptions,
+    gpu: &GpuSettings,
+) -> Result<Box<dyn Engine>> {
+    #[cfg(any(feature = "tract-cuda", feature = "tract-cuda-12"))]
+    let refused = match tract_cuda::TractCudaEngine::new(model, schedule, opts) {
+        Ok(engine) => return Ok(Box::new(engine)),
+        Err(e) => e,
+    };
+    #[cfg(not(any(feature = "tract-cuda", feature = "tract-cuda-12")))]
+    let refused = anyhow::anyhow!(
+        "this build has no tract-cuda engine: rebuild with `--features tract-cuda` (CUDA 13 \
+         drivers) or `--features tract-cuda-12` (CUDA 12, JetPack 6)"
+    );
+    if !gpu.allow_fallback {
+        return Err(refused.context(
+            "engine tract-cuda: no usable GPU (set [model.gpu] allow_fallback = true, or \
+             --gpu-allow-fallback, to serve on the CPU instead)",
+        ));
+    }
+    log::warn!("tract-cuda unavailable ({refused:#}): serving on the CPU (allow_fallback)");
+    Ok(Box::new(TractEngine::new(model, schedule, opts)?))
 }
