@@ -24,7 +24,7 @@ fn minimal_config_gets_defaults_and_resolved_paths() {
         }
         other => panic!("wrong source {other:?}"),
     }
-    assert_eq!(c.output.format, PayloadFormat::Cbor);
+    assert_eq!(c.output.format, PayloadFormat::Json);
     assert!(c.console);
 }
 
