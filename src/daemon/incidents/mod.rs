@@ -172,6 +172,18 @@ impl Incidents {
             _ => None,
         };
         let mut out = Publish::default();
+        if step != Step::Update {
+            log::info!(
+                "{} event {}-{}-{} {step:?}: {} anomalous frame(s), peak {:.4} at #{}",
+                p.camera,
+                p.camera,
+                p.boot,
+                incident.first_seq,
+                incident.frames,
+                incident.peak.score,
+                incident.peak.seq
+            );
+        }
         let event = self.event(step, &incident, r, evidence.is_some())?;
         out.messages.push(event);
         out.messages.extend(evidence.map(|jpeg| Message {
