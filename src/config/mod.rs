@@ -17,6 +17,7 @@ use serde::Deserialize;
 mod bundles;
 mod camera;
 mod checks;
+mod events;
 mod model;
 mod mqtt;
 mod output;
@@ -25,8 +26,9 @@ mod pipeline;
 pub use bundles::BundlesConfig;
 pub use camera::{rate_period, roi_fits, CameraConfig, SourceConfig};
 use checks::topic_level;
+pub use events::EventsConfig;
 pub use model::{EnrollConfig, ModelConfig};
-pub use mqtt::{url_with_client_id, MqttConfig, SpoolConfig, TlsConfig};
+pub use mqtt::{url_with_client_id, HomeAssistantConfig, MqttConfig, SpoolConfig, TlsConfig};
 pub use output::{FilesConfig, MaskPolicy, OutputConfig, PayloadFormat};
 pub use pipeline::PipelineConfig;
 
@@ -57,6 +59,8 @@ pub struct Config {
     /// How `enroll` commands build memory banks.
     #[serde(default)]
     pub enroll: EnrollConfig,
+    /// Debounced anomaly events per camera (opt-in; needs `[mqtt]`).
+    pub events: Option<EventsConfig>,
 }
 
 impl Config {
@@ -156,6 +160,19 @@ impl Config {
         self.output.validate()?;
         if let Some(m) = &self.mqtt {
             m.validate()?;
+            if m.home_assistant.is_some() {
+                ensure!(
+                    self.output.format == PayloadFormat::Json,
+                    "mqtt.home_assistant: needs output.format = \"json\" (Home Assistant reads JSON)"
+                );
+            }
+        }
+        if let Some(e) = &self.events {
+            ensure!(
+                self.mqtt.is_some(),
+                "events: needs an [mqtt] section (events are MQTT messages)"
+            );
+            e.validate()?;
         }
         if let Some(b) = &self.bundles {
             let Some(m) = &self.mqtt else {

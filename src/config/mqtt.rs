@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use serde::Deserialize;
 
-use super::checks::{MAX_GRACE_S, MAX_PACKET_BYTES};
+use super::checks::{topic_level, MAX_GRACE_S, MAX_PACKET_BYTES};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +41,39 @@ pub struct MqttConfig {
     /// in the spool for the next start).
     #[serde(default = "default_grace")]
     pub shutdown_grace_s: f64,
+    /// The first topic levels of every topic: `<topic_prefix>/<device_id>/...`.
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    /// Home Assistant MQTT discovery (opt-in): retained entity configs.
+    pub home_assistant: Option<HomeAssistantConfig>,
+}
+
+/// `mqtt.home_assistant`: where Home Assistant looks for discovery configs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+}
+
+fn default_prefix() -> String {
+    "maeday".into()
+}
+
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+
+/// One or more topic levels (`a` or `a/b`), each a [`topic_level`], at most 128 bytes.
+fn topic_levels(key: &str, value: &str) -> Result<()> {
+    ensure!(
+        value.len() <= 128,
+        "{key}: at most 128 characters (got {})",
+        value.len()
+    );
+    value
+        .split('/')
+        .try_for_each(|level| topic_level(key, level))
 }
 
 impl MqttConfig {
@@ -87,6 +120,10 @@ impl MqttConfig {
                 !user.is_empty() && !pass.is_empty(),
                 "mqtt.embedded_broker_users: user names and passwords must not be empty"
             );
+        }
+        topic_levels("mqtt.topic_prefix", &m.topic_prefix)?;
+        if let Some(ha) = &m.home_assistant {
+            topic_levels("mqtt.home_assistant.discovery_prefix", &ha.discovery_prefix)?;
         }
         #[cfg(not(feature = "embedded-broker"))]
         ensure!(

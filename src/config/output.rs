@@ -81,9 +81,21 @@ fn default_metrics_interval() -> f64 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadFormat {
-    #[default]
     Cbor,
+    /// The default: readable anywhere (Home Assistant, mosquitto_sub); CBOR for
+    /// constrained links.
+    #[default]
     Json,
+}
+
+impl PayloadFormat {
+    /// The name the config uses (`status` says which is set).
+    pub fn name(self) -> &'static str {
+        match self {
+            PayloadFormat::Cbor => "cbor",
+            PayloadFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

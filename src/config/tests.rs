@@ -24,7 +24,7 @@ fn minimal_config_gets_defaults_and_resolved_paths() {
         }
         other => panic!("wrong source {other:?}"),
     }
-    assert_eq!(c.output.format, PayloadFormat::Cbor);
+    assert_eq!(c.output.format, PayloadFormat::Json);
     // A line per frame in a terminal, none into the journal unless asked for.
     assert!(c.console_lines(false) && !c.console_lines(true));
 }

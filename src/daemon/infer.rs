@@ -147,7 +147,7 @@ impl Inference<'_> {
         let result = FrameResult {
             payload,
             map: det.map,
-            roi_image: self.config.output.heatmap.then(|| crop.into_rgb8()),
+            roi_image: self.keep_pixels().then(|| crop.into_rgb8()),
         };
         let scored = Scored {
             result,
@@ -163,6 +163,16 @@ impl Inference<'_> {
 
     /// Crop the ROI and detect. The frame is ours: it is scored without another copy
     /// when the ROI is the whole frame.
+    /// Whether results carry the ROI's pixels: for the heatmap, or an event's evidence.
+    fn keep_pixels(&self) -> bool {
+        self.config.output.heatmap
+            || self
+                .config
+                .events
+                .as_ref()
+                .is_some_and(crate::daemon::incidents::Incidents::wants_pixels)
+    }
+
     fn score(
         &mut self,
         image: RgbImage,

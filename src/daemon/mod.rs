@@ -23,11 +23,14 @@
 //!
 //! This file only wires the threads together and stops them in order.
 
+pub mod announce;
 pub mod boot;
 pub mod capture;
 pub mod control;
+pub mod discovery;
 pub mod enrollment;
 pub mod events;
+pub mod incidents;
 pub mod infer;
 pub mod installer;
 pub mod mqtt;
@@ -215,12 +218,16 @@ fn start_sink(
     trusted: Option<Vec<VerifyingKey>>,
     shared: &Shared,
 ) -> Result<Sink> {
-    let topics = Topics::new(
+    let topics = Topics::with_prefix(
+        topic_prefix(config),
         &config.device_id,
         config.bundles.as_ref().map_or(&[][..], |b| &b.groups),
     );
+    let mut outputs = open_outputs(config, opts, serving, topics.clone(), &shared.events)?;
+    let incidents = announce::announce(config, serving, &topics, &mut outputs);
     Ok(Sink {
-        outputs: open_outputs(config, opts, serving, topics.clone(), &shared.events)?,
+        incidents,
+        outputs,
         control: Control::open(config, topics.clone(), trusted)?,
         routes,
         topics,
@@ -231,6 +238,14 @@ fn start_sink(
         device_id: config.device_id.clone(),
         metrics_interval: config.output.metrics_interval(),
     })
+}
+
+/// `mqtt.topic_prefix`, or the default without `[mqtt]`.
+fn topic_prefix(config: &Config) -> &str {
+    config
+        .mqtt
+        .as_ref()
+        .map_or(crate::daemon::topics::DEFAULT_PREFIX, |m| &m.topic_prefix)
 }
 
 /// One capture thread per camera.
@@ -280,6 +295,7 @@ fn start_installer(
     };
     let settings = InstallerSettings {
         device_id: config.device_id.clone(),
+        topic_prefix: topic_prefix(config).to_string(),
         groups: b.groups.clone(),
         trusted,
         max_bundle_bytes: b.max_bundle_bytes,
@@ -331,7 +347,7 @@ fn open_outputs(
         let now = ServingModel::of(&serving.detector, serving.bundle_version);
         let setup = MqttSetup {
             topics,
-            status: StatusPayload::online(&config.device_id, cameras, now),
+            status: StatusPayload::online(&config.device_id, cameras, now, config.output.format),
             bundles: config.bundles.is_some(),
             url: opts.mqtt_url.clone(),
             client_id: format!("maeday-{}", config.device_id),

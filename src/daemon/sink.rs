@@ -24,6 +24,7 @@ use crate::config::PayloadFormat;
 use crate::daemon::capture::FrameSlots;
 use crate::daemon::control::{Command, Control, Refusal};
 use crate::daemon::events::{EventQueue, Scored, SinkEvent};
+use crate::daemon::incidents::Incidents;
 use crate::daemon::installer::InstallerInput;
 use crate::daemon::mqtt::link::Received;
 use crate::daemon::outputs::Outputs;
@@ -58,6 +59,8 @@ pub struct Sink {
     pub device_id: String,
     /// `output.metrics_interval_s`.
     pub metrics_interval: Option<Duration>,
+    /// Debounced anomaly events (`[events]`), fed each result after its outputs.
+    pub incidents: Option<Incidents>,
 }
 
 /// Results and serving changes, in the order inference sent them.
@@ -143,7 +146,11 @@ impl Sink {
                     captured_at,
                 } = *s;
                 let inference_ms = result.payload.latency_ms.inference;
+                let incident = self.incidents.as_mut().map(|i| i.observe(&result));
                 self.outputs.publish(result)?;
+                if let Some(incident) = incident {
+                    self.outputs.publish_incident(incident?)?;
+                }
                 self.stats.published(ready, captured_at, inference_ms);
                 events.result_done();
                 Ok(())

@@ -5,19 +5,31 @@
 //! to); each topic has a method, so a topic name cannot drift between the code that
 //! publishes on it, the code that subscribes to it and the README.
 
-/// The topics of one device: `maeday/<device_id>/...` and `maeday/fleet/<group>/...`.
+/// The default first level(s) of every topic (`mqtt.topic_prefix`).
+pub const DEFAULT_PREFIX: &str = "maeday";
+
+/// The topics of one device: `<prefix>/<device_id>/...` and `<prefix>/fleet/<group>/...`
+/// (`prefix` = `mqtt.topic_prefix`, `maeday` by default).
 #[derive(Debug, Clone)]
 pub struct Topics {
-    /// `maeday/<device_id>`.
+    /// `<prefix>/<device_id>`.
     base: String,
+    prefix: String,
     /// Fleet groups whose bundle chunks this device takes (`bundles.groups`).
     groups: Vec<String>,
 }
 
 impl Topics {
+    /// Under the default prefix (`maeday`).
     pub fn new(device_id: &str, groups: &[String]) -> Topics {
+        Topics::with_prefix(DEFAULT_PREFIX, device_id, groups)
+    }
+
+    /// Under `prefix` (`mqtt.topic_prefix`, checked as topic levels).
+    pub fn with_prefix(prefix: &str, device_id: &str, groups: &[String]) -> Topics {
         Topics {
-            base: format!("maeday/{device_id}"),
+            base: format!("{prefix}/{device_id}"),
+            prefix: prefix.to_string(),
             groups: groups.to_vec(),
         }
     }
@@ -44,6 +56,11 @@ impl Topics {
     /// Bundle chunks for a fleet group.
     pub fn fleet_chunk(group: &str) -> String {
         format!("maeday/fleet/{group}/bundle/chunk")
+    }
+
+    /// Bundle chunks for a fleet group, under this device's prefix.
+    pub fn group_chunk(&self, group: &str) -> String {
+        format!("{}/fleet/{group}/bundle/chunk", self.prefix)
     }
 
     /// Whether a received message came on a bundle chunk topic (own or fleet).
@@ -76,6 +93,21 @@ impl Topics {
         self.camera(camera, "heatmap")
     }
 
+    /// Debounced anomaly events of `camera` (`start`, `update`, `end`).
+    pub fn event(&self, camera: &str) -> String {
+        self.camera(camera, "event")
+    }
+
+    /// The evidence JPEG of `camera`'s latest event peak.
+    pub fn evidence(&self, camera: &str) -> String {
+        self.camera(camera, "evidence")
+    }
+
+    /// Retained `ON`/`OFF`: whether `camera` is in an anomaly event now.
+    pub fn anomalous(&self, camera: &str) -> String {
+        self.camera(camera, "anomalous")
+    }
+
     fn camera(&self, camera: &str, what: &str) -> String {
         format!("{}/{camera}/{what}", self.base)
     }
@@ -86,7 +118,7 @@ impl Topics {
         let mut topics = vec![self.command()];
         if bundles {
             topics.push(self.bundle_chunk());
-            topics.extend(self.groups.iter().map(|g| Topics::fleet_chunk(g)));
+            topics.extend(self.groups.iter().map(|g| self.group_chunk(g)));
         }
         topics
     }
@@ -120,5 +152,23 @@ mod tests {
             ]
         );
         assert_eq!(t.subscriptions(false), ["maeday/cam-7/command"]);
+        assert_eq!(t.event("a"), "maeday/cam-7/a/event");
+        assert_eq!(t.evidence("a"), "maeday/cam-7/a/evidence");
+        assert_eq!(t.anomalous("a"), "maeday/cam-7/a/anomalous");
+    }
+
+    #[test]
+    fn every_topic_follows_the_prefix() {
+        let t = Topics::with_prefix("plant/line3", "cam-7", &["line".to_string()]);
+        assert_eq!(t.status(), "plant/line3/cam-7/status");
+        assert_eq!(t.result("a"), "plant/line3/cam-7/a/result");
+        assert_eq!(
+            t.subscriptions(true),
+            [
+                "plant/line3/cam-7/command",
+                "plant/line3/cam-7/bundle/chunk",
+                "plant/line3/fleet/line/bundle/chunk"
+            ]
+        );
     }
 }

@@ -72,6 +72,8 @@ pub struct BundleStatus {
 
 pub struct InstallerSettings {
     pub device_id: String,
+    /// `mqtt.topic_prefix`.
+    pub topic_prefix: String,
     pub groups: Vec<String>,
     pub trusted: Vec<VerifyingKey>,
     pub max_bundle_bytes: u64,
@@ -141,8 +143,8 @@ impl Installer {
     ) -> Result<Installer> {
         let assembler = Assembler::new(&s.state_dir.join("incoming"), s.limits.clone())?;
         Ok(Installer {
-            status_topic: Topics::new(&s.device_id, &[]).bundle_status(),
-            enroll_topic: Topics::new(&s.device_id, &[]).enroll_status(),
+            status_topic: Topics::with_prefix(&s.topic_prefix, &s.device_id, &[]).bundle_status(),
+            enroll_topic: Topics::with_prefix(&s.topic_prefix, &s.device_id, &[]).enroll_status(),
             s,
             slots,
             assembler,

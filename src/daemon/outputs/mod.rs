@@ -144,6 +144,24 @@ impl Outputs {
         }
     }
 
+    /// An anomaly event's messages (MQTT only, QoS 1, spooled), then its retained state.
+    pub fn publish_incident(&mut self, p: crate::daemon::incidents::Publish) -> Result<()> {
+        if let Some(m) = self.mqtt.as_mut() {
+            m.submit(p.messages)?;
+            if let Some(state) = p.state {
+                m.set_retained(state);
+            }
+        }
+        Ok(())
+    }
+
+    /// A retained state message (MQTT only), re-published at every connect.
+    pub fn set_retained(&mut self, m: Message) {
+        if let Some(q) = self.mqtt.as_mut() {
+            q.set_retained(m);
+        }
+    }
+
     /// A control-plane message (installer status, a refusal): MQTT only, if connected.
     pub fn publish_transient(&mut self, m: Message) {
         if let Some(q) = self.mqtt.as_mut() {

@@ -100,6 +100,21 @@ impl MqttOutput {
         self.link.publish_transient(&m.topic, m.payload, false);
     }
 
+    /// Event messages (QoS 1, spooled like results).
+    pub fn submit(&mut self, msgs: Vec<Message>) -> Result<()> {
+        self.link.submit(msgs)
+    }
+
+    /// A retained state message, re-published at every connect.
+    pub fn set_retained(&mut self, m: Message) {
+        self.link.set_retained(m);
+    }
+
+    /// `mqtt.max_packet_bytes`.
+    pub fn max_packet_bytes(&self) -> usize {
+        self.link.max_packet_bytes()
+    }
+
     /// The retained status (and the Last Will of the next connection) names the model
     /// now serving.
     pub fn serving_changed(&mut self, s: ServingModel) -> Result<()> {

@@ -22,12 +22,19 @@ pub struct StatusPayload {
     /// How frames are scored: `maeday`, or `ensemble (bank 3136 rows)` once enrolled.
     pub scorer: String,
     pub cameras: Vec<String>,
+    /// The payload format of result, status and metrics (`output.format`: `json` or `cbor`).
+    pub format: &'static str,
     /// Why offline: "shutdown" (clean stop) or "connection lost" (the Last Will).
     pub reason: Option<&'static str>,
 }
 
 impl StatusPayload {
-    pub fn online(device_id: &str, cameras: Vec<String>, s: ServingModel) -> StatusPayload {
+    pub fn online(
+        device_id: &str,
+        cameras: Vec<String>,
+        s: ServingModel,
+        format: PayloadFormat,
+    ) -> StatusPayload {
         StatusPayload {
             state: "online",
             device_id: device_id.to_string(),
@@ -39,6 +46,7 @@ impl StatusPayload {
             bundle_version: s.bundle_version,
             scorer: s.scorer,
             cameras,
+            format: format.name(),
             reason: None,
         }
     }

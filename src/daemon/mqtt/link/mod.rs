@@ -100,6 +100,9 @@ pub struct MqttSink {
     /// command re-sent at every subscribe): clear `clearable` before subscribing again.
     clear_on_connect: bool,
     connected_at: Instant,
+    /// Retained state messages (event states, Home Assistant discovery), one per topic,
+    /// re-published at every connect like the status.
+    retained: Vec<Message>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -156,6 +159,7 @@ impl MqttSink {
             clearable: Vec::new(),
             clear_on_connect: false,
             connected_at: Instant::now(),
+            retained: Vec::new(),
         };
         sink.stats.spool_messages = sink.spool.len();
         sink.connect();
@@ -390,6 +394,15 @@ impl MqttSink {
         let topic = self.status.topic.clone();
         let online = self.status.online.clone();
         self.publish_transient(&topic, online, true);
+    }
+
+    /// Set a retained state message: published now if connected, and at every connect.
+    pub fn set_retained(&mut self, m: Message) {
+        self.publish_transient(&m.topic, m.payload.clone(), true);
+        match self.retained.iter_mut().find(|r| r.topic == m.topic) {
+            Some(r) => *r = m,
+            None => self.retained.push(m),
+        }
     }
 
     /// The offline status a clean shutdown publishes (the Last Will keeps its own).

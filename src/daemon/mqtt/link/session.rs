@@ -49,6 +49,9 @@ impl MqttSink {
                 let topic = self.status.topic.clone();
                 let online = self.status.online.clone();
                 self.publish_transient(&topic, online, true);
+                for m in self.retained.clone() {
+                    self.publish_transient(&m.topic, m.payload, true);
+                }
                 if std::mem::take(&mut self.clear_on_connect) {
                     for t in self.clearable.clone() {
                         log::warn!("clearing any retained message on {t} before subscribing");
