@@ -29,9 +29,18 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mp4 = dir.path().join("conveyor-1080p.mp4");
     let gif = repo.join("../shared/data/conveyor/bolt-multi-size-detection.gif");
-    let gif = if gif.is_file() { gif } else { repo.join("demo/conveyor.gif") };
+    let gif = if gif.is_file() {
+        gif
+    } else {
+        repo.join("demo/conveyor.gif")
+    };
     let ok = Command::new(env!("CARGO_BIN_EXE_maeday-rtsp-test-server"))
-        .args(["encode", gif.to_str().unwrap(), mp4.to_str().unwrap(), "1920x1080"])
+        .args([
+            "encode",
+            gif.to_str().unwrap(),
+            mp4.to_str().unwrap(),
+            "1920x1080",
+        ])
         .status()
         .unwrap()
         .success();

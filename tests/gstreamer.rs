@@ -126,7 +126,11 @@ fn broker() -> u16 {
 fn conveyor_mp4(dir: &Path) -> PathBuf {
     let out = dir.join("conveyor.mp4");
     let status = Command::new(SERVER)
-        .args(["encode", conveyor_gif().to_str().unwrap(), out.to_str().unwrap()])
+        .args([
+            "encode",
+            conveyor_gif().to_str().unwrap(),
+            out.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -152,9 +156,11 @@ fn rtsp_camera_reaches_mqtt_and_reconnects_when_the_server_restarts() {
     );
     let cfg = config(tmp.path(), "rtsp-cam", &source, &extra);
     let daemon = Daemon::start(&["--config", cfg.to_str().unwrap()]);
-    inbox.wait_for("5 results from the RTSP camera", Duration::from_secs(120), |m| {
-        m.iter().filter(|(t, _)| t.ends_with("/result")).count() >= 5
-    });
+    inbox.wait_for(
+        "5 results from the RTSP camera",
+        Duration::from_secs(120),
+        |m| m.iter().filter(|(t, _)| t.ends_with("/result")).count() >= 5,
+    );
 
     // The server goes away mid-stream: the source notices and retries with backoff.
     drop(server);
@@ -179,13 +185,19 @@ fn rtsp_camera_reaches_mqtt_and_reconnects_when_the_server_restarts() {
     let s = summary(&out);
     let results = inbox.results();
     let seen = seqs(&results);
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "out of order: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {seen:?}"
+    );
     for r in &results {
         assert_eq!(r["frame_size"], serde_json::json!([320, 240]));
         assert!(r["score"].as_f64().unwrap() > 0.0);
     }
     let cam = &s["cameras"][0];
-    assert!(cam["scored"].as_u64().unwrap() >= (before + 5) as u64, "{s}");
+    assert!(
+        cam["scored"].as_u64().unwrap() >= (before + 5) as u64,
+        "{s}"
+    );
     assert!(cam["captured"].as_u64().unwrap() >= cam["scored"].as_u64().unwrap());
     eprintln!(
         "rtsp: {before} results before the restart, {} after; summary {cam}",
@@ -254,7 +266,10 @@ fn a_corrupt_video_is_counted_not_fatal() {
         let s = summary(&out);
         let cam = &s["cameras"][0];
         assert!(cam["corrupt"].as_u64().unwrap() >= 1, "{s}\n{stderr}");
-        assert!(cam["scored"].as_u64().unwrap() >= min_scored, "{s}\n{stderr}");
+        assert!(
+            cam["scored"].as_u64().unwrap() >= min_scored,
+            "{s}\n{stderr}"
+        );
         eprintln!("{}: {cam}", path.display());
     }
 }
@@ -263,7 +278,7 @@ fn a_corrupt_video_is_counted_not_fatal() {
 fn a_stream_over_max_frame_pixels_is_refused_and_counted() {
     let tmp = tempfile::tempdir().unwrap();
     // A 1000x1000 stream with a 640x480 limit: refused from its caps, before a frame of
-    // it is converted; the source retries (bounded by --max-frames 0? no: SIGTERM).
+    // it is converted; the source retries with backoff until SIGTERM.
     let source = "{ kind = \"gstreamer\", pipeline = \"videotestsrc is-live=true ! \
                   video/x-raw,width=1000,height=1000,framerate=10/1\", reconnect_max_s = 0.2 }";
     let extra = format!(
@@ -273,14 +288,20 @@ fn a_stream_over_max_frame_pixels_is_refused_and_counted() {
     let cfg = config(tmp.path(), "big", source, &extra);
     let daemon = Daemon::start(&["--config", cfg.to_str().unwrap()]);
     let until = Instant::now() + Duration::from_secs(60);
-    while daemon.log().matches("over pipeline.max_frame_pixels").count() < 2 {
+    while daemon
+        .log()
+        .matches("over pipeline.max_frame_pixels")
+        .count()
+        < 2
+    {
         assert!(Instant::now() < until, "not refused:\n{}", daemon.log());
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = daemon.finish(true, Duration::from_secs(60));
     assert!(out.status.success());
     let s = summary(&out);
-    assert!(s["cameras"][0]["corrupt"].as_u64().unwrap() >= 2, "{s}");
+    // Refused while running: counted; refused again at a restart: logged and retried.
+    assert!(s["cameras"][0]["corrupt"].as_u64().unwrap() >= 1, "{s}");
     assert_eq!(s["cameras"][0]["scored"], 0, "{s}");
 }
 
@@ -294,12 +315,25 @@ fn check_accepts_a_buildable_pipeline_and_refuses_a_missing_element() {
             .output()
             .unwrap()
     };
-    let ok = check("{ kind = \"gstreamer\", url = \"rtsp://10.0.0.9/stream\", width = 640, height = 480 }");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = check(
+        "{ kind = \"gstreamer\", url = \"rtsp://10.0.0.9/stream\", width = 640, height = 480 }",
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let bad = check("{ kind = \"gstreamer\", pipeline = \"nvarguscamerasrc-not-here ! appsink\" }");
     let e = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success() && e.contains("camera[0].source"), "{e}");
-    let big = check("{ kind = \"gstreamer\", url = \"rtsp://x/y\", width = 100000, height = 100000 }");
+    assert!(
+        !bad.status.success() && e.contains("camera[0].source"),
+        "{e}"
+    );
+    let big =
+        check("{ kind = \"gstreamer\", url = \"rtsp://x/y\", width = 30000, height = 30000 }");
     let e = String::from_utf8_lossy(&big.stderr);
-    assert!(!big.status.success() && e.contains("max_frame_pixels"), "{e}");
+    assert!(
+        !big.status.success() && e.contains("max_frame_pixels"),
+        "{e}"
+    );
 }

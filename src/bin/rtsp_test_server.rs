@@ -20,7 +20,12 @@ use image::AnimationDecoder;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     gst::init()?;
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["serve", port] => serve(port.parse().context("port")?),
         ["encode", gif, out] => encode(gif, out, None),
         ["encode", gif, out, size] => {

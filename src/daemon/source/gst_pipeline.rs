@@ -16,6 +16,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
+use gstreamer_video::prelude::*;
 use image::RgbImage;
 
 /// Where a GStreamer source's frames come from.
@@ -107,22 +108,14 @@ pub fn build(origin: &Origin, out: &Output, live: bool) -> Result<Built> {
         Origin::Rtsp(_) => format!("rtspsrc name=maeday_src ! decodebin ! {}", tail(out)),
         Origin::Uri(_) => format!("uridecodebin name=maeday_src ! {}", tail(out)),
         Origin::File(_) => format!("filesrc name=maeday_src ! decodebin ! {}", tail(out)),
-        Origin::Launch(d) => d.clone(),
+        // An operator's pipeline without an appsink gets the conversion appended (parsed
+        // whole: a description may end in caps, which only link to a next element).
+        Origin::Launch(d) if d.contains("appsink") => d.clone(),
+        Origin::Launch(d) => format!("{d} ! {}", tail(out)),
     };
-    let mut element = gst::parse::launch(&description)
+    let element = gst::parse::launch(&description)
         .with_context(|| format!("cannot build the GStreamer pipeline {description:?}"))?;
-    let mut sink = find_appsink(&element);
-    if sink.is_none() {
-        // An operator's pipeline without an appsink: append the conversion.
-        let Origin::Launch(d) = origin else {
-            bail!("the pipeline has no appsink");
-        };
-        let full = format!("{d} ! {}", tail(out));
-        element = gst::parse::launch(&full)
-            .with_context(|| format!("cannot build the GStreamer pipeline {full:?}"))?;
-        sink = find_appsink(&element);
-    }
-    let sink = sink.context("the pipeline has no appsink")?;
+    let sink = find_appsink(&element).context("the pipeline has no appsink")?;
     let pipeline = match element.downcast::<gst::Pipeline>() {
         Ok(p) => p,
         Err(_) => bail!("the description is one element, not a pipeline ending in an appsink"),
@@ -174,7 +167,9 @@ fn find_appsink(element: &gst::Element) -> Option<gst_app::AppSink> {
 /// before any frame of it is converted: the pipeline posts an error (the source counts it
 /// and reconnects).
 fn refuse_oversized_input(conv: &gst::Element, max_pixels: u64) -> Result<()> {
-    let pad = conv.static_pad("sink").context("videoconvert has no sink pad")?;
+    let pad = conv
+        .static_pad("sink")
+        .context("videoconvert has no sink pad")?;
     let weak = conv.downgrade();
     pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
         let Some(gst::PadProbeData::Event(ev)) = &info.data else {
@@ -193,7 +188,12 @@ fn refuse_oversized_input(conv: &gst::Element, max_pixels: u64) -> Result<()> {
             gst::element_error!(
                 conv,
                 gst::StreamError::Format,
-                ("decoded stream is {}x{}, over pipeline.max_frame_pixels ({})", w, h, max_pixels)
+                (
+                    "decoded stream is {}x{}, over pipeline.max_frame_pixels ({})",
+                    w,
+                    h,
+                    max_pixels
+                )
             );
         }
         gst::PadProbeReturn::Drop
@@ -295,7 +295,10 @@ mod tests {
         let gray = to_rgb(&sample(30, 20, Gray8, 32 * 20), &out(None)).unwrap();
         assert_eq!(gray.get_pixel(3, 3).0, [7, 7, 7]);
         // A short buffer, another size than negotiated, over the limit, another format.
-        let e = format!("{:#}", to_rgb(&sample(30, 20, Rgb, 100), &out(None)).unwrap_err());
+        let e = format!(
+            "{:#}",
+            to_rgb(&sample(30, 20, Rgb, 100), &out(None)).unwrap_err()
+        );
         assert!(e.contains("100 byte buffer"), "{e}");
         assert!(to_rgb(&sample(30, 20, Rgb, 92 * 20), &out(Some((32, 20)))).is_err());
         let e = format!(
@@ -315,10 +318,18 @@ mod tests {
             max_pixels: 100_000,
             latency_ms: 0,
         };
-        let b = build(&Origin::Launch("videotestsrc num-buffers=2".into()), &o, true).unwrap();
+        let b = build(
+            &Origin::Launch("videotestsrc num-buffers=2".into()),
+            &o,
+            true,
+        )
+        .unwrap();
         assert!(b.pipeline.by_name("maeday_caps").is_some());
         let c = caps(&o).to_string();
-        assert!(c.contains("GRAY8") && c.contains("64") && c.contains("5/1"), "{c}");
+        assert!(
+            c.contains("GRAY8") && c.contains("64") && c.contains("5/1"),
+            "{c}"
+        );
         // An operator's appsink gets the caps itself.
         let b = build(
             &Origin::Launch("videotestsrc ! videoconvert ! appsink name=mine".into()),

@@ -43,6 +43,10 @@ pub struct GstSource {
     /// A replay whose file gave no frame in a whole pass ends instead of spinning.
     pass_frames: u64,
     ended: bool,
+    /// A replay's last frame time (PTS) and frame duration: a gap is frames the decoder
+    /// dropped (a damaged stream), `missing` of them still to be counted as corrupt.
+    last_pts: Option<(u64, u64)>,
+    missing: u64,
     stop: Arc<AtomicBool>,
 }
 
@@ -152,13 +156,18 @@ impl GstSource {
             frame_time: None,
             pass_frames: 0,
             ended: false,
+            last_pts: None,
+            missing: 0,
             stop,
         }
     }
 
     fn start(&mut self) -> Result<()> {
         let built = gst_pipeline::build(&self.origin, &self.out, self.live)?;
-        let bus = built.pipeline.bus().ok_or_else(|| anyhow::anyhow!("no bus"))?;
+        let bus = built
+            .pipeline
+            .bus()
+            .ok_or_else(|| anyhow::anyhow!("no bus"))?;
         if let Err(e) = built.pipeline.set_state(gst::State::Playing) {
             let why = drain_error(&bus).unwrap_or_else(|| e.to_string());
             let _ = built.pipeline.set_state(gst::State::Null);
@@ -173,6 +182,7 @@ impl GstSource {
     }
 
     fn teardown(&mut self) {
+        self.last_pts = None;
         if let Some(r) = self.running.take() {
             let _ = r.built.pipeline.set_state(gst::State::Null);
         }
@@ -213,6 +223,9 @@ impl GstSource {
         let r = self.running.as_mut().expect("running");
         r.last = Instant::now();
         self.frame_time = self.live.then(|| stream_time(&r.built, sample)).flatten();
+        if !self.live {
+            self.missing += gap(&mut self.last_pts, sample);
+        }
         match gst_pipeline::to_rgb(sample, &self.out) {
             Ok(img) => {
                 self.backoff = FIRST_BACKOFF;
@@ -265,7 +278,11 @@ impl GstSource {
             }
         }
         let r = self.running.as_ref().expect("started");
-        if let Some(sample) = r.built.sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+        if let Some(sample) = r
+            .built
+            .sink
+            .try_pull_sample(gst::ClockTime::from_mseconds(100))
+        {
             return Some(self.frame(&sample));
         }
         if r.built.sink.is_eos() {
@@ -292,6 +309,12 @@ impl FrameSource for GstSource {
             if self.stop.load(Ordering::Relaxed) {
                 self.teardown();
                 return Next::End;
+            }
+            if self.missing > 0 {
+                self.missing -= 1;
+                return Next::Corrupt(anyhow::anyhow!(
+                    "a frame missing from the stream (the decoder dropped it: damaged data)"
+                ));
             }
             if let Some(next) = self.step() {
                 if matches!(next, Next::End) {
@@ -333,13 +356,30 @@ fn stream_time(built: &Built, sample: &gst::Sample) -> Option<SystemTime> {
     SystemTime::now().checked_sub(Duration::from_nanos(age.nseconds()))
 }
 
+/// Frames missing between the last sample and this one, from their PTS and duration.
+fn gap(last: &mut Option<(u64, u64)>, sample: &gst::Sample) -> u64 {
+    let Some(buffer) = sample.buffer() else {
+        return 0;
+    };
+    let (Some(pts), Some(dur)) = (buffer.pts(), buffer.duration()) else {
+        return 0;
+    };
+    let (pts, dur) = (pts.nseconds(), dur.nseconds());
+    let missing = match *last {
+        Some((prev, prev_dur)) if prev_dur > 0 && pts > prev + prev_dur + prev_dur / 2 => {
+            ((pts - prev) + prev_dur / 2) / prev_dur - 1
+        }
+        _ => 0,
+    };
+    *last = Some((pts, dur));
+    missing.min(10_000)
+}
+
 fn bus_news(bus: &gst::Bus) -> BusNews {
     while let Some(msg) = bus.pop() {
         match msg.view() {
             gst::MessageView::Error(e) => return BusNews::Error(message_text(&msg, e.error())),
-            gst::MessageView::Warning(w) => {
-                return BusNews::Warning(message_text(&msg, w.error()))
-            }
+            gst::MessageView::Warning(w) => return BusNews::Warning(message_text(&msg, w.error())),
             gst::MessageView::Eos(_) => return BusNews::Eos,
             _ => {}
         }
@@ -392,10 +432,7 @@ fn out_text(o: &Output) -> String {
         .size
         .map(|(w, h)| format!("{w}x{h}"))
         .unwrap_or_else(|| "as decoded".into());
-    let rate = o
-        .fps
-        .map(|f| format!(", {f} fps"))
-        .unwrap_or_default();
+    let rate = o.fps.map(|f| format!(", {f} fps")).unwrap_or_default();
     format!("{} {size}{rate}", if o.gray { "GRAY8" } else { "RGB" })
 }
 
@@ -407,7 +444,10 @@ mod tests {
     fn jitter_stays_in_its_band_and_videos_are_recognised() {
         for _ in 0..100 {
             let j = jitter(Duration::from_secs(2));
-            assert!(j >= Duration::from_secs(1) && j < Duration::from_secs(2), "{j:?}");
+            assert!(
+                j >= Duration::from_secs(1) && j < Duration::from_secs(2),
+                "{j:?}"
+            );
         }
         assert!(super::super::replay::is_video(Path::new("a/clip.MP4")));
         assert!(!super::super::replay::is_video(Path::new("a/clip.gif")));

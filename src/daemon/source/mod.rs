@@ -80,9 +80,9 @@ pub fn open(
             )
         }
         #[cfg(feature = "gstreamer")]
-        SourceConfig::Gstreamer { .. } => Ok(Box::new(gstreamer::GstSource::live(
-            cfg, pipeline, stop,
-        )?)),
+        SourceConfig::Gstreamer { .. } => {
+            Ok(Box::new(gstreamer::GstSource::live(cfg, pipeline, stop)?))
+        }
         #[cfg(not(feature = "gstreamer"))]
         SourceConfig::Gstreamer { .. } => {
             let _ = (pipeline, stop);
