@@ -114,7 +114,9 @@ impl Config {
             match &mut cam.source {
                 SourceConfig::Replay { path, .. } => fix(path),
                 // A `url` without a scheme is a video file's path.
-                SourceConfig::Gstreamer { url: Some(u), .. } if !u.contains("://") => {
+                SourceConfig::Gstreamer { url: Some(u), .. }
+                    if !u.trim().is_empty() && !u.contains("://") =>
+                {
                     let mut p = PathBuf::from(&*u);
                     fix(&mut p);
                     *u = p.to_string_lossy().into_owned();
