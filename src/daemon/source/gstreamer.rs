@@ -258,7 +258,8 @@ impl GstSource {
             BusNews::Warning(w) => return Some(Next::Corrupt(anyhow::anyhow!("{w}"))),
             BusNews::Error(e) if self.live => {
                 let stop = !self.reconnect(&format!("stream error: {e}"));
-                // Decode errors (a corrupt stream) are counted; a connection lost is not.
+                // Every error of a live stream (a decode error, or a lost connection) is counted
+                // as one corrupt frame, then the stream is reopened.
                 return Some(if stop {
                     Next::End
                 } else {
