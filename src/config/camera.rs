@@ -44,7 +44,7 @@ impl CameraConfig {
                 w >= 8 && h >= 8,
                 "{key}.roi: width and height must be at least 8 (got {w}x{h})"
             );
-            if let SourceConfig::V4l2 { width, height, .. } = cam.source {
+            if let Some((width, height)) = cam.source.fixed_size() {
                 ensure!(
                     roi_fits([x, y, w, h], width, height),
                     "{key}.roi: [{x}, {y}, {w}, {h}] does not fit the {width}x{height} frame"
@@ -99,6 +99,7 @@ impl CameraConfig {
                     "{key}.source.buffers: must be 1..=32 (got {buffers})"
                 );
             }
+            SourceConfig::Gstreamer { .. } => validate_gstreamer(key, &cam.source, p)?,
         }
         Ok(())
     }
@@ -141,6 +142,98 @@ pub enum SourceConfig {
         #[serde(default = "default_buffers")]
         buffers: u32,
     },
+    /// A GStreamer pipeline (feature `gstreamer`): `url` (rtsp://, http(s)://, file:// or a
+    /// video file's path) or `pipeline` (a gst-launch description; one that ends in an
+    /// appsink gets the output caps set on it, any other gets the conversion appended).
+    Gstreamer {
+        url: Option<String>,
+        pipeline: Option<String>,
+        /// The frame size the stream is scaled to (both or neither; neither: as decoded).
+        width: Option<u32>,
+        height: Option<u32>,
+        /// `RGB` or `GRAY8` (gray is widened to RGB for the model).
+        #[serde(default = "default_gst_format")]
+        format: String,
+        /// Frames per second (a `videorate` drops or repeats); 0 = as the stream delivers.
+        #[serde(default)]
+        fps: f64,
+        /// RTSP jitter buffer (ms): lower is fresher, higher rides out network jitter.
+        #[serde(default = "default_latency_ms")]
+        latency_ms: u32,
+        /// No frame for this long (seconds) = the stream dropped: reconnect.
+        #[serde(default = "default_stall_s")]
+        timeout_s: f64,
+        /// The reconnect backoff doubles up to this (seconds), with jitter.
+        #[serde(default = "default_reconnect_max_s")]
+        reconnect_max_s: f64,
+    },
+}
+
+/// The checks of a `kind = "gstreamer"` source (`key` is `camera[i]`).
+fn validate_gstreamer(key: &str, source: &SourceConfig, p: &PipelineConfig) -> Result<()> {
+    let SourceConfig::Gstreamer {
+        url,
+        pipeline,
+        width,
+        height,
+        format,
+        fps,
+        latency_ms,
+        timeout_s,
+        reconnect_max_s,
+    } = source
+    else {
+        return Ok(());
+    };
+    match (url, pipeline) {
+        (Some(u), None) => ensure!(
+            !u.trim().is_empty() && !u.contains('\0'),
+            "{key}.source.url: must not be empty"
+        ),
+        (None, Some(d)) => ensure!(
+            !d.trim().is_empty() && !d.contains('\0'),
+            "{key}.source.pipeline: must not be empty"
+        ),
+        _ => anyhow::bail!("{key}.source: set exactly one of url and pipeline"),
+    }
+    match (width, height) {
+        (None, None) => {}
+        (Some(w), Some(h)) => {
+            ensure!(
+                *w > 0 && *h > 0 && *w <= 32768 && *h <= 32768,
+                "{key}.source: width and height must be 1 to 32768 (got {w}x{h})"
+            );
+            ensure!(
+                *w as u64 * *h as u64 <= p.max_frame_pixels,
+                "{key}.source: {w}x{h} is over pipeline.max_frame_pixels ({})",
+                p.max_frame_pixels
+            );
+        }
+        _ => anyhow::bail!("{key}.source: set both width and height, or neither"),
+    }
+    ensure!(
+        matches!(format.as_str(), "RGB" | "GRAY8"),
+        "{key}.source.format: {format:?} is not RGB or GRAY8"
+    );
+    zero_or_range(
+        &format!("{key}.source.fps"),
+        *fps,
+        MIN_RATE..=MAX_FPS,
+        "as the stream delivers",
+    )?;
+    ensure!(
+        *latency_ms <= 10_000,
+        "{key}.source.latency_ms: must be 0 to 10000 (got {latency_ms})"
+    );
+    ensure!(
+        timeout_s.is_finite() && (0.5..=600.0).contains(timeout_s),
+        "{key}.source.timeout_s: must be 0.5 to 600 (got {timeout_s})"
+    );
+    ensure!(
+        reconnect_max_s.is_finite() && (0.1..=3600.0).contains(reconnect_max_s),
+        "{key}.source.reconnect_max_s: must be 0.1 to 3600 (got {reconnect_max_s})"
+    );
+    Ok(())
 }
 
 impl SourceConfig {
@@ -148,7 +241,20 @@ impl SourceConfig {
     pub fn replay_period(&self) -> Option<Duration> {
         match self {
             SourceConfig::Replay { fps, .. } => rate_period(*fps),
-            SourceConfig::V4l2 { .. } => None,
+            SourceConfig::V4l2 { .. } | SourceConfig::Gstreamer { .. } => None,
+        }
+    }
+
+    /// The frame size the config fixes (V4L2, or a GStreamer source with width/height).
+    pub fn fixed_size(&self) -> Option<(u32, u32)> {
+        match self {
+            SourceConfig::V4l2 { width, height, .. } => Some((*width, *height)),
+            SourceConfig::Gstreamer {
+                width: Some(w),
+                height: Some(h),
+                ..
+            } => Some((*w, *h)),
+            _ => None,
         }
     }
 }
@@ -173,6 +279,22 @@ fn default_camera_fps() -> u32 {
 
 fn default_buffers() -> u32 {
     4
+}
+
+fn default_gst_format() -> String {
+    "RGB".into()
+}
+
+fn default_latency_ms() -> u32 {
+    200
+}
+
+fn default_stall_s() -> f64 {
+    5.0
+}
+
+fn default_reconnect_max_s() -> f64 {
+    30.0
 }
 
 /// Whether `[x, y, width, height]` lies inside a `frame_width` x `frame_height` frame.

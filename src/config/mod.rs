@@ -117,8 +117,17 @@ impl Config {
             o.tensorrt_cache_dir.as_mut().map(fix);
         }
         for cam in &mut self.cameras {
-            if let SourceConfig::Replay { path, .. } = &mut cam.source {
-                fix(path);
+            match &mut cam.source {
+                SourceConfig::Replay { path, .. } => fix(path),
+                // A `url` without a scheme is a video file's path.
+                SourceConfig::Gstreamer { url: Some(u), .. }
+                    if !u.trim().is_empty() && !u.contains("://") =>
+                {
+                    let mut p = PathBuf::from(&*u);
+                    fix(&mut p);
+                    *u = p.to_string_lossy().into_owned();
+                }
+                _ => {}
             }
         }
         if let Some(m) = self.mqtt.as_mut() {

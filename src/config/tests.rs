@@ -301,8 +301,81 @@ fn enroll_and_scorer_settings() {
 #[test]
 fn shipped_configs_are_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config");
-    for name in ["demo.toml", "conveyor.toml", "fod-cart.toml"] {
+    for name in [
+        "demo.toml",
+        "conveyor.toml",
+        "fod-cart.toml",
+        "rtsp-camera.toml",
+        "jetson-csi.toml",
+        "gige.toml",
+    ] {
         Config::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     }
     Config::demo().unwrap();
+}
+
+#[test]
+fn gstreamer_sources_are_checked_key_by_key() {
+    let with = |source: &str| {
+        MINIMAL.replace(
+            "{ kind = \"replay\", path = \"frames\" }",
+            &format!("{{ kind = \"gstreamer\", {source} }}"),
+        )
+    };
+    let ok = Config::parse(
+        &with("url = \"clip.mp4\", width = 640, height = 480"),
+        Path::new("/etc/m"),
+    )
+    .unwrap();
+    match &ok.cameras[0].source {
+        SourceConfig::Gstreamer { url, timeout_s, .. } => {
+            assert_eq!(url.as_deref(), Some("/etc/m/clip.mp4"));
+            assert_eq!(*timeout_s, 5.0);
+        }
+        other => panic!("wrong source {other:?}"),
+    }
+    let rtsp = Config::parse(&with("url = \"rtsp://cam/1\""), Path::new("/etc/m")).unwrap();
+    assert!(
+        matches!(&rtsp.cameras[0].source, SourceConfig::Gstreamer { url: Some(u), .. } if u == "rtsp://cam/1")
+    );
+    for (source, key) in [
+        (
+            "width = 640, height = 480",
+            "camera[0].source: set exactly one",
+        ),
+        (
+            "url = \"a\", pipeline = \"b\"",
+            "camera[0].source: set exactly one",
+        ),
+        ("url = \"\"", "camera[0].source.url"),
+        ("url = \"a\", width = 640", "both width and height"),
+        (
+            "url = \"a\", width = 99999, height = 99999",
+            "camera[0].source",
+        ),
+        ("url = \"a\", format = \"NV12\"", "camera[0].source.format"),
+        ("url = \"a\", fps = -1", "camera[0].source.fps"),
+        (
+            "url = \"a\", latency_ms = 100000",
+            "camera[0].source.latency_ms",
+        ),
+        ("url = \"a\", timeout_s = 0", "camera[0].source.timeout_s"),
+        (
+            "url = \"a\", reconnect_max_s = nan",
+            "camera[0].source.reconnect_max_s",
+        ),
+        ("url = \"a\", bogus = 1", "bogus"),
+    ] {
+        let e = format!(
+            "{:#}",
+            Config::parse(&with(source), Path::new("/")).expect_err(source)
+        );
+        assert!(e.contains(key), "{source}: {e}");
+    }
+    let roi = format!(
+        "{}roi = [600, 0, 100, 100]\n",
+        with("url = \"a\", width = 640, height = 480")
+    );
+    let e = format!("{:#}", Config::parse(&roi, Path::new("/")).unwrap_err());
+    assert!(e.contains("camera[0].roi"), "{e}");
 }

@@ -195,7 +195,7 @@ fn capture(mut cam: Camera, s: CaptureShared) {
                 s.slots.offer(Frame {
                     camera,
                     seq,
-                    captured: SystemTime::now(),
+                    captured: cam.source.frame_time().unwrap_or_else(SystemTime::now),
                     captured_at: Instant::now(),
                     image,
                 });

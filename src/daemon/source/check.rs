@@ -12,10 +12,28 @@ use crate::config::{roi_fits, Config, SourceConfig};
 pub fn check_sources(config: &Config) -> Result<()> {
     let limits = config.pipeline.decode_limits();
     for (i, cam) in config.cameras.iter().enumerate() {
+        let key = format!("camera[{i}]");
+        if let SourceConfig::Gstreamer { .. } = &cam.source {
+            check_gstreamer(&key, config, &cam.source)?;
+            continue;
+        }
         let SourceConfig::Replay { path, .. } = &cam.source else {
             continue;
         };
-        let key = format!("camera[{i}]");
+        if super::replay::is_video(path) {
+            ensure!(
+                cfg!(feature = "gstreamer"),
+                "{key}.source.path: {} is a video file: this build has no GStreamer support \
+                 (build with --features gstreamer)",
+                path.display()
+            );
+            ensure!(
+                path.is_file(),
+                "{key}.source.path: video {} does not exist",
+                path.display()
+            );
+            continue;
+        }
         let files = super::replay::expand(path).with_context(|| format!("{key}.source.path"))?;
         // Corrupt files are skipped at run time: so here.
         let first = files
@@ -37,6 +55,26 @@ pub fn check_sources(config: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A gstreamer camera: this build must have GStreamer, and its pipeline must build (every
+/// element it names exists here: a Jetson preset on a PC is refused, naming the element).
+fn check_gstreamer(key: &str, config: &Config, source: &SourceConfig) -> Result<()> {
+    #[cfg(feature = "gstreamer")]
+    {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        super::gstreamer::GstSource::live(source, &config.pipeline, stop)
+            .with_context(|| format!("{key}.source"))?;
+        Ok(())
+    }
+    #[cfg(not(feature = "gstreamer"))]
+    {
+        let _ = (config, source);
+        anyhow::bail!(
+            "{key}.source: kind \"gstreamer\" needs a build with GStreamer support \
+             (--features gstreamer)"
+        )
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@ use crate::config::{PipelineConfig, SourceConfig};
 
 pub mod check;
 pub mod convert;
+#[cfg(feature = "gstreamer")]
+pub mod gst_pipeline;
+#[cfg(feature = "gstreamer")]
+pub mod gstreamer;
 pub mod replay;
 #[cfg(all(target_os = "linux", feature = "v4l2"))]
 pub mod v4l2;
@@ -41,6 +45,11 @@ pub trait FrameSource: Send {
     fn wants_every_frame(&self) -> bool {
         false
     }
+    /// When the last frame was captured, where the stream says (a GStreamer live
+    /// stream's timestamps); None: when it was handed out.
+    fn frame_time(&self) -> Option<std::time::SystemTime> {
+        None
+    }
 }
 
 /// Open the source a camera's config describes. `stop` ends blocking waits early.
@@ -50,6 +59,9 @@ pub fn open(
     stop: Arc<AtomicBool>,
 ) -> Result<Box<dyn FrameSource>> {
     match cfg {
+        SourceConfig::Replay { path, fps, looping } if replay::is_video(path) => {
+            open_video(path, *fps, *looping, pipeline, stop)
+        }
         SourceConfig::Replay { path, fps, looping } => Ok(Box::new(replay::ReplaySource::open(
             path,
             *fps,
@@ -67,6 +79,37 @@ pub fn open(
                 device.display()
             )
         }
+        #[cfg(feature = "gstreamer")]
+        SourceConfig::Gstreamer { .. } => {
+            Ok(Box::new(gstreamer::GstSource::live(cfg, pipeline, stop)?))
+        }
+        #[cfg(not(feature = "gstreamer"))]
+        SourceConfig::Gstreamer { .. } => {
+            let _ = (pipeline, stop);
+            anyhow::bail!("this build has no GStreamer support (build with --features gstreamer)")
+        }
+    }
+}
+
+/// A video-file replay (MP4/MKV/...): GStreamer decodes it (feature `gstreamer`).
+fn open_video(
+    path: &std::path::Path,
+    fps: f64,
+    looping: bool,
+    pipeline: &PipelineConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<Box<dyn FrameSource>> {
+    #[cfg(feature = "gstreamer")]
+    return Ok(Box::new(gstreamer::GstSource::replay(
+        path, fps, looping, pipeline, stop,
+    )?));
+    #[cfg(not(feature = "gstreamer"))]
+    {
+        let _ = (fps, looping, pipeline, stop);
+        anyhow::bail!(
+            "replay {}: a video file needs GStreamer (build with --features gstreamer)",
+            path.display()
+        )
     }
 }
 

@@ -79,6 +79,14 @@ pub fn expand(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Whether a replay path is one video file (MP4, MKV, ...: played through GStreamer).
+pub fn is_video(path: &Path) -> bool {
+    const VIDEO: &[&str] = &["mp4", "mkv", "mov", "webm", "avi", "h264", "h265", "ts"];
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| VIDEO.iter().any(|v| e.eq_ignore_ascii_case(v)))
+}
+
 fn is_gif(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gif"))
