@@ -17,6 +17,7 @@ use serde::Deserialize;
 mod bundles;
 mod camera;
 mod checks;
+mod http;
 mod model;
 mod mqtt;
 mod output;
@@ -25,6 +26,7 @@ mod pipeline;
 pub use bundles::BundlesConfig;
 pub use camera::{rate_period, roi_fits, CameraConfig, SourceConfig};
 use checks::topic_level;
+pub use http::HttpConfig;
 pub use model::{EnrollConfig, ModelConfig};
 pub use mqtt::{url_with_client_id, MqttConfig, SpoolConfig, TlsConfig};
 pub use output::{FilesConfig, MaskPolicy, OutputConfig, PayloadFormat};
@@ -57,6 +59,8 @@ pub struct Config {
     /// How `enroll` commands build memory banks.
     #[serde(default)]
     pub enroll: EnrollConfig,
+    /// The read-only HTTP server (`/metrics`, the live page); off without the section.
+    pub http: Option<HttpConfig>,
 }
 
 fn yes() -> bool {
@@ -160,6 +164,9 @@ impl Config {
                 bail!("bundles: needs an [mqtt] section (bundles arrive over MQTT)");
             };
             b.validate(m)?;
+        }
+        if let Some(h) = &self.http {
+            h.validate()?;
         }
         self.pipeline.validate()
     }

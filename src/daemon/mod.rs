@@ -28,6 +28,7 @@ pub mod capture;
 pub mod control;
 pub mod enrollment;
 pub mod events;
+pub mod http;
 pub mod infer;
 pub mod installer;
 pub mod mqtt;
@@ -55,6 +56,7 @@ use crate::daemon::capture::{Camera, CaptureShared, FrameSlots};
 use crate::daemon::control::Control;
 use crate::daemon::enrollment::Enrollment;
 use crate::daemon::events::{Events, SinkEvent};
+use crate::daemon::http::HttpServer;
 use crate::daemon::infer::Inference;
 use crate::daemon::installer::{Installer, InstallerInput, InstallerSettings, Swap};
 use crate::daemon::outputs::console::Console;
@@ -108,6 +110,15 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         move || slots.wake()
     });
     shared.liveness.sink_alive();
+    // With `[http]`: the server, fed by the sink thread (before the detector moves).
+    let http = http::start(
+        &config,
+        ServingModel::of(&serving.detector, serving.bundle_version),
+        serving.detector.model.manifest.input.size as u32,
+        shared.stats.clone(),
+        shared.slots.clone(),
+    )?;
+    let feed = http.as_ref().map(|(f, _)| f.clone());
 
     // The installer: its own thread, fed chunks and commands by the sink thread, reporting
     // through the sink events, handing loaded detectors to the inference thread.
@@ -124,8 +135,9 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         routes.installer = Some(i.input.clone());
         Enrollment::new(rx, i.input.clone())
     });
-    let sink =
-        start_sink(&config, &opts, &serving, routes, trusted, &shared)?.spawn(event_queue)?;
+    let mut sink = start_sink(&config, &opts, &serving, routes, trusted, &shared)?;
+    sink.http = feed.clone();
+    let sink = sink.spawn(event_queue)?;
     let captures = start_captures(&config, cameras.sources, &shared)?;
     let watchdog = watchdog::start(shared.liveness.clone(), shared.shutdown.flag());
     watchdog::ready(&format!(
@@ -145,6 +157,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         events: shared.events.clone(),
         max_frames: opts.max_frames,
         shutdown: shared.shutdown.clone(),
+        live: feed.map(|f| f.live.watch.clone()),
     }
     .run();
     let threads = Threads {
@@ -152,6 +165,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         sink,
         watchdog,
         installer,
+        http: http.map(|(_, server)| server),
     };
     let sink_stats = threads.stop(&shared, swap_rx)?;
     result?;
@@ -176,6 +190,7 @@ struct Threads {
     sink: JoinHandle<Result<SinkStats>>,
     watchdog: Option<JoinHandle<()>>,
     installer: Option<InstallerThreads>,
+    http: Option<HttpServer>,
 }
 
 impl Threads {
@@ -201,6 +216,9 @@ impl Threads {
         drop(swaps);
         if let Some(i) = self.installer {
             i.join();
+        }
+        if let Some(h) = self.http {
+            h.stop();
         }
         Ok(sink_stats)
     }
@@ -230,6 +248,7 @@ fn start_sink(
         liveness: shared.liveness.clone(),
         device_id: config.device_id.clone(),
         metrics_interval: config.output.metrics_interval(),
+        http: None,
     })
 }
 
