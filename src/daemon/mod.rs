@@ -56,6 +56,7 @@ use crate::daemon::capture::{Camera, CaptureShared, FrameSlots};
 use crate::daemon::control::Control;
 use crate::daemon::enrollment::Enrollment;
 use crate::daemon::events::{Events, SinkEvent};
+use crate::daemon::http::feed::HttpFeed;
 use crate::daemon::http::HttpServer;
 use crate::daemon::infer::Inference;
 use crate::daemon::installer::{Installer, InstallerInput, InstallerSettings, Swap};
@@ -98,27 +99,21 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let cameras = startup::cameras(&config, &shutdown)?;
     let trusted = startup::trusted_keys(&config)?;
     let (events, event_queue) = events::channel(config.pipeline.result_queue);
-    let shared = Shared {
+    let mut shared = Shared {
         stats: Arc::new(Stats::new(cameras.stats)),
         slots: Arc::new(FrameSlots::new(config.cameras.len())),
         liveness: Arc::new(Liveness::default()),
         shutdown,
         events,
+        http: None,
     };
     shared.shutdown.on_trigger({
         let slots = shared.slots.clone();
         move || slots.wake()
     });
     shared.liveness.sink_alive();
-    // With `[http]`: the server, fed by the sink thread (before the detector moves).
-    let http = http::start(
-        &config,
-        ServingModel::of(&serving.detector, serving.bundle_version),
-        serving.detector.model.manifest.input.size as u32,
-        shared.stats.clone(),
-        shared.slots.clone(),
-    )?;
-    let feed = http.as_ref().map(|(f, _)| f.clone());
+    let http = start_http(&config, &serving, &shared)?;
+    shared.http = http.as_ref().map(|(f, _)| f.clone());
 
     // The installer: its own thread, fed chunks and commands by the sink thread, reporting
     // through the sink events, handing loaded detectors to the inference thread.
@@ -135,9 +130,8 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         routes.installer = Some(i.input.clone());
         Enrollment::new(rx, i.input.clone())
     });
-    let mut sink = start_sink(&config, &opts, &serving, routes, trusted, &shared)?;
-    sink.http = feed.clone();
-    let sink = sink.spawn(event_queue)?;
+    let sink =
+        start_sink(&config, &opts, &serving, routes, trusted, &shared)?.spawn(event_queue)?;
     let captures = start_captures(&config, cameras.sources, &shared)?;
     let watchdog = watchdog::start(shared.liveness.clone(), shared.shutdown.flag());
     watchdog::ready(&format!(
@@ -157,7 +151,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         events: shared.events.clone(),
         max_frames: opts.max_frames,
         shutdown: shared.shutdown.clone(),
-        live: feed.map(|f| f.live.watch.clone()),
+        live: shared.http.as_ref().map(|f| f.live.watch.clone()),
     }
     .run();
     let threads = Threads {
@@ -182,6 +176,8 @@ struct Shared {
     shutdown: Shutdown,
     /// The sink thread's event channel.
     events: Events,
+    /// With `[http]`: what the HTTP server shows (the sink thread feeds it).
+    http: Option<Arc<HttpFeed>>,
 }
 
 /// The threads besides inference (the caller's), to stop in order.
@@ -248,8 +244,24 @@ fn start_sink(
         liveness: shared.liveness.clone(),
         device_id: config.device_id.clone(),
         metrics_interval: config.output.metrics_interval(),
-        http: None,
+        http: shared.http.clone(),
     })
+}
+
+/// With `[http]`: the server and the feed the sink thread fills (the serving model is
+/// read here, before the detector moves to the inference thread).
+fn start_http(
+    config: &Config,
+    serving: &Serving,
+    shared: &Shared,
+) -> Result<Option<(Arc<HttpFeed>, HttpServer)>> {
+    http::start(
+        config,
+        ServingModel::of(&serving.detector, serving.bundle_version),
+        serving.detector.model.manifest.input.size as u32,
+        shared.stats.clone(),
+        shared.slots.clone(),
+    )
 }
 
 /// One capture thread per camera.

@@ -11,11 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use image::RgbImage;
 
-use crate::daemon::http::overlay::{self, Drawing};
+use crate::daemon::http::overlay::{self, Drawing, LiveFrame};
 use crate::daemon::payload::{FrameResult, ResultPayload};
-use crate::detect::eq1::AnomalyMap;
 
 /// A frame request keeps frames coming for this long.
 pub const WATCH_WINDOW: Duration = Duration::from_secs(10);
@@ -58,15 +56,8 @@ impl Default for LiveWatch {
     }
 }
 
-/// What a frame's picture is drawn from.
-pub struct LiveFrame {
-    pub payload: ResultPayload,
-    pub map: AnomalyMap,
-    /// The scored region's pixels.
-    pub roi_image: RgbImage,
-    /// The whole frame, when the ROI is a part of it.
-    pub full_frame: Option<RgbImage>,
-}
+/// `(boot, seq)`: names a frame.
+type FrameKey = (u64, u64);
 
 #[derive(Default)]
 struct CameraLive {
@@ -75,7 +66,7 @@ struct CameraLive {
     /// The newest frame with pixels (while watched).
     frame: Option<Arc<LiveFrame>>,
     /// The JPEG of `frame`, by seq and boot.
-    jpeg: Option<((u64, u64), Arc<Vec<u8>>)>,
+    jpeg: Option<(FrameKey, Arc<Vec<u8>>)>,
 }
 
 /// Per camera: the newest result and frame, and its rendered JPEG.

@@ -6,9 +6,20 @@ use anyhow::{Context, Result};
 use image::codecs::jpeg::JpegEncoder;
 use image::{imageops, Rgb, RgbImage};
 
-use crate::daemon::http::live::LiveFrame;
+use crate::daemon::payload::ResultPayload;
+use crate::detect::eq1::AnomalyMap;
 use crate::detect::preprocess::{tile_windows, Fit};
 use crate::detect::render;
+
+/// What a frame's picture is drawn from.
+pub struct LiveFrame {
+    pub payload: ResultPayload,
+    pub map: AnomalyMap,
+    /// The scored region's pixels.
+    pub roi_image: RgbImage,
+    /// The whole frame, when the ROI is a part of it.
+    pub full_frame: Option<RgbImage>,
+}
 
 /// How a camera's frames are drawn.
 #[derive(Debug, Clone, Copy)]
@@ -97,8 +108,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::daemon::payload::{FrameFacts, LatencyMs, ResultPayload};
-    use crate::detect::eq1::AnomalyMap;
+    use crate::daemon::payload::{FrameFacts, LatencyMs};
 
     /// A grey 2000x1000 frame whose ROI `[1000, 200, 800, 600]` was scored.
     fn frame() -> LiveFrame {
