@@ -221,6 +221,26 @@ fn metrics_parse_and_status_matches_the_retained_one() {
     assert_eq!(get(http, "/nope").status, 404);
     assert_eq!(get(http, "/frame/7.jpg").status, 404);
     assert_eq!(get(http, &format!("/{}", "a".repeat(600))).status, 414);
+
+    // A flood of idle connections holds the workers and the waiting room, nothing more:
+    // frames are scored and published all along, and the server answers once it ends.
+    let (_c, results, _) = subscribe("127.0.0.1", mqtt, "maeday/demo/belt/result");
+    let flood: Vec<TcpStream> = (0..64)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", http)).ok())
+        .collect();
+    results.wait_for("results during the flood", Duration::from_secs(60), |m| {
+        m.len() >= 3
+    });
+    drop(flood);
+    wait(
+        "the server after the flood",
+        Duration::from_secs(30),
+        || {
+            request(http, "GET", "/api/live")
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    );
     let out = device.stop();
     assert!(out.status.success());
 }

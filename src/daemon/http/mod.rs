@@ -5,11 +5,14 @@
 //!   ([`live`], [`overlay`]); `/api/live`: its scores and the last events ([`recent`]);
 //! - `/api/status`: the retained MQTT status as JSON.
 //!
-//! One thread answers every request in turn (tiny_http reads them on its own threads):
-//! nothing here runs on the inference thread, which only asks [`live::LiveWatch`] whether
-//! to keep a frame's pixels. Only GET and HEAD, URLs up to [`MAX_URL`] bytes; no request
-//! changes anything on the device, and none reads a body.
+//! One thread accepts; [`WORKERS`] threads answer, one connection each at a time
+//! ([`conn`]: bounded head, timeouts, no body, no keep-alive); at most [`MAX_WAITING`]
+//! connections wait for a worker, more are closed at once. Nothing here runs on the
+//! inference thread, which only asks [`live::LiveWatch`] whether to keep a frame's
+//! pixels. Only GET and HEAD, URLs up to [`MAX_URL`] bytes; no request changes anything
+//! on the device.
 
+pub mod conn;
 pub mod feed;
 pub mod latency;
 pub mod live;
@@ -18,15 +21,17 @@ pub mod overlay;
 pub mod page;
 pub mod recent;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use anyhow::{anyhow, Result};
-use tiny_http::{Header, Method, Request, Response, Server};
+use anyhow::{Context, Result};
 
 use crate::config::{Config, HttpConfig};
 use crate::daemon::capture::FrameSlots;
+use crate::daemon::http::conn::{Head, Reply};
 use crate::daemon::http::feed::{FeedSetup, HttpFeed};
 use crate::daemon::http::live::LiveView;
 use crate::daemon::http::metrics::Exposition;
@@ -37,24 +42,25 @@ use crate::daemon::stats::Stats;
 
 /// The longest URL answered.
 pub const MAX_URL: usize = 512;
+/// Threads answering requests.
+pub const WORKERS: usize = 2;
+/// Connections accepted and waiting for a worker; more are closed at once.
+pub const MAX_WAITING: usize = 16;
 
 /// The running server.
 pub struct HttpServer {
-    server: Arc<Server>,
-    thread: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
     pub addr: SocketAddr,
 }
 
 impl HttpServer {
-    /// Bind `http.listen` and answer on a thread of its own.
+    /// Bind `http.listen` and answer on threads of its own.
     pub fn start(cfg: &HttpConfig, feed: Arc<HttpFeed>) -> Result<HttpServer> {
         let want = cfg.addr()?;
-        let server =
-            Server::http(want).map_err(|e| anyhow!("http.listen: cannot bind {want}: {e}"))?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| anyhow!("http.listen: not an IP listener"))?;
+        let listener =
+            TcpListener::bind(want).with_context(|| format!("http.listen: cannot bind {want}"))?;
+        let addr = listener.local_addr()?;
         if !addr.ip().is_loopback() {
             log::warn!(
                 "http: listening on {addr}, not loopback: anyone who reaches it sees the \
@@ -62,27 +68,75 @@ impl HttpServer {
             );
         }
         log::info!("http: live page on http://{addr}/ (metrics on /metrics)");
-        let server = Arc::new(server);
-        let exposition = Exposition::new(feed.clone());
-        let thread = std::thread::Builder::new().name("http".into()).spawn({
-            let server = server.clone();
-            move || {
-                for req in server.incoming_requests() {
-                    answer(req, &feed, &exposition);
-                }
-            }
-        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::sync_channel::<TcpStream>(MAX_WAITING);
+        let rx = Arc::new(Mutex::new(rx));
+        let exposition = Arc::new(Exposition::new(feed.clone()));
+        let mut threads = Vec::new();
+        for i in 0..WORKERS {
+            let (rx, feed, exposition) = (rx.clone(), feed.clone(), exposition.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("http-{i}"))
+                    .spawn(move || work(&rx, &feed, &exposition))?,
+            );
+        }
+        let accept_stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("http-accept".into())
+                .spawn(move || accept(listener, tx, &accept_stop))?,
+        );
         Ok(HttpServer {
-            server,
-            thread,
+            stop,
+            threads,
             addr,
         })
     }
 
-    /// Stop answering and wait for the thread.
+    /// Stop accepting, let the workers finish, wait for the threads.
     pub fn stop(self) {
-        self.server.unblock();
-        let _ = self.thread.join();
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accepting thread with a connection of our own.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, std::time::Duration::from_secs(1));
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Hand connections to the workers; close those that find no room.
+fn accept(listener: TcpListener, tx: SyncSender<TcpStream>, stop: &AtomicBool) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Ok(s) = stream {
+            // Full: dropped (closed) at once, so a flood holds no thread and no memory.
+            let _ = tx.try_send(s);
+        }
+    }
+}
+
+fn work(rx: &Mutex<Receiver<TcpStream>>, feed: &HttpFeed, exposition: &Exposition) {
+    loop {
+        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(mut stream) = next else {
+            return;
+        };
+        let (reply, head_only) = match conn::read_head(&mut stream) {
+            Ok(head) => (route(&head, feed, exposition), head.method == "HEAD"),
+            Err(status) => (text(status, "bad request"), false),
+        };
+        // A client that went away is no error of ours.
+        let _ = conn::write(&mut stream, &reply, head_only);
     }
 }
 
@@ -122,22 +176,8 @@ pub fn start(
     Ok(Some((feed, server)))
 }
 
-type Reply = Response<std::io::Cursor<Vec<u8>>>;
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
-}
-
-fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
-    Response::from_data(body)
-        .with_status_code(status)
-        .with_header(header("Content-Type", content_type))
-        .with_header(header("Cache-Control", "no-store"))
-        .with_header(header("X-Content-Type-Options", "nosniff"))
-}
-
 fn text(status: u16, body: &str) -> Reply {
-    reply(
+    Reply::new(
         status,
         "text/plain; charset=utf-8",
         body.as_bytes().to_vec(),
@@ -146,41 +186,35 @@ fn text(status: u16, body: &str) -> Reply {
 
 fn json<T: serde::Serialize>(value: &T) -> Reply {
     match serde_json::to_vec(value) {
-        Ok(b) => reply(200, "application/json", b),
+        Ok(b) => Reply::new(200, "application/json", b),
         Err(e) => text(500, &format!("{e}")),
     }
 }
 
-fn answer(req: Request, feed: &HttpFeed, exposition: &Exposition) {
-    let response = route(req.method(), req.url(), feed, exposition);
-    // A client that went away is no error of ours.
-    let _ = req.respond(response);
-}
+const PAGE_POLICY: &str =
+    "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self'";
 
 /// The response to one request.
-pub fn route(method: &Method, url: &str, feed: &HttpFeed, exposition: &Exposition) -> Reply {
-    if !matches!(method, Method::Get | Method::Head) {
-        return text(405, "only GET and HEAD").with_header(header("Allow", "GET, HEAD"));
+pub fn route(head: &Head, feed: &HttpFeed, exposition: &Exposition) -> Reply {
+    if !matches!(head.method.as_str(), "GET" | "HEAD") {
+        return text(405, "only GET and HEAD").with("Allow", "GET, HEAD");
     }
-    if url.len() > MAX_URL {
+    if head.path.len() > MAX_URL {
         return text(414, "URL too long");
     }
-    let path = url.split(['?', '#']).next().unwrap_or("");
+    let path = head.path.split(['?', '#']).next().unwrap_or("");
     match path {
-        "/" | "/index.html" => reply(200, "text/html; charset=utf-8", page::PAGE.into())
-            .with_header(header(
-                "Content-Security-Policy",
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self'",
-            )),
+        "/" | "/index.html" => Reply::new(200, "text/html; charset=utf-8", page::PAGE.into())
+            .with("Content-Security-Policy", PAGE_POLICY),
         "/metrics" => match exposition.render() {
-            Ok(body) => reply(200, metrics::CONTENT_TYPE, body.into_bytes()),
+            Ok(body) => Reply::new(200, metrics::CONTENT_TYPE, body.into_bytes()),
             Err(_) => text(500, "metrics encoding failed"),
         },
         "/api/status" => json(&feed.status()),
         "/api/live" => json(&page::live(feed)),
         _ => match frame_index(path, feed.live.names().len()) {
             Some(i) => match feed.live.jpeg(i) {
-                Ok(Some(jpeg)) => reply(200, "image/jpeg", jpeg.to_vec()),
+                Ok(Some(jpeg)) => Reply::new(200, "image/jpeg", jpeg.to_vec()),
                 Ok(None) => text(404, "no frame yet: frames are kept while the page watches"),
                 Err(e) => text(500, &format!("{e:#}")),
             },
