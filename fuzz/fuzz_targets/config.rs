@@ -49,4 +49,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(n * 3 * 224 * 224 * 4 <= 1 << 30, "masks = {n}");
     }
     let _ = c.enroll.settings().expect("validated");
+    if let Some(h) = &c.http {
+        let _ = h.addr().expect("validated");
+        // The live page's picture and list stay small whatever the config says.
+        assert!(h.frame_max_px <= 4096 && (1..=100).contains(&h.jpeg_quality));
+        let _ = maeday_edge::daemon::http::recent::Recent::new(h.events);
+    }
 });

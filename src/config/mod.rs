@@ -18,6 +18,7 @@ mod bundles;
 mod camera;
 mod checks;
 mod events;
+mod http;
 mod model;
 mod mqtt;
 mod output;
@@ -27,6 +28,7 @@ pub use bundles::BundlesConfig;
 pub use camera::{rate_period, roi_fits, CameraConfig, SourceConfig};
 use checks::topic_level;
 pub use events::EventsConfig;
+pub use http::HttpConfig;
 pub use model::{EnrollConfig, ModelConfig};
 pub use mqtt::{url_with_client_id, HomeAssistantConfig, MqttConfig, SpoolConfig, TlsConfig};
 pub use output::{FilesConfig, MaskPolicy, OutputConfig, PayloadFormat};
@@ -61,6 +63,8 @@ pub struct Config {
     pub enroll: EnrollConfig,
     /// Debounced anomaly events per camera (opt-in; needs `[mqtt]`).
     pub events: Option<EventsConfig>,
+    /// The read-only HTTP server (`/metrics`, the live page); off without the section.
+    pub http: Option<HttpConfig>,
 }
 
 impl Config {
@@ -188,6 +192,9 @@ impl Config {
                 bail!("bundles: needs an [mqtt] section (bundles arrive over MQTT)");
             };
             b.validate(m)?;
+        }
+        if let Some(h) = &self.http {
+            h.validate()?;
         }
         self.pipeline.validate()
     }

@@ -182,6 +182,7 @@ mod tests {
                 payload,
                 map,
                 roi_image: None,
+                full_frame: None,
             },
             ready: Instant::now(),
             captured_at: Instant::now(),

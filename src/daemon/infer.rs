@@ -16,6 +16,7 @@ use crate::config::{roi_fits, Config};
 use crate::daemon::capture::{Frame, FrameSlots};
 use crate::daemon::enrollment::Enrollment;
 use crate::daemon::events::{Events, Scored, SinkEvent};
+use crate::daemon::http::live::LiveWatch;
 use crate::daemon::installer::Swap;
 use crate::daemon::payload::{FrameFacts, FrameResult, LatencyMs, ResultPayload, ServingModel};
 use crate::daemon::shutdown::Shutdown;
@@ -40,6 +41,8 @@ pub struct Inference<'a> {
     /// `--max-frames`: stop after this many scored frames.
     pub max_frames: Option<u64>,
     pub shutdown: Shutdown,
+    /// With `[http]`: whether the live page watches (then frames keep their pixels).
+    pub live: Option<LiveWatch>,
 }
 
 /// One frame's detection, before it becomes a result.
@@ -47,6 +50,8 @@ struct Scoring {
     roi: [u32; 4],
     crop: DynamicImage,
     det: Detection,
+    /// The whole frame when the ROI is a part of it (the crop is a copy then).
+    full: Option<RgbImage>,
 }
 
 impl Inference<'_> {
@@ -105,7 +110,12 @@ impl Inference<'_> {
         crate::faults::inference_stall(frame.seq);
         let attempt = self.score(frame.image, cam.fit(), cam.roi);
         self.liveness.inference_done();
-        let Scoring { roi, crop, det } = match attempt {
+        let Scoring {
+            roi,
+            crop,
+            det,
+            full,
+        } = match attempt {
             Ok(s) => s,
             Err(e) => {
                 self.stats.camera(frame.camera, |c| c.failed += 1);
@@ -144,10 +154,13 @@ impl Inference<'_> {
         if let Some(e) = self.enrollment.as_mut() {
             e.offer(frame.camera, cam, frame.seq, &crop);
         }
+        // The live page's pixels cost no copy here: kept, not drawn (the HTTP thread draws).
+        let watched = self.live.as_ref().is_some_and(|l| l.watched());
         let result = FrameResult {
             payload,
             map: det.map,
-            roi_image: self.keep_pixels().then(|| crop.into_rgb8()),
+            roi_image: (self.keep_pixels() || watched).then(|| crop.into_rgb8()),
+            full_frame: full.filter(|_| watched),
         };
         let scored = Scored {
             result,
@@ -181,14 +194,20 @@ impl Inference<'_> {
     ) -> Result<Scoring> {
         self.detector.set_fit(fit)?;
         let roi = roi_of(&image, roi)?;
-        let crop = if roi == [0, 0, image.width(), image.height()] {
-            image
+        let (crop, full) = if roi == [0, 0, image.width(), image.height()] {
+            (image, None)
         } else {
-            image::imageops::crop_imm(&image, roi[0], roi[1], roi[2], roi[3]).to_image()
+            let crop = image::imageops::crop_imm(&image, roi[0], roi[1], roi[2], roi[3]);
+            (crop.to_image(), Some(image))
         };
         let crop = DynamicImage::ImageRgb8(crop);
         let det = self.detector.detect(&crop)?;
-        Ok(Scoring { roi, crop, det })
+        Ok(Scoring {
+            roi,
+            crop,
+            det,
+            full,
+        })
     }
 }
 

@@ -30,6 +30,7 @@ pub mod control;
 pub mod discovery;
 pub mod enrollment;
 pub mod events;
+pub mod http;
 pub mod incidents;
 pub mod infer;
 pub mod installer;
@@ -58,6 +59,8 @@ use crate::daemon::capture::{Camera, CaptureShared, FrameSlots};
 use crate::daemon::control::Control;
 use crate::daemon::enrollment::Enrollment;
 use crate::daemon::events::{Events, SinkEvent};
+use crate::daemon::http::feed::HttpFeed;
+use crate::daemon::http::HttpServer;
 use crate::daemon::infer::Inference;
 use crate::daemon::installer::{Installer, InstallerInput, InstallerSettings, Swap};
 use crate::daemon::outputs::console::Console;
@@ -99,18 +102,21 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let cameras = startup::cameras(&config, &shutdown)?;
     let trusted = startup::trusted_keys(&config)?;
     let (events, event_queue) = events::channel(config.pipeline.result_queue);
-    let shared = Shared {
+    let mut shared = Shared {
         stats: Arc::new(Stats::new(cameras.stats)),
         slots: Arc::new(FrameSlots::new(config.cameras.len())),
         liveness: Arc::new(Liveness::default()),
         shutdown,
         events,
+        http: None,
     };
     shared.shutdown.on_trigger({
         let slots = shared.slots.clone();
         move || slots.wake()
     });
     shared.liveness.sink_alive();
+    let http = start_http(&config, &serving, &shared)?;
+    shared.http = http.as_ref().map(|(f, _)| f.clone());
 
     // The installer: its own thread, fed chunks and commands by the sink thread, reporting
     // through the sink events, handing loaded detectors to the inference thread.
@@ -148,6 +154,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         events: shared.events.clone(),
         max_frames: opts.max_frames,
         shutdown: shared.shutdown.clone(),
+        live: shared.http.as_ref().map(|f| f.live.watch.clone()),
     }
     .run();
     let threads = Threads {
@@ -155,6 +162,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         sink,
         watchdog,
         installer,
+        http: http.map(|(_, server)| server),
     };
     let sink_stats = threads.stop(&shared, swap_rx)?;
     result?;
@@ -171,6 +179,8 @@ struct Shared {
     shutdown: Shutdown,
     /// The sink thread's event channel.
     events: Events,
+    /// With `[http]`: what the HTTP server shows (the sink thread feeds it).
+    http: Option<Arc<HttpFeed>>,
 }
 
 /// The threads besides inference (the caller's), to stop in order.
@@ -179,6 +189,7 @@ struct Threads {
     sink: JoinHandle<Result<SinkStats>>,
     watchdog: Option<JoinHandle<()>>,
     installer: Option<InstallerThreads>,
+    http: Option<HttpServer>,
 }
 
 impl Threads {
@@ -204,6 +215,9 @@ impl Threads {
         drop(swaps);
         if let Some(i) = self.installer {
             i.join();
+        }
+        if let Some(h) = self.http {
+            h.stop();
         }
         Ok(sink_stats)
     }
@@ -237,6 +251,7 @@ fn start_sink(
         liveness: shared.liveness.clone(),
         device_id: config.device_id.clone(),
         metrics_interval: config.output.metrics_interval(),
+        http: shared.http.clone(),
     })
 }
 
@@ -246,6 +261,22 @@ fn topic_prefix(config: &Config) -> &str {
         .mqtt
         .as_ref()
         .map_or(crate::daemon::topics::DEFAULT_PREFIX, |m| &m.topic_prefix)
+}
+
+/// With `[http]`: the server and the feed the sink thread fills (the serving model is
+/// read here, before the detector moves to the inference thread).
+fn start_http(
+    config: &Config,
+    serving: &Serving,
+    shared: &Shared,
+) -> Result<Option<(Arc<HttpFeed>, HttpServer)>> {
+    http::start(
+        config,
+        ServingModel::of(&serving.detector, serving.bundle_version),
+        serving.detector.model.manifest.input.size as u32,
+        shared.stats.clone(),
+        shared.slots.clone(),
+    )
 }
 
 /// One capture thread per camera.

@@ -79,8 +79,10 @@ pub struct FrameResult {
     pub payload: ResultPayload,
     /// The anomaly map over the ROI (at the model's working resolution).
     pub map: AnomalyMap,
-    /// The ROI pixels, kept only when a heatmap is wanted.
+    /// The ROI pixels, kept only when a heatmap is wanted (or the live page watches).
     pub roi_image: Option<RgbImage>,
+    /// The whole frame, kept only while the live page watches and the ROI is a part of it.
+    pub full_frame: Option<RgbImage>,
 }
 
 /// What the retained status says about the model.

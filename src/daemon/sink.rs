@@ -24,6 +24,7 @@ use crate::config::PayloadFormat;
 use crate::daemon::capture::FrameSlots;
 use crate::daemon::control::{Command, Control, Refusal};
 use crate::daemon::events::{EventQueue, Scored, SinkEvent};
+use crate::daemon::http::feed::HttpFeed;
 use crate::daemon::incidents::Incidents;
 use crate::daemon::installer::InstallerInput;
 use crate::daemon::mqtt::link::Received;
@@ -61,6 +62,8 @@ pub struct Sink {
     pub metrics_interval: Option<Duration>,
     /// Debounced anomaly events (`[events]`), fed each result after its outputs.
     pub incidents: Option<Incidents>,
+    /// With `[http]`: what the HTTP server shows.
+    pub http: Option<Arc<HttpFeed>>,
 }
 
 /// Results and serving changes, in the order inference sent them.
@@ -96,6 +99,9 @@ impl Sink {
             }
             // Hand what was just queued to the MQTT client before waiting.
             self.outputs.drive();
+            if let Some(h) = &self.http {
+                h.sink_stats(self.outputs.stats());
+            }
             let mut metrics_asked = false;
             match events.next(self.wait(next_metrics)) {
                 Ok(SinkEvent::Result(s)) => waiting.push_back(Ordered::Result(s)),
@@ -138,16 +144,28 @@ impl Sink {
 
     fn deliver(&mut self, item: Ordered, events: &EventQueue) -> Result<()> {
         match item {
-            Ordered::Serving(s) => self.outputs.serving_changed(s),
+            Ordered::Serving(s) => {
+                if let Some(h) = &self.http {
+                    h.serving(s.clone());
+                }
+                self.outputs.serving_changed(s)
+            }
             Ordered::Result(s) => {
                 let Scored {
-                    result,
+                    mut result,
                     ready,
                     captured_at,
                 } = *s;
                 let inference_ms = result.payload.latency_ms.inference;
                 let incident = self.incidents.as_mut().map(|i| i.observe(&result));
+                let camera = self.http.as_ref().map(|h| {
+                    h.offer(&mut result);
+                    result.payload.camera.clone()
+                });
                 self.outputs.publish(result)?;
+                if let (Some(h), Some(c)) = (&self.http, camera) {
+                    h.published(&c, captured_at);
+                }
                 if let Some(incident) = incident {
                     self.outputs.publish_incident(incident?)?;
                 }

@@ -262,6 +262,31 @@ fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     }
 }
 
+/// The windows `Fit::Tile` scores on a `w x h` frame, as rectangles in frame pixels (what
+/// [`Preprocessor::place`] runs, mapped back from its canvas): for drawing them.
+pub fn tile_windows(w: u32, h: u32, size: u32, overlap: f32) -> Vec<Rect> {
+    if w == 0 || h == 0 || size == 0 {
+        return Vec::new();
+    }
+    let scale = size as f64 / w.min(h) as f64;
+    let (cw, ch) = (scaled(w, scale).max(size), scaled(h, scale).max(size));
+    let back = |v: u32| (v as f64 / scale).round() as u32;
+    let (xs, ys) = (
+        window_starts(cw, size, overlap),
+        window_starts(ch, size, overlap),
+    );
+    ys.iter()
+        .flat_map(|&y| {
+            xs.iter().map(move |&x| Rect {
+                x: back(x).min(w - 1),
+                y: back(y).min(h - 1),
+                width: back(size).clamp(1, w - back(x).min(w - 1)),
+                height: back(size).clamp(1, h - back(y).min(h - 1)),
+            })
+        })
+        .collect()
+}
+
 /// Window starts covering `0..len` with windows of `win`, neighbours sharing about
 /// `overlap` of a window; the last window is flush with the end.
 fn window_starts(len: u32, win: u32, overlap: f32) -> Vec<u32> {
