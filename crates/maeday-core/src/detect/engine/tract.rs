@@ -139,7 +139,7 @@ fn plan(graph: &Graph, masks: usize) -> Result<Plan> {
         .into_optimized()
         .context("optimisation failed")?;
     graph.check_output(&typed, masks)?;
-    Ok(typed.into_runnable()?)
+    typed.into_runnable()
 }
 
 /// E.g. `tract f16 native (norms f32) x4 threads`.
