@@ -10,12 +10,13 @@ use tract_onnx::prelude::*;
 
 use super::api::{EngineOptions, Precision};
 use crate::model::manifest::{Model, OutputKind};
+use crate::model::schedule::MaskSchedule;
 
 /// One parsed ONNX graph and where its inputs are: plans for several batch sizes are
 /// made from it.
 pub struct Graph<'a> {
-    pub onnx: &'a tract_onnx::Onnx,
-    pub proto: &'a ModelProto,
+    pub onnx: tract_onnx::Onnx,
+    pub proto: ModelProto,
     pub image_ix: usize,
     pub keep_ix: usize,
     pub model: &'a Model,
@@ -24,7 +25,38 @@ pub struct Graph<'a> {
     pub opts: &'a EngineOptions,
 }
 
-impl Graph<'_> {
+impl<'a> Graph<'a> {
+    /// Parse the model's graph and check it against its manifest and the schedule.
+    pub fn load(
+        model: &'a Model,
+        schedule: &MaskSchedule,
+        opts: &'a EngineOptions,
+    ) -> Result<Self> {
+        let m = &model.manifest;
+        let path = model.graph_path();
+        ensure!(
+            schedule.patches == m.input.patches(),
+            "the schedule covers {} patches but the model has {}",
+            schedule.patches,
+            m.input.patches()
+        );
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_path(&path)
+            .with_context(|| format!("cannot parse ONNX graph {}", path.display()))?;
+        let (image_ix, keep_ix) = check_contract(&proto, model, schedule.keep)
+            .with_context(|| format!("graph {} does not match its manifest", path.display()))?;
+        Ok(Graph {
+            onnx,
+            proto,
+            image_ix,
+            keep_ix,
+            model,
+            keep: schedule.keep,
+            opts,
+        })
+    }
+
     /// The graph with its input shapes pinned for a batch of `masks` masks, typed and (for
     /// f16) translated, not yet optimised: each backend optimises it its own way.
     pub fn typed(&self, masks: usize) -> Result<TypedModel> {
@@ -36,7 +68,8 @@ impl Graph<'_> {
             model,
             keep,
             opts,
-        } = *self;
+        } = self;
+        let (image_ix, keep_ix, keep) = (*image_ix, *keep_ix, *keep);
         let s = model.manifest.input.size;
         let mut inference = onnx.model_for_proto_model(proto)?;
         inference.set_input_fact(image_ix, f32::fact([1, 3, s, s]).into())?;
@@ -80,7 +113,7 @@ impl Graph<'_> {
 
 /// Check the graph's declared inputs/outputs against the contract and the manifest;
 /// returns the positions of `image` and `keep` among the graph inputs.
-pub fn check_contract(proto: &ModelProto, model: &Model, keep: usize) -> Result<(usize, usize)> {
+fn check_contract(proto: &ModelProto, model: &Model, keep: usize) -> Result<(usize, usize)> {
     let m = &model.manifest;
     let graph = proto
         .graph

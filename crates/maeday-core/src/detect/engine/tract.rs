@@ -4,7 +4,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use tract_onnx::prelude::*;
 
 use super::api::{native_f16, Engine, EngineOptions, Precision};
-use super::graph::{check_contract, panic_message, Graph};
+use super::graph::{panic_message, Graph};
 use crate::model::manifest::{Model, OutputKind};
 use crate::model::schedule::MaskSchedule;
 
@@ -38,18 +38,7 @@ impl TractEngine {
         let m = &model.manifest;
         let path = model.graph_path();
         let size = m.input.size;
-        ensure!(
-            schedule.patches == m.input.patches(),
-            "the schedule covers {} patches but the model has {}",
-            schedule.patches,
-            m.input.patches()
-        );
-        let onnx = tract_onnx::onnx();
-        let proto = onnx
-            .proto_model_for_path(&path)
-            .with_context(|| format!("cannot parse ONNX graph {}", path.display()))?;
-        let (image_ix, keep_ix) = check_contract(&proto, model, schedule.keep)
-            .with_context(|| format!("graph {} does not match its manifest", path.display()))?;
+        let graph = Graph::load(model, schedule, opts)?;
 
         let threads = opts.threads.max(1);
         let split = m.output.kind == OutputKind::Reconstruction && threads > 1;
@@ -57,15 +46,6 @@ impl TractEngine {
             threads.min(schedule.masks)
         } else {
             1
-        };
-        let graph = Graph {
-            onnx: &onnx,
-            proto: &proto,
-            image_ix,
-            keep_ix,
-            model,
-            keep: schedule.keep,
-            opts,
         };
         let (workers, input_type) = build_workers(&graph, schedule, workers_n)
             .with_context(|| format!("cannot prepare graph {} for tract", path.display()))?;

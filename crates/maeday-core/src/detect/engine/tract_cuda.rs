@@ -13,7 +13,7 @@ use tract_core::runtime::{runtime_for_name, State};
 use tract_onnx::prelude::*;
 
 use super::api::{Engine, EngineOptions};
-use super::graph::{check_contract, panic_message, Graph};
+use super::graph::{panic_message, Graph};
 use crate::model::manifest::{Model, OutputKind};
 use crate::model::schedule::MaskSchedule;
 
@@ -44,33 +44,13 @@ impl TractCudaEngine {
             .context("tract-cuda's runtime is not registered in this build")?;
         let m = &model.manifest;
         let path = model.graph_path();
-        ensure!(
-            schedule.patches == m.input.patches(),
-            "the schedule covers {} patches but the model has {}",
-            schedule.patches,
-            m.input.patches()
-        );
-        let onnx = tract_onnx::onnx();
-        let proto = onnx
-            .proto_model_for_path(&path)
-            .with_context(|| format!("cannot parse ONNX graph {}", path.display()))?;
-        let (image_ix, keep_ix) = check_contract(&proto, model, schedule.keep)
-            .with_context(|| format!("graph {} does not match its manifest", path.display()))?;
-        let graph = Graph {
-            onnx: &onnx,
-            proto: &proto,
-            image_ix,
-            keep_ix,
-            model,
-            keep: schedule.keep,
-            opts,
-        };
+        let graph = Graph::load(model, schedule, opts)?;
         let typed = graph
             .typed(schedule.masks)?
             .into_decluttered()
             .context("graph simplification failed")?;
         graph.check_output(&typed, schedule.masks)?;
-        let input_type = typed.input_fact(image_ix)?.datum_type;
+        let input_type = typed.input_fact(graph.image_ix)?.datum_type;
         let runnable = runtime
             .prepare(typed)
             .map_err(|e| anyhow!("{e:#}"))
@@ -83,7 +63,7 @@ impl TractCudaEngine {
             masks: schedule.masks,
             state,
             keep,
-            image_first: image_ix < keep_ix,
+            image_first: graph.image_ix < graph.keep_ix,
             input_type,
             label: format!("tract-cuda {} on {}", opts.precision, gpu_name()),
             poisoned: false,
