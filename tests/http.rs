@@ -376,6 +376,89 @@ fn the_live_page_shows_the_overlay_and_the_score_in_a_real_browser() {
     drop(device);
 }
 
+/// With `[events]` the page's "Last events" are the anomaly events MQTT subscribers get:
+/// the bolt riding through the demo clip is one event, listed with its id, start, peak
+/// and duration as its `end` message says, in the camera's section of the page.
+#[test]
+fn the_live_page_lists_the_bolts_anomaly_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mqtt, http) = (free_port(), free_port());
+    let events = "events = 8\n[events]\nstart_frames = 1\nend_frames = 3\nevidence = false\n";
+    let config = demo_config(dir.path(), mqtt, http, events);
+    let device = start(&config, dir.path(), http);
+    let (_c, inbox, _) = subscribe("127.0.0.1", mqtt, "maeday/demo/belt/event");
+    let ended = wait(
+        "an ended event on the page",
+        Duration::from_secs(300),
+        || {
+            let live = get(http, "/api/live").json();
+            let list = live["events"].as_array().unwrap().clone();
+            list.into_iter().find(|e| e["kind"] == "ended")
+        },
+    );
+    let id = ended["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("belt-"), "{ended}");
+    assert_eq!(ended["camera"], "belt");
+    assert!(
+        ended["peak_score"].as_f64() > ended["threshold"].as_f64(),
+        "{ended}"
+    );
+    // The page says what the `end` message said.
+    inbox.wait_for("its end message", Duration::from_secs(20), |m| {
+        m.iter()
+            .any(|(_, p)| decode(p)["event_id"] == id.as_str() && decode(p)["type"] == "end")
+    });
+    let end = inbox
+        .messages()
+        .iter()
+        .map(|(_, p)| decode(p))
+        .find(|e| e["event_id"] == id.as_str() && e["type"] == "end")
+        .unwrap();
+    assert_eq!(ended["start_unix_ms"], end["start_unix_ms"]);
+    assert_eq!(ended["peak_score"], end["peak"]["score"]);
+    assert_eq!(ended["peak_seq"], end["peak"]["seq"]);
+    assert_eq!(ended["frames"], end["frames"]);
+    assert_eq!(
+        ended["duration_ms"].as_u64().unwrap(),
+        end["end_unix_ms"].as_u64().unwrap() - end["start_unix_ms"].as_u64().unwrap()
+    );
+    // One line per event, not one per frame.
+    let live = get(http, "/api/live").json();
+    let ids: Vec<&str> = live["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.iter().filter(|i| **i == id).count(), 1, "{ids:?}");
+
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var("MAEDAY_REQUIRE_CHROMIUM").is_err(),
+            "MAEDAY_REQUIRE_CHROMIUM is set but chromium is not installed"
+        );
+        eprintln!("SKIPPED (the browser half): chromium is not installed");
+        return;
+    };
+    let url = format!("http://127.0.0.1:{http}/");
+    let dom = browse(
+        &chromium,
+        &dir.path().join("profile"),
+        &["--dump-dom"],
+        &url,
+    );
+    let section = dom
+        .split("<section")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no camera section:\n{dom}"));
+    let row = section
+        .split("<tr")
+        .find(|r| r.contains(&format!("data-id=\"{id}\"")))
+        .unwrap_or_else(|| panic!("event {id} not on the page:\n{section}"));
+    assert!(row.contains("event ended") && row.contains(&id), "{row}");
+    drop(device);
+}
+
 #[test]
 fn check_names_the_http_key() {
     let dir = tempfile::tempdir().unwrap();

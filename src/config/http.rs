@@ -19,7 +19,8 @@ pub struct HttpConfig {
     /// JPEG quality of the live page's frames (1..100).
     #[serde(default = "default_jpeg_quality")]
     pub jpeg_quality: u8,
-    /// How many recent anomalous frames the page lists.
+    /// How many recent events (anomaly events with `[events]`, else anomalous frames) the
+    /// page lists.
     #[serde(default = "default_events")]
     pub events: usize,
 }

@@ -23,6 +23,7 @@ mod model;
 mod mqtt;
 mod output;
 mod pipeline;
+mod position;
 
 pub use bundles::BundlesConfig;
 pub use camera::{rate_period, roi_fits, CameraConfig, SourceConfig};
@@ -30,9 +31,13 @@ use checks::topic_level;
 pub use events::EventsConfig;
 pub use http::HttpConfig;
 pub use model::{EnrollConfig, ModelConfig};
-pub use mqtt::{url_with_client_id, HomeAssistantConfig, MqttConfig, SpoolConfig, TlsConfig};
+pub use mqtt::{
+    topic_levels as check_topic_prefix, url_with_client_id, HomeAssistantConfig, MqttConfig,
+    SpoolConfig, TlsConfig,
+};
 pub use output::{FilesConfig, MaskPolicy, OutputConfig, PayloadFormat};
 pub use pipeline::PipelineConfig;
+pub use position::PositionConfig;
 
 /// The built-in default (`maeday-edge run` without `--config`): `firmware-config/demo.toml`.
 pub const DEMO_TOML: &str = include_str!("../../firmware-config/demo.toml");
@@ -65,6 +70,8 @@ pub struct Config {
     pub events: Option<EventsConfig>,
     /// The read-only HTTP server (`/metrics`, the live page); off without the section.
     pub http: Option<HttpConfig>,
+    /// A moving camera's pose, read from MQTT and stamped on results and events (opt-in).
+    pub position: Option<PositionConfig>,
 }
 
 impl Config {
@@ -195,6 +202,14 @@ impl Config {
         }
         if let Some(h) = &self.http {
             h.validate()?;
+        }
+        if let Some(p) = &self.position {
+            let Some(m) = &self.mqtt else {
+                bail!("position: needs an [mqtt] section (poses arrive over MQTT)");
+            };
+            p.validate()?;
+            let cameras: Vec<String> = self.cameras.iter().map(|c| c.name.clone()).collect();
+            p.validate_apart(&m.topic_prefix, &self.device_id, &cameras)?;
         }
         self.pipeline.validate()
     }

@@ -65,7 +65,7 @@ fn default_discovery_prefix() -> String {
 }
 
 /// One or more topic levels (`a` or `a/b`), each a [`topic_level`], at most 128 bytes.
-fn topic_levels(key: &str, value: &str) -> Result<()> {
+pub fn topic_levels(key: &str, value: &str) -> Result<()> {
     ensure!(
         value.len() <= 128,
         "{key}: at most 128 characters (got {})",

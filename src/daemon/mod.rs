@@ -37,11 +37,13 @@ pub mod installer;
 pub mod mqtt;
 pub mod outputs;
 pub mod payload;
+pub mod position;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod startup;
 pub mod stats;
+pub mod sweep;
 pub mod throttle;
 pub mod topics;
 pub mod watchdog;
@@ -69,11 +71,13 @@ use crate::daemon::outputs::mqtt::{MqttOutput, MqttSetup};
 use crate::daemon::outputs::status::StatusPayload;
 use crate::daemon::outputs::Outputs;
 use crate::daemon::payload::ServingModel;
+use crate::daemon::position::Positions;
 use crate::daemon::shutdown::Shutdown;
 use crate::daemon::sink::{Routes, Sink};
 use crate::daemon::source::FrameSource;
 use crate::daemon::startup::Serving;
 use crate::daemon::stats::{SinkStats, Stats};
+use crate::daemon::sweep::Sweep;
 use crate::daemon::topics::Topics;
 use crate::daemon::watchdog::Liveness;
 
@@ -252,6 +256,7 @@ fn start_sink(
         device_id: config.device_id.clone(),
         metrics_interval: config.output.metrics_interval(),
         http: shared.http.clone(),
+        position: config.position.as_ref().map(Positions::new),
     })
 }
 
@@ -376,6 +381,11 @@ fn open_outputs(
     if let Some(cfg) = &config.mqtt {
         let cameras = config.cameras.iter().map(|c| c.name.clone()).collect();
         let now = ServingModel::of(&serving.detector, serving.bundle_version);
+        let ha = cfg
+            .home_assistant
+            .as_ref()
+            .map(|h| h.discovery_prefix.as_str());
+        let sweep = Sweep::new(&topics, &config.device_id, ha);
         let setup = MqttSetup {
             topics,
             status: StatusPayload::online(&config.device_id, cameras, now, config.output.format),
@@ -384,6 +394,8 @@ fn open_outputs(
             client_id: format!("maeday-{}", config.device_id),
             format: config.output.format,
             deliver: Arc::new(events.route(SinkEvent::Mqtt)),
+            state_inputs: config.position.iter().map(|p| p.topic.clone()).collect(),
+            sweep,
         };
         outputs.mqtt = Some(MqttOutput::open(cfg, setup)?);
     }

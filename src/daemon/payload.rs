@@ -11,6 +11,7 @@ use image::{GrayImage, RgbImage};
 use serde::Serialize;
 
 use crate::config::PayloadFormat;
+use crate::daemon::position::PositionStamp;
 use crate::detect::detector::Detector;
 use crate::detect::eq1::AnomalyMap;
 use crate::detect::render;
@@ -72,6 +73,9 @@ pub struct ResultPayload {
     pub windows: usize,
     /// `maeday` (score in Eq. 1 units), `bank` or `ensemble` (standardised units).
     pub scorer: String,
+    /// With `[position]`: where the camera was (stamped by the sink thread).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<PositionStamp>,
 }
 
 /// A scored frame on its way to the sinks.
@@ -140,6 +144,7 @@ impl ResultPayload {
             schedule: f.schedule.to_string(),
             windows: f.windows,
             scorer: f.scorer,
+            position: None,
         }
     }
 }
@@ -363,6 +368,11 @@ mod tests {
             schedule: "random-n8".into(),
             windows: 1,
             scorer: "maeday".into(),
+            position: Some(PositionStamp {
+                fields: vec![("x".into(), 12.5), ("y".into(), -3.25)],
+                age_ms: Some(40),
+                stale: false,
+            }),
         };
         let json: serde_json::Value =
             serde_json::from_slice(&encode(&p, PayloadFormat::Json).unwrap()).unwrap();
@@ -371,6 +381,16 @@ mod tests {
         assert_eq!(json, cbor);
         assert_eq!(json["seq"], 7);
         assert_eq!(json["anomalous"], true);
+        assert_eq!(json["position"]["y"], -3.25);
+        let without = ResultPayload {
+            position: None,
+            ..p
+        };
+        let json = String::from_utf8(encode(&without, PayloadFormat::Json).unwrap()).unwrap();
+        assert!(
+            !json.contains("position"),
+            "no [position], no field: {json}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - the MQTT connection's events drive the link; a received message becomes a
 //!   [`Command`] ([`Control`]) routed to the installer, the inference thread (`enroll`)
 //!   or the metrics, or a refusal answered on its status topic;
+//! - poses on the `[position]` topic are kept and stamped on each result;
 //! - the installer's status messages are published;
 //! - metrics go out every `output.metrics_interval_s`;
 //! - after `Stop`, what waits is published and the outputs close (MQTT's grace period).
@@ -16,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 
@@ -29,7 +30,8 @@ use crate::daemon::incidents::Incidents;
 use crate::daemon::installer::InstallerInput;
 use crate::daemon::mqtt::link::Received;
 use crate::daemon::outputs::Outputs;
-use crate::daemon::payload::ServingModel;
+use crate::daemon::payload::{unix_ms, ServingModel};
+use crate::daemon::position::Positions;
 use crate::daemon::stats::{SinkStats, Stats};
 use crate::daemon::topics::Topics;
 use crate::daemon::watchdog::Liveness;
@@ -64,6 +66,8 @@ pub struct Sink {
     pub incidents: Option<Incidents>,
     /// With `[http]`: what the HTTP server shows.
     pub http: Option<Arc<HttpFeed>>,
+    /// With `[position]`: the poses received, stamped on each result before its outputs.
+    pub position: Option<Positions>,
 }
 
 /// Results and serving changes, in the order inference sent them.
@@ -157,6 +161,9 @@ impl Sink {
                     captured_at,
                 } = *s;
                 let inference_ms = result.payload.latency_ms.inference;
+                if let Some(p) = &self.position {
+                    result.payload.position = Some(p.stamp(result.payload.captured_unix_ms));
+                }
                 let incident = self.incidents.as_mut().map(|i| i.observe(&result));
                 let camera = self.http.as_ref().map(|h| {
                     h.offer(&mut result);
@@ -167,7 +174,11 @@ impl Sink {
                     h.published(&c, captured_at);
                 }
                 if let Some(incident) = incident {
-                    self.outputs.publish_incident(incident?)?;
+                    let incident = incident?;
+                    if let (Some(h), Some(e)) = (&self.http, &incident.summary) {
+                        h.incident(e);
+                    }
+                    self.outputs.publish_incident(incident)?;
                 }
                 self.stats.published(ready, captured_at, inference_ms);
                 events.result_done();
@@ -186,6 +197,10 @@ impl Sink {
     /// A message on a subscribed topic: run it, or answer why not. True when it asks for
     /// the metrics.
     fn received(&mut self, msg: Received) -> Result<bool> {
+        if let Some(p) = self.position.as_mut().filter(|p| p.is_pose(&msg.topic)) {
+            p.receive(&msg.topic, &msg.payload, unix_ms(SystemTime::now()));
+            return Ok(false);
+        }
         let topic = msg.topic.clone();
         let refusal = match self.control.parse(msg) {
             Ok(None) => None,

@@ -1,5 +1,6 @@
 //! [`HttpFeed`]: what the HTTP server shows, fed by the daemon's threads and read by the
-//! server's. The sink thread hands it each result, each serving change and the outputs'
+//! server's. The sink thread hands it each result, each anomaly event message, each
+//! serving change and the outputs'
 //! counters; the pipeline's own counters ([`Stats`], the frame slots) are read at request
 //! time. Every lock here is held for a copy or a pointer swap, never for rendering.
 
@@ -10,6 +11,7 @@ use crate::daemon::capture::FrameSlots;
 use crate::daemon::http::latency::Latencies;
 use crate::daemon::http::live::LiveView;
 use crate::daemon::http::recent::Recent;
+use crate::daemon::incidents::EventSummary;
 use crate::daemon::outputs::status::StatusPayload;
 use crate::daemon::payload::{FrameResult, ServingModel};
 use crate::daemon::stats::{MetricsPayload, SinkStats, Stats};
@@ -43,6 +45,8 @@ pub struct FeedSetup {
     pub status: StatusPayload,
     /// How many recent events to list.
     pub events: usize,
+    /// `[events]` is on: the list shows anomaly events, not single anomalous frames.
+    pub from_events: bool,
 }
 
 impl HttpFeed {
@@ -54,7 +58,7 @@ impl HttpFeed {
             stats: s.stats,
             slots: s.slots,
             heatmap_output: s.heatmap_output,
-            recent: Mutex::new(Recent::new(s.events)),
+            recent: Mutex::new(Recent::new(s.events, s.from_events)),
             status: Mutex::new(s.status),
             sinks: Mutex::new(SinkStats::default()),
         }
@@ -66,6 +70,11 @@ impl HttpFeed {
             .stages(&r.payload.camera, &r.payload.latency_ms);
         lock(&self.recent).result(&r.payload);
         self.live.offer(r, self.heatmap_output);
+    }
+
+    /// An anomaly event's message was handed to the outputs (sink thread).
+    pub fn incident(&self, e: &EventSummary) {
+        lock(&self.recent).event(e);
     }
 
     /// A result was handed to every output (sink thread).

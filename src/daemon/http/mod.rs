@@ -176,6 +176,7 @@ pub fn start(
         slots,
         heatmap_output: config.output.heatmap,
         events: cfg.events,
+        from_events: config.events.is_some(),
     }));
     let server = HttpServer::start(cfg, feed.clone())?;
     Ok(Some((feed, server)))

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::config::{EventsConfig, PayloadFormat};
 use crate::daemon::mqtt::spool::Message;
 use crate::daemon::payload::{self, Blob, FrameResult};
+use crate::daemon::position::PositionStamp;
 use crate::daemon::topics::Topics;
 use debounce::{Debouncer, Incident, Seen, Settings, Step};
 use evidence::{EvidenceSettings, PeakFrame};
@@ -52,6 +53,9 @@ pub struct EventPayload<'a> {
     pub image_threshold: Option<f32>,
     /// An `<camera>/evidence` JPEG of this peak follows.
     pub evidence: bool,
+    /// With `[position]`: where the camera was at the peak frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<PositionStamp>,
 }
 
 /// Where an event peaked.
@@ -70,6 +74,8 @@ struct Camera {
     peak: Option<PeakFrame>,
     /// The peak (seq) whose evidence went out last.
     evidence_of: Option<u64>,
+    /// The (candidate) peak frame's position stamp.
+    peak_position: Option<PositionStamp>,
 }
 
 /// What one frame asks to publish.
@@ -79,6 +85,41 @@ pub struct Publish {
     pub messages: Vec<Message>,
     /// The new retained `anomalous` state.
     pub state: Option<Message>,
+    /// The event message's gist (the live page lists it).
+    pub summary: Option<EventSummary>,
+}
+
+/// The gist of an event message, for the live page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSummary {
+    pub event_id: String,
+    pub camera: String,
+    pub boot: u64,
+    pub start_unix_ms: u64,
+    pub last_unix_ms: u64,
+    pub frames: u64,
+    pub peak_score: f32,
+    pub peak_seq: u64,
+    pub image_threshold: Option<f32>,
+    /// This message is the event's `end`.
+    pub ended: bool,
+}
+
+impl EventSummary {
+    fn of(step: Step, incident: &Incident, p: &payload::ResultPayload) -> EventSummary {
+        EventSummary {
+            event_id: format!("{}-{}-{}", p.camera, p.boot, incident.first_seq),
+            camera: p.camera.clone(),
+            boot: p.boot,
+            start_unix_ms: incident.start_ms,
+            last_unix_ms: incident.last_ms,
+            frames: incident.frames,
+            peak_score: incident.peak.score,
+            peak_seq: incident.peak.seq,
+            image_threshold: p.image_threshold,
+            ended: step == Step::End,
+        }
+    }
 }
 
 /// The events of every camera, on the sink thread.
@@ -142,6 +183,7 @@ impl Incidents {
                 debouncer: Debouncer::new(settings),
                 peak: None,
                 evidence_of: None,
+                peak_position: None,
             });
         let seen = Seen {
             anomalous: p.anomalous == Some(true),
@@ -153,6 +195,9 @@ impl Incidents {
         let o = cam.debouncer.observe(seen);
         if o.new_peak && self.evidence.is_some() {
             cam.peak = PeakFrame::of(r);
+        }
+        if o.new_peak {
+            cam.peak_position = p.position.clone();
         }
         let Some(step) = o.step else {
             if cam.debouncer.incident().is_none() && o.ended.is_none() && !seen.anomalous {
@@ -184,7 +229,9 @@ impl Incidents {
                 incident.peak.seq
             );
         }
-        let event = self.event(step, &incident, r, evidence.is_some())?;
+        let position = cam.peak_position.clone();
+        let event = self.event(step, &incident, r, evidence.is_some(), position)?;
+        out.summary = Some(EventSummary::of(step, &incident, p));
         out.messages.push(event);
         out.messages.extend(evidence.map(|jpeg| Message {
             topic: self.topics.evidence(&p.camera),
@@ -209,6 +256,7 @@ impl Incidents {
         inc: &Incident,
         r: &FrameResult,
         evidence: bool,
+        position: Option<PositionStamp>,
     ) -> Result<Message> {
         let p = &r.payload;
         let event = EventPayload {
@@ -234,6 +282,7 @@ impl Incidents {
             blobs: &inc.peak.blobs,
             image_threshold: p.image_threshold,
             evidence,
+            position,
         };
         Ok(Message {
             topic: self.topics.event(&p.camera),

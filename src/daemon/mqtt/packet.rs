@@ -153,6 +153,7 @@ mod tests {
             schedule: "random-n32".into(),
             windows: 1,
             scorer: "maeday".into(),
+            position: None,
         }
     }
 

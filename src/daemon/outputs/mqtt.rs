@@ -20,6 +20,7 @@ use crate::daemon::outputs::output::{Output, Rendered};
 use crate::daemon::outputs::status::StatusPayload;
 use crate::daemon::payload::{self, Picture, ResultPayload, ServingModel};
 use crate::daemon::stats::MetricsPayload;
+use crate::daemon::sweep::Sweep;
 use crate::daemon::topics::Topics;
 
 /// What the MQTT output is opened with besides `[mqtt]`.
@@ -35,6 +36,12 @@ pub struct MqttSetup {
     pub format: PayloadFormat,
     /// Where the connection's events go (the sink thread's event channel).
     pub deliver: Deliver,
+    /// Topic filters of state inputs (the `[position]` pose): subscribed, and a retained
+    /// message there is taken (the newest state), not ignored like a retained command.
+    pub state_inputs: Vec<String>,
+    /// This device's retained namespaces: what an earlier run left there and this run
+    /// does not publish is cleared.
+    pub sweep: Sweep,
 }
 
 pub struct MqttOutput {
@@ -58,11 +65,18 @@ impl MqttOutput {
                     online: s.status.encode(s.format)?,
                     offline: s.status.offline("connection lost").encode(s.format)?,
                 },
-                subscriptions: s.topics.subscriptions(s.bundles),
+                subscriptions: [
+                    s.topics.subscriptions(s.bundles),
+                    s.state_inputs.clone(),
+                    s.sweep.filters(),
+                ]
+                .concat(),
                 deliver: s.deliver,
             },
         )?;
         link.clear_retained_on(s.topics.clearable());
+        link.take_retained_on(s.state_inputs);
+        link.sweep(s.sweep);
         Ok(MqttOutput {
             link,
             topics: s.topics,

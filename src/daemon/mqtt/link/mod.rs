@@ -38,6 +38,7 @@ use crate::daemon::mqtt::options::options;
 use crate::daemon::mqtt::packet;
 use crate::daemon::mqtt::spool::{Message, Spool};
 use crate::daemon::mqtt::stats::MqttStats;
+use crate::daemon::sweep::Sweep;
 use crate::daemon::throttle::{more, Throttle};
 
 /// A message from the broker on a subscribed topic.
@@ -103,6 +104,10 @@ pub struct MqttSink {
     /// Retained state messages (event states, Home Assistant discovery), one per topic,
     /// re-published at every connect like the status.
     retained: Vec<Message>,
+    /// Topic filters of state inputs (a pose), where a retained message is taken.
+    state_inputs: Vec<String>,
+    /// This device's retained namespaces, where what an earlier run left is cleared.
+    sweep: Option<Sweep>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -160,6 +165,8 @@ impl MqttSink {
             clear_on_connect: false,
             connected_at: Instant::now(),
             retained: Vec::new(),
+            state_inputs: Vec::new(),
+            sweep: None,
         };
         sink.stats.spool_messages = sink.spool.len();
         sink.connect();
@@ -181,6 +188,21 @@ impl MqttSink {
     /// Topics of this device on which a retained message is cleared when seen.
     pub fn clear_retained_on(&mut self, topics: Vec<String>) {
         self.clearable = topics;
+    }
+
+    /// Topic filters of state inputs: a retained message there is the newest state, taken
+    /// like any other.
+    pub fn take_retained_on(&mut self, filters: Vec<String>) {
+        self.state_inputs = filters;
+    }
+
+    /// Clear this device's stale retained messages (subscribe to `sweep.filters()` too).
+    pub fn sweep(&mut self, sweep: Sweep) {
+        self.sweep = Some(sweep);
+    }
+
+    fn is_state_input(&self, topic: &str) -> bool {
+        self.state_inputs.iter().any(|f| rumqttc::matches(topic, f))
     }
 
     pub fn stats(&self) -> MqttStats {

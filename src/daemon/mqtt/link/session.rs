@@ -1,6 +1,6 @@
 //! The link's side of a connection's events: a CONNACK (online status, clearing retained
-//! commands, subscriptions), publish ids and PUBACKs, messages on subscribed topics, and a
-//! lost connection (backoff, and every unacknowledged message back to the spool).
+//! commands, subscriptions), publish ids and PUBACKs, messages on subscribed topics
+//! (clearing stale retained state of this device), and a lost connection (backoff, and every unacknowledged message back to the spool).
 
 use std::time::{Duration, Instant};
 
@@ -80,9 +80,15 @@ impl MqttSink {
                 }
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
+                if self.sweep.as_ref().is_some_and(|s| s.covers(&p.topic)) {
+                    self.swept(&p.topic, &p.payload, p.retain);
+                    return None;
+                }
                 // Commands and chunks are events, never state: a retained one would run
                 // again at every reconnect. An empty one is a clear (ours, or the broker's).
-                if p.retain {
+                // A state input (a pose) is state: its retained message is the newest.
+                let state = self.is_state_input(&p.topic) && !p.payload.is_empty();
+                if p.retain && !state {
                     if !p.payload.is_empty() {
                         log::warn!(
                             "ignoring a retained message on {} ({}): commands and chunks are never retained",
@@ -104,6 +110,19 @@ impl MqttSink {
             Err(e) => self.lost(e),
         }
         None
+    }
+
+    /// A message on this device's own retained namespaces ([`crate::daemon::sweep`]): a
+    /// retained one this run does not publish, and that is this device's, is cleared. Live
+    /// ones (this run's own publishes, echoed back) are dropped.
+    fn swept(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        if !retain || payload.is_empty() || self.retained.iter().any(|r| r.topic == topic) {
+            return;
+        }
+        if self.sweep.as_ref().is_some_and(|s| s.owns(topic, payload)) {
+            log::info!("clearing {topic}: retained by an earlier run, not published by this one");
+            self.publish_transient(topic, Vec::new(), true);
+        }
     }
 
     /// The connection failed or dropped: give it up, keep every unacknowledged message.
