@@ -169,6 +169,8 @@ pub struct SendOptions {
     pub group: Option<String>,
     pub chunk_bytes: usize,
     pub wait: Duration,
+    /// The devices' `mqtt.topic_prefix`.
+    pub topic_prefix: String,
 }
 
 /// Publish the chunks (QoS 1). For one device, wait for its verdict on
@@ -178,15 +180,15 @@ pub fn send(o: &SendOptions) -> Result<Option<serde_json::Value>> {
     let bytes =
         fs::read(&o.bundle).with_context(|| format!("cannot read {}", o.bundle.display()))?;
     let chunks = split(&bytes, o.chunk_bytes);
+    crate::config::check_topic_prefix("--topic-prefix", &o.topic_prefix)?;
+    let topics = |d: &str| Topics::with_prefix(&o.topic_prefix, d, &[]);
     let topic = match (&o.device, &o.group) {
-        (Some(d), None) => Topics::new(d, &[]).bundle_chunk(),
-        (None, Some(g)) => Topics::fleet_chunk(g),
+        (Some(d), None) => topics(d).bundle_chunk(),
+        // A group topic names no device: `<prefix>/fleet/<group>/bundle/chunk`.
+        (None, Some(g)) => topics("-").group_chunk(g),
         _ => bail!("give exactly one of --device and --group"),
     };
-    let status_topic = o
-        .device
-        .as_ref()
-        .map(|d| Topics::new(d, &[]).bundle_status());
+    let status_topic = o.device.as_ref().map(|d| topics(d).bundle_status());
     let (client, inbox) = Inbox::connect(o, chunks.len(), status_topic.as_deref())?;
     let publish = |i: usize| -> Result<()> {
         client.publish(topic.clone(), QoS::AtLeastOnce, false, chunks[i].encode())?;
@@ -353,6 +355,8 @@ pub struct CommandOptions {
     /// Default: the clock in milliseconds (the device wants it above the last one).
     pub seq: Option<u64>,
     pub words: Vec<String>,
+    /// The device's `mqtt.topic_prefix`.
+    pub topic_prefix: String,
 }
 
 /// Sign a serving-changing command (`rollback`, `enroll [frames] [camera]`) for one device
@@ -361,6 +365,7 @@ pub fn command(o: &CommandOptions) -> Result<()> {
     let key = read_signing_key(&o.key)?;
     let text = o.words.join(" ");
     ensure!(!text.trim().is_empty(), "give the command, e.g. rollback");
+    crate::config::check_topic_prefix("--topic-prefix", &o.topic_prefix)?;
     let seq = match o.seq {
         Some(s) => s,
         None => SystemTime::now()
@@ -377,7 +382,7 @@ pub fn command(o: &CommandOptions) -> Result<()> {
     let opts = MqttOptions::parse_url(url_with_client_id(url, &id))
         .map_err(|e| anyhow::anyhow!("MQTT URL {url:?}: {e}"))?;
     let (client, mut conn) = Client::new(opts, 16);
-    let topic = Topics::new(&o.device, &[]).command();
+    let topic = Topics::with_prefix(&o.topic_prefix, &o.device, &[]).command();
     client.publish(topic.clone(), QoS::AtLeastOnce, false, payload)?;
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {

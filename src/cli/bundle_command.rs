@@ -71,6 +71,9 @@ pub enum BundleCommand {
         /// Replay protection: above the last one the device accepted (default: now in ms).
         #[arg(long)]
         seq: Option<u64>,
+        /// The device's `mqtt.topic_prefix`.
+        #[arg(long, default_value = crate::daemon::topics::DEFAULT_PREFIX)]
+        topic_prefix: String,
         #[arg(required = true, trailing_var_arg = true)]
         words: Vec<String>,
     },
@@ -89,6 +92,9 @@ pub enum BundleCommand {
         /// Seconds to wait for the device's verdict.
         #[arg(long, default_value_t = 120)]
         wait_s: u64,
+        /// The devices' `mqtt.topic_prefix`.
+        #[arg(long, default_value = crate::daemon::topics::DEFAULT_PREFIX)]
+        topic_prefix: String,
     },
 }
 
@@ -128,12 +134,14 @@ pub fn run(c: BundleCommand) -> Result<ExitCode> {
             mqtt_url,
             seq,
             words,
+            topic_prefix,
         } => cli::command(&cli::CommandOptions {
             key,
             device,
             mqtt_url,
             seq,
             words,
+            topic_prefix,
         })?,
         BundleCommand::Send {
             bundle,
@@ -142,6 +150,7 @@ pub fn run(c: BundleCommand) -> Result<ExitCode> {
             group,
             chunk_bytes,
             wait_s,
+            topic_prefix,
         } => {
             anyhow::ensure!(chunk_bytes >= 1024, "--chunk-bytes must be at least 1024");
             let verdict = cli::send(&cli::SendOptions {
@@ -151,6 +160,7 @@ pub fn run(c: BundleCommand) -> Result<ExitCode> {
                 group,
                 chunk_bytes,
                 wait: std::time::Duration::from_secs(wait_s),
+                topic_prefix,
             })?;
             if let Some(v) = verdict {
                 println!("{v}");
