@@ -1,6 +1,7 @@
 //! The link's side of a connection's events: a CONNACK (online status, clearing retained
 //! commands, subscriptions), publish ids and PUBACKs, messages on subscribed topics
-//! (clearing stale retained state of this device), and a lost connection (backoff, and every unacknowledged message back to the spool).
+//! (clearing stale retained state of this device), and a lost connection (backoff, and
+//! every unacknowledged message back to the spool).
 
 use std::time::{Duration, Instant};
 
