@@ -42,15 +42,19 @@ fn recon_model() -> Model {
     Model::open(dir).expect("bench model")
 }
 
-/// The graphs compared: the shipped one, and (`MAEDAY_BENCH_PLAIN_MODEL`) the same weights
-/// exported without the exact speed rewrites (`export --plain`).
+/// The graphs compared: the shipped one, and the same weights exported without the exact
+/// speed rewrites (`MAEDAY_BENCH_PLAIN_MODEL`, `export --plain`) or with each attention as
+/// one ONNX opset-23 `Attention` node (`MAEDAY_BENCH_SDPA_MODEL`: an experiment, which
+/// tract runs as its fused SDPA op).
 fn graphs() -> Vec<(&'static str, Model)> {
     let mut g = vec![("default", recon_model())];
-    if let Some(dir) = std::env::var_os("MAEDAY_BENCH_PLAIN_MODEL") {
-        g.push((
-            "plain",
-            Model::open(PathBuf::from(dir)).expect("plain model"),
-        ));
+    for (name, var) in [
+        ("plain", "MAEDAY_BENCH_PLAIN_MODEL"),
+        ("sdpa", "MAEDAY_BENCH_SDPA_MODEL"),
+    ] {
+        if let Some(dir) = std::env::var_os(var) {
+            g.push((name, Model::open(PathBuf::from(dir)).expect(var)));
+        }
     }
     g
 }
@@ -134,7 +138,7 @@ fn engines(c: &mut Criterion) {
                 let mut out = Vec::new();
                 let mut tract = TractEngine::new(&model, &s, &opts).unwrap();
                 group.bench_function(
-                    BenchmarkId::new(format!("{g}/{}-t{t}", tract_label()), n),
+                    BenchmarkId::new(format!("{g}_{}-t{t}", tract_label()), n),
                     |b| b.iter(|| tract.run(&image, &mut out).unwrap()),
                 );
                 drop(tract);
@@ -148,7 +152,7 @@ fn engines(c: &mut Criterion) {
                     )
                     .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
                     group.bench_function(
-                        BenchmarkId::new(format!("{g}/onnxruntime-t{t}"), n),
+                        BenchmarkId::new(format!("{g}_onnxruntime-t{t}"), n),
                         |b| b.iter(|| ort.run(&image, &mut out).unwrap()),
                     );
                 }
@@ -259,8 +263,8 @@ fn summary() {
     for (g, _) in graphs() {
         for t in thread_counts() {
             for n in MASKS {
-                let a = mean_ms(&dir, &format!("engine/{g}/{tract}-t{t}/{n}"));
-                let b = mean_ms(&dir, &format!("engine/{g}/onnxruntime-t{t}/{n}"));
+                let a = mean_ms(&dir, &format!("engine/{g}_{tract}-t{t}/{n}"));
+                let b = mean_ms(&dir, &format!("engine/{g}_onnxruntime-t{t}/{n}"));
                 match (a, b) {
                     (Some(a), Some(b)) => println!(
                         "{g:>7} N={n:>2} x{t}: {tract} {a:7.1} ms ({})  onnxruntime {b:7.1} ms \
@@ -280,23 +284,19 @@ fn summary() {
             }
         }
     }
-    for t in thread_counts() {
-        for n in MASKS {
-            if let (Some(p), Some(d)) = (
-                mean_ms(&dir, &format!("engine/plain/{tract}-t{t}/{n}")),
-                mean_ms(&dir, &format!("engine/default/{tract}-t{t}/{n}")),
-            ) {
-                let ort = match (
-                    mean_ms(&dir, &format!("engine/plain/onnxruntime-t{t}/{n}")),
-                    mean_ms(&dir, &format!("engine/default/onnxruntime-t{t}/{n}")),
-                ) {
-                    (Some(op), Some(od)) => format!(", onnxruntime {:.3}", od / op),
-                    _ => String::new(),
+    // Each other graph against the shipped one (below 1: that graph is faster).
+    for (g, _) in graphs().into_iter().filter(|(g, _)| *g != "default") {
+        for t in thread_counts() {
+            for n in MASKS {
+                let ratio = |engine: &str| {
+                    let other = mean_ms(&dir, &format!("engine/{g}_{engine}-t{t}/{n}"))?;
+                    let shipped = mean_ms(&dir, &format!("engine/default_{engine}-t{t}/{n}"))?;
+                    Some(format!("{engine} {:.3}", other / shipped))
                 };
-                println!(
-                    "rewrites N={n:>2} x{t}: rewritten/plain: {tract} {:.3}{ort}",
-                    d / p
-                );
+                if let Some(tr) = ratio(tract) {
+                    let ort = ratio("onnxruntime").unwrap_or_default();
+                    println!("{g}/default N={n:>2} x{t}: {tr}  {ort}");
+                }
             }
         }
     }
@@ -308,7 +308,7 @@ fn summary() {
         println!("detect N=32: reconstruction+Rust scoring {r:.1} ms, anomaly_map graph {m:.1} ms, ratio {:.2}", r / m);
     }
     if let (Some(model), Some(p), Some(s)) = (
-        mean_ms(&dir, &format!("engine/default/{tract}-t{t}/32")),
+        mean_ms(&dir, &format!("engine/default_{tract}-t{t}/32")),
         mean_ms(&dir, "stages/preprocess"),
         mean_ms(&dir, "stages/scoring-n32"),
     ) {
@@ -320,9 +320,82 @@ fn summary() {
     }
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// tract and ONNX Runtime alternating frame by frame on the same graph and threads
+/// (`MAEDAY_BENCH_ROUNDS` pairs, default 9; 0 skips): medians, the median of the paired
+/// ratios and their spread. Pairing adjacent runs cancels most of the load that other
+/// processes put on a shared machine, which criterion's blocks of one engine do not.
+#[cfg(feature = "ort")]
+fn interleaved() {
+    use std::time::Instant;
+    let rounds: usize = std::env::var("MAEDAY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(9);
+    if rounds == 0 {
+        return;
+    }
+    println!("\n== interleaved, {rounds} pairs: tract ms / onnxruntime ms (medians), tract/ort median [min-max] ==");
+    for t in thread_counts() {
+        let opts = EngineOptions {
+            threads: t,
+            precision: Precision::F32,
+            f32_norms: true,
+            ..Default::default()
+        };
+        for n in MASKS {
+            for (g, model) in graphs() {
+                let image = input_tensor(&model);
+                let s = schedule(&model, n);
+                let mut tract = TractEngine::new(&model, &s, &opts).unwrap();
+                let mut ort = maeday_edge::detect::engine::OrtEngine::new(
+                    &model,
+                    &s,
+                    &opts,
+                    &Default::default(),
+                )
+                .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
+                let mut out = Vec::new();
+                ort.run(&image, &mut out).unwrap();
+                let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..rounds {
+                    let t0 = Instant::now();
+                    tract.run(&image, &mut out).unwrap();
+                    let t1 = Instant::now();
+                    ort.run(&image, &mut out).unwrap();
+                    let (x, y) = (
+                        (t1 - t0).as_secs_f64() * 1e3,
+                        t1.elapsed().as_secs_f64() * 1e3,
+                    );
+                    a.push(x);
+                    b.push(y);
+                    r.push(x / y);
+                }
+                let (ma, mb) = (median(&mut a), median(&mut b));
+                let mr = median(&mut r);
+                println!(
+                    "{g:>7} N={n:>2} x{t}: {} {ma:7.1} ms ({})  onnxruntime {mb:7.1} ms ({})  \
+                     tract/ort {mr:.2} [{:.2}-{:.2}]",
+                    tract_label(),
+                    rate(ma, n, t),
+                    rate(mb, n, t),
+                    r[0],
+                    r[r.len() - 1]
+                );
+            }
+        }
+    }
+}
+
 fn main() {
     // First: tract fixes its kernel family at the first plan.
     tract_label();
+    #[cfg(feature = "ort")]
+    interleaved();
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(2))
