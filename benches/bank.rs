@@ -4,7 +4,8 @@
 //!   rows; 100%: 784 .. 50176), through the sgemm search the runtime uses;
 //! - the same search as a plain double loop, on the smaller banks, for the speed-up of
 //!   the vectorised form;
-//! - the extractor (EfficientNet-Lite0 through tract), which every bank size pays once.
+//! - the extractor (EfficientNet-Lite0), which every bank size pays once: tract against
+//!   ONNX Runtime (feature `ort`) on the same graph, same threads, at 1 and 2 threads.
 //!
 //! `cargo bench --bench bank`; the summary prints ms per frame and ratios to the smallest
 //! bank from this one run.
@@ -13,9 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
+use tract_onnx::tract_core::prelude::multithread;
 
 use maeday_edge::bank::features::FeatureExtractor;
 use maeday_edge::bank::memory::{Features, MemoryBank};
+use maeday_edge::detect::engine::{select_cpu_kernels, CpuKernels};
 use maeday_edge::model::bundled::default_extractor_dir;
 
 const DIM: usize = 152;
@@ -71,9 +74,50 @@ fn knn(c: &mut Criterion) {
         }
     }
     group.finish();
-    let ex = FeatureExtractor::open(&default_extractor_dir()).unwrap();
-    let image = vec![0.5f32; 3 * 224 * 224];
-    c.bench_function("extractor", |b| b.iter(|| ex.features(&image).unwrap()));
+}
+
+/// The extractor graph in tract (as served: the feature rows included) and in ONNX Runtime
+/// (feature `ort`), same graph, same threads, at 1 and 2 threads.
+fn extractor(c: &mut Criterion) {
+    let dir = default_extractor_dir();
+    let ex = FeatureExtractor::open(&dir).unwrap();
+    let image: Vec<f32> = (0..3 * 224 * 224)
+        .map(|i| (i % 251) as f32 / 251.0)
+        .collect();
+    let mut group = c.benchmark_group("extractor");
+    for t in [1usize, 2] {
+        let pool = multithread::Executor::multithread(t);
+        group.bench_function(format!("{}-t{t}", tract_label()), |b| {
+            b.iter(|| {
+                multithread::multithread_tract_scope(pool.clone(), || ex.features(&image).unwrap())
+            })
+        });
+        #[cfg(feature = "ort")]
+        {
+            let graph = dir.join("efficientnet-lite0-patches.onnx");
+            let mut ort = maeday_edge::detect::engine::OrtGraph::open(&graph, &[1, 3, 224, 224], t)
+                .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
+            let mut out = Vec::new();
+            group.bench_function(format!("onnxruntime-t{t}"), |b| {
+                b.iter(|| ort.run(&image, &mut out).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
+/// tract's kernel family for this run (`MAEDAY_BENCH_CPU_KERNELS`, default auto).
+fn tract_label() -> &'static str {
+    static LABEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LABEL.get_or_init(|| {
+        let request: CpuKernels = std::env::var("MAEDAY_BENCH_CPU_KERNELS")
+            .unwrap_or_else(|_| "auto".into())
+            .parse()
+            .expect("MAEDAY_BENCH_CPU_KERNELS");
+        let choice = select_cpu_kernels(request).expect("kernel family");
+        println!("tract matmul kernels: {choice:#}");
+        format!("tract-{}", choice.family)
+    })
 }
 
 fn mean_ms(dir: &Path, id: &str) -> Option<f64> {
@@ -100,8 +144,19 @@ fn summary() {
             );
         }
     }
-    if let Some(e) = mean_ms(&dir, "extractor") {
-        println!("extractor: {e:.2} ms per 224x224 window");
+    for t in [1, 2] {
+        let a = mean_ms(&dir, &format!("extractor/{}-t{t}", tract_label()));
+        let b = mean_ms(&dir, &format!("extractor/onnxruntime-t{t}"));
+        match (a, b) {
+            (Some(a), Some(b)) => println!(
+                "extractor x{t}: {} {a:.2} ms, onnxruntime {b:.2} ms per 224x224 window, \
+                 tract/ort {:.2}",
+                tract_label(),
+                a / b
+            ),
+            (Some(a), None) => println!("extractor x{t}: {} {a:.2} ms", tract_label()),
+            _ => {}
+        }
     }
 }
 
@@ -111,7 +166,9 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
         .configure_from_args();
+    tract_label();
     knn(&mut c);
+    extractor(&mut c);
     c.final_summary();
     summary();
 }

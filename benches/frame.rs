@@ -1,5 +1,9 @@
 //! Per-frame cost of MAEDAY scoring, measured side by side in one run:
-//! - tract vs ONNX Runtime (feature `ort`) on the same graph, same thread count, N = 8/16/32;
+//! - tract vs ONNX Runtime (feature `ort`) on the same graph, same thread count, at 1 and
+//!   all threads, N = 8 and 32, with the share of the FMA peak each reaches; on the shipped
+//!   graph and (`MAEDAY_BENCH_PLAIN_MODEL`) the same weights without the export rewrites;
+//! - tract's kernel family is one per process (`MAEDAY_BENCH_CPU_KERNELS`, default `auto`):
+//!   `benches/run.sh` runs one pass with tract's own choice and one with `auto`;
 //! - the two output kinds (reconstruction + Rust scoring vs anomaly map in the graph);
 //! - pre-processing and scoring as a fraction of model time.
 //!
@@ -13,13 +17,19 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion};
 
 use maeday_edge::detect::detector::{Detector, DetectorOptions};
-use maeday_edge::detect::engine::{Engine, EngineOptions, Precision, TractEngine};
+use maeday_edge::detect::engine::{
+    select_cpu_kernels, CpuKernels, Engine, EngineOptions, Precision, TractEngine,
+};
 use maeday_edge::detect::eq1::{anomaly_map_into, gaussian_kernel, AnomalyMap};
 use maeday_edge::detect::preprocess::{load_image, Fit, Preprocessor};
 use maeday_edge::model::manifest::Model;
 use maeday_edge::model::schedule::{MaskSchedule, ScheduleKind};
 
-const MASKS: [usize; 3] = [8, 16, 32];
+const MASKS: [usize; 2] = [8, 32];
+
+/// GFLOP per mask of the default architecture (31.5 GFLOP per frame at N = 32: 28.2 in the
+/// linear layers, 3.3 in attention; `../shared/notes/inference-findings.md`).
+const GFLOP_PER_MASK: f64 = 31.5 / 32.0;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,6 +40,23 @@ fn recon_model() -> Model {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("models/default"));
     Model::open(dir).expect("bench model")
+}
+
+/// The graphs compared: the shipped one, and the same weights exported without the exact
+/// speed rewrites (`MAEDAY_BENCH_PLAIN_MODEL`, `export --plain`) or with each attention as
+/// one ONNX opset-23 `Attention` node (`MAEDAY_BENCH_SDPA_MODEL`: an experiment, which
+/// tract runs as its fused SDPA op).
+fn graphs() -> Vec<(&'static str, Model)> {
+    let mut g = vec![("default", recon_model())];
+    for (name, var) in [
+        ("plain", "MAEDAY_BENCH_PLAIN_MODEL"),
+        ("sdpa", "MAEDAY_BENCH_SDPA_MODEL"),
+    ] {
+        if let Some(dir) = std::env::var_os(var) {
+            g.push((name, Model::open(PathBuf::from(dir)).expect(var)));
+        }
+    }
+    g
 }
 
 fn map_model() -> Option<Model> {
@@ -46,6 +73,28 @@ fn threads() -> usize {
                 .map(|n| n.get())
                 .unwrap_or(1)
         })
+}
+
+/// 1 and all threads.
+fn thread_counts() -> Vec<usize> {
+    let mut t = vec![1, threads()];
+    t.dedup();
+    t
+}
+
+/// tract's kernel family for this run (`MAEDAY_BENCH_CPU_KERNELS`: auto, tract or a
+/// family; one per process), chosen before anything plans; e.g. `tract-avx2`.
+fn tract_label() -> &'static str {
+    static LABEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LABEL.get_or_init(|| {
+        let request: CpuKernels = std::env::var("MAEDAY_BENCH_CPU_KERNELS")
+            .unwrap_or_else(|_| "auto".into())
+            .parse()
+            .expect("MAEDAY_BENCH_CPU_KERNELS");
+        let choice = select_cpu_kernels(request).expect("kernel family");
+        println!("tract matmul kernels: {choice:#}");
+        format!("tract-{}", choice.family)
+    })
 }
 
 fn frame() -> image::DynamicImage {
@@ -71,42 +120,42 @@ fn schedule(model: &Model, n: usize) -> MaskSchedule {
     .unwrap()
 }
 
+/// tract and ONNX Runtime on the same graph, same threads, one after the other, at 1 and
+/// all threads and N = 8 and 32, for each graph of [`graphs`].
 fn engines(c: &mut Criterion) {
-    let model = recon_model();
-    let image = input_tensor(&model);
     let mut group = c.benchmark_group("engine");
-    let mut thread_counts = vec![threads()];
-    if threads() > 1 {
-        thread_counts.push(1);
-    }
-    for &t in &thread_counts {
+    for &t in &thread_counts() {
         let opts = EngineOptions {
             threads: t,
             precision: Precision::F32,
             f32_norms: true,
             ..Default::default()
         };
-        // N = 8/16/32 at the full thread count; N = 32 only at one thread.
-        for &n in MASKS.iter().filter(|&&n| t == threads() || n == 32) {
-            let s = schedule(&model, n);
-            let mut out = Vec::new();
-            let mut tract = TractEngine::new(&model, &s, &opts).unwrap();
-            group.bench_function(BenchmarkId::new(format!("tract-t{t}"), n), |b| {
-                b.iter(|| tract.run(&image, &mut out).unwrap())
-            });
-            drop(tract);
-            #[cfg(feature = "ort")]
-            {
-                let mut ort = maeday_edge::detect::engine::OrtEngine::new(
-                    &model,
-                    &s,
-                    &opts,
-                    &Default::default(),
-                )
-                .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
-                group.bench_function(BenchmarkId::new(format!("onnxruntime-t{t}"), n), |b| {
-                    b.iter(|| ort.run(&image, &mut out).unwrap())
-                });
+        for n in MASKS {
+            for (g, model) in graphs() {
+                let image = input_tensor(&model);
+                let s = schedule(&model, n);
+                let mut out = Vec::new();
+                let mut tract = TractEngine::new(&model, &s, &opts).unwrap();
+                group.bench_function(
+                    BenchmarkId::new(format!("{g}_{}-t{t}", tract_label()), n),
+                    |b| b.iter(|| tract.run(&image, &mut out).unwrap()),
+                );
+                drop(tract);
+                #[cfg(feature = "ort")]
+                {
+                    let mut ort = maeday_edge::detect::engine::OrtEngine::new(
+                        &model,
+                        &s,
+                        &opts,
+                        &Default::default(),
+                    )
+                    .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
+                    group.bench_function(
+                        BenchmarkId::new(format!("{g}_onnxruntime-t{t}"), n),
+                        |b| b.iter(|| ort.run(&image, &mut out).unwrap()),
+                    );
+                }
             }
         }
     }
@@ -182,40 +231,76 @@ fn mean_ms(dir: &Path, id: &str) -> Option<f64> {
     Some(v["mean"]["point_estimate"].as_f64()? / 1e6)
 }
 
-fn summary() {
-    let dir = std::env::var_os("CRITERION_HOME")
+fn criterion_dir() -> PathBuf {
+    std::env::var_os("CRITERION_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| repo().join("target"))
                 .join("criterion")
-        });
+        })
+}
+
+/// GFLOP/s and the share of the cores' FMA peak (`MAEDAY_BENCH_PEAK_GFLOPS` per core;
+/// default 115, measured on the 2-core Zen 4 development machine).
+fn rate(ms: f64, n: usize, threads: usize) -> String {
+    let peak: f64 = std::env::var("MAEDAY_BENCH_PEAK_GFLOPS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(115.0);
+    let gflops = GFLOP_PER_MASK * n as f64 / (ms / 1e3);
+    format!(
+        "{gflops:5.1} GFLOP/s {:3.0}%",
+        100.0 * gflops / (peak * threads as f64)
+    )
+}
+
+fn summary() {
+    let dir = criterion_dir();
+    let tract = tract_label();
+    println!("\n== summary (means; ratios from this one run; % = share of the FMA peak) ==");
+    for (g, _) in graphs() {
+        for t in thread_counts() {
+            for n in MASKS {
+                let a = mean_ms(&dir, &format!("engine/{g}_{tract}-t{t}/{n}"));
+                let b = mean_ms(&dir, &format!("engine/{g}_onnxruntime-t{t}/{n}"));
+                match (a, b) {
+                    (Some(a), Some(b)) => println!(
+                        "{g:>7} N={n:>2} x{t}: {tract} {a:7.1} ms ({})  onnxruntime {b:7.1} ms \
+                         ({})  tract/ort {:.2}",
+                        rate(a, n, t),
+                        rate(b, n, t),
+                        a / b
+                    ),
+                    (Some(a), None) => {
+                        println!(
+                            "{g:>7} N={n:>2} x{t}: {tract} {a:7.1} ms ({})",
+                            rate(a, n, t)
+                        )
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // Each other graph against the shipped one (below 1: that graph is faster).
+    for (g, _) in graphs().into_iter().filter(|(g, _)| *g != "default") {
+        for t in thread_counts() {
+            for n in MASKS {
+                let ratio = |engine: &str| {
+                    let other = mean_ms(&dir, &format!("engine/{g}_{engine}-t{t}/{n}"))?;
+                    let shipped = mean_ms(&dir, &format!("engine/default_{engine}-t{t}/{n}"))?;
+                    Some(format!("{engine} {:.3}", other / shipped))
+                };
+                if let Some(tr) = ratio(tract) {
+                    let ort = ratio("onnxruntime").unwrap_or_default();
+                    println!("{g}/default N={n:>2} x{t}: {tr}  {ort}");
+                }
+            }
+        }
+    }
     let t = threads();
-    println!("\n== summary (means; ratios from this one run) ==");
-    for n in MASKS {
-        let tract = mean_ms(&dir, &format!("engine/tract-t{t}/{n}"));
-        let ort = mean_ms(&dir, &format!("engine/onnxruntime-t{t}/{n}"));
-        match (tract, ort) {
-            (Some(a), Some(b)) => println!(
-                "N={n:>2} x{t} threads: tract {a:8.1} ms  onnxruntime {b:8.1} ms  tract/ort {:.2}",
-                a / b
-            ),
-            (Some(a), None) => println!("N={n:>2} x{t} threads: tract {a:8.1} ms"),
-            _ => {}
-        }
-    }
-    for engine in ["tract", "onnxruntime"] {
-        if let (Some(a), Some(b)) = (
-            mean_ms(&dir, &format!("engine/{engine}-t1/32")),
-            mean_ms(&dir, &format!("engine/{engine}-t{t}/32")),
-        ) {
-            println!(
-                "{engine} N=32: 1 thread {a:.1} ms, {t} threads {b:.1} ms, speed-up {:.2}x",
-                a / b
-            );
-        }
-    }
     if let (Some(r), Some(m)) = (
         mean_ms(&dir, "detect-n32/reconstruction"),
         mean_ms(&dir, "detect-n32/anomaly_map"),
@@ -223,7 +308,7 @@ fn summary() {
         println!("detect N=32: reconstruction+Rust scoring {r:.1} ms, anomaly_map graph {m:.1} ms, ratio {:.2}", r / m);
     }
     if let (Some(model), Some(p), Some(s)) = (
-        mean_ms(&dir, &format!("engine/tract-t{t}/32")),
+        mean_ms(&dir, &format!("engine/default_{tract}-t{t}/32")),
         mean_ms(&dir, "stages/preprocess"),
         mean_ms(&dir, "stages/scoring-n32"),
     ) {
@@ -235,7 +320,82 @@ fn summary() {
     }
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// tract and ONNX Runtime alternating frame by frame on the same graph and threads
+/// (`MAEDAY_BENCH_ROUNDS` pairs, default 9; 0 skips): medians, the median of the paired
+/// ratios and their spread. Pairing adjacent runs cancels most of the load that other
+/// processes put on a shared machine, which criterion's blocks of one engine do not.
+#[cfg(feature = "ort")]
+fn interleaved() {
+    use std::time::Instant;
+    let rounds: usize = std::env::var("MAEDAY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(9);
+    if rounds == 0 {
+        return;
+    }
+    println!("\n== interleaved, {rounds} pairs: tract ms / onnxruntime ms (medians), tract/ort median [min-max] ==");
+    for t in thread_counts() {
+        let opts = EngineOptions {
+            threads: t,
+            precision: Precision::F32,
+            f32_norms: true,
+            ..Default::default()
+        };
+        for n in MASKS {
+            for (g, model) in graphs() {
+                let image = input_tensor(&model);
+                let s = schedule(&model, n);
+                let mut tract = TractEngine::new(&model, &s, &opts).unwrap();
+                let mut ort = maeday_edge::detect::engine::OrtEngine::new(
+                    &model,
+                    &s,
+                    &opts,
+                    &Default::default(),
+                )
+                .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
+                let mut out = Vec::new();
+                ort.run(&image, &mut out).unwrap();
+                let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..rounds {
+                    let t0 = Instant::now();
+                    tract.run(&image, &mut out).unwrap();
+                    let t1 = Instant::now();
+                    ort.run(&image, &mut out).unwrap();
+                    let (x, y) = (
+                        (t1 - t0).as_secs_f64() * 1e3,
+                        t1.elapsed().as_secs_f64() * 1e3,
+                    );
+                    a.push(x);
+                    b.push(y);
+                    r.push(x / y);
+                }
+                let (ma, mb) = (median(&mut a), median(&mut b));
+                let mr = median(&mut r);
+                println!(
+                    "{g:>7} N={n:>2} x{t}: {} {ma:7.1} ms ({})  onnxruntime {mb:7.1} ms ({})  \
+                     tract/ort {mr:.2} [{:.2}-{:.2}]",
+                    tract_label(),
+                    rate(ma, n, t),
+                    rate(mb, n, t),
+                    r[0],
+                    r[r.len() - 1]
+                );
+            }
+        }
+    }
+}
+
 fn main() {
+    // First: tract fixes its kernel family at the first plan.
+    tract_label();
+    #[cfg(feature = "ort")]
+    interleaved();
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(2))

@@ -94,13 +94,16 @@ def export_model(mae: MAE, out_dir: Path, name: str, *, output: str = "reconstru
                  n_masks: int = 32, keep_ratio: float = 0.25, schedule_kind: str = "random",
                  seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, training: str = "",
                  description: str = "",
-                 standardise: tuple[float, float] | None = None) -> Path:
+                 standardise: tuple[float, float] | None = None,
+                 rewrites: bool = True) -> Path:
     """Export `mae` into `out_dir/<name>.onnx` + `out_dir/manifest.toml`; returns the dir.
-    `standardise` = (mean, std) when the model was trained on contrast-standardised crops."""
+    `standardise` = (mean, std) when the model was trained on contrast-standardised crops.
+    `rewrites=False` writes the plain form of the graph (same maths, slower ops: see
+    `MAE.forward`), kept to measure and check the rewrites against."""
     cfg: MAEConfig = mae.cfg
     keep_count = round(cfg.num_patches * keep_ratio)
     out_dir.mkdir(parents=True, exist_ok=True)
-    graph = MAEDAYGraph(mae, output=output)
+    graph = MAEDAYGraph(mae, output=output, rewrites=rewrites)
     onnx_path = out_dir / f"{name}.onnx"
     export_onnx(graph, onnx_path, keep_count)
     manifest = {

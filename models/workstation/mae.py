@@ -97,11 +97,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rewrites: bool = False) -> torch.Tensor:
         b, t, d = x.shape
         h = self.num_heads
-        qkv = self.qkv(x).reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        if rewrites:
+            # Export form: three projections on row slices of the fused weight. The same dot
+            # products, but the graph has three plain MatMuls instead of one MatMul, a 5-D
+            # transpose and three Gathers.
+            # Static slice bounds (python ints), so the exporter folds the slices into three
+            # constant weights.
+            w, bias, e = self.qkv.weight, self.qkv.bias, self.qkv.in_features
+            q, k, v = (F.linear(x, w[i * e:(i + 1) * e], bias[i * e:(i + 1) * e])
+                       .reshape(b, t, h, e // h).transpose(1, 2) for i in range(3))
+        else:
+            qkv = self.qkv(x).reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
         if self.training:
             # The fused kernel (same maths) for training; export keeps the plain ops below.
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
@@ -131,8 +141,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, rewrites: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rewrites)
         return x + self.mlp(self.norm2(x))
 
 
@@ -188,33 +198,65 @@ class MAE(nn.Module):
         x = x.reshape(x.shape[0], g, g, p, p, c)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], c, g * p, g * p)
 
-    def encode(self, imgs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def encode(self, imgs: torch.Tensor, keep: torch.Tensor,
+               rewrites: bool = False) -> torch.Tensor:
         """Encode the visible patches. imgs [B or 1, C, H, W]; keep [N, K] patch indices.
         A single image is broadcast to the N masks. Returns [N, 1 + K, D]."""
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         n, d = keep.shape[0], x.shape[-1]
-        x = x.expand(n, -1, -1)
-        x = torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, d))
+        if rewrites and x.shape[0] == 1:
+            # Export form (one image): a plain Gather of rows of [L, D], not Expand to N
+            # copies + GatherElements. Picks the same rows.
+            x = x[0][keep]
+        else:
+            x = x.expand(n, -1, -1)
+            x = torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, d))
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, rewrites)
         return self.norm(x)
 
-    def decode(self, latent: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Fill the hidden positions with the mask token and predict every patch: [N, L, p*p*C]."""
+    def decode(self, latent: torch.Tensor, keep: torch.Tensor,
+               rewrites: bool = False) -> torch.Tensor:
+        """Fill the hidden positions with the mask token and predict every patch: [N, L, p*p*C]
+        (with `rewrites`: [N, L, C*p*p], see `pred_channel_major`)."""
         x = self.decoder_embed(latent)
         n, dd = x.shape[0], x.shape[-1]
         full = self.mask_token.expand(n, self.cfg.num_patches, dd)
         full = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, dd), x[:, 1:, :])
         x = torch.cat([x[:, :1, :], full], dim=1) + self.decoder_pos_embed
         for blk in self.decoder_blocks:
-            x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
+            x = blk(x, rewrites)
+        x = self.decoder_norm(x)
+        if rewrites:
+            w, b = self.pred_channel_major()
+            return F.linear(x, w, b)[:, 1:, :]
+        return self.decoder_pred(x)[:, 1:, :]
 
-    def forward(self, image: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Reconstruct the full image once per mask: [N, C, H, W]."""
-        return self.unpatchify(self.decode(self.encode(image, keep), keep))
+    def pred_channel_major(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`decoder_pred`'s weight and bias with the output rows reordered from (row, col,
+        channel) to (channel, row, col): each output is the same dot product, and unpatchify
+        then moves runs of `p` contiguous pixels instead of single values 3 apart."""
+        p, c = self.cfg.patch_size, self.cfg.in_chans
+        order = torch.arange(p * p * c).reshape(p, p, c).permute(2, 0, 1).reshape(-1)
+        return self.decoder_pred.weight[order], self.decoder_pred.bias[order]
+
+    def unpatchify_channel_major(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, C*p*p] (channel, row, col) -> [B, C, H, W]."""
+        p, g, c = self.cfg.patch_size, self.cfg.grid, self.cfg.in_chans
+        x = x.reshape(x.shape[0], g, g, c, p, p)
+        return x.permute(0, 3, 1, 4, 2, 5).reshape(x.shape[0], c, g * p, g * p)
+
+    def forward(self, image: torch.Tensor, keep: torch.Tensor,
+                rewrites: bool = False) -> torch.Tensor:
+        """Reconstruct the full image once per mask: [N, C, H, W]. `rewrites` selects the
+        export form: the same maths in ops that run faster in tract and onnxruntime (three
+        Q/K/V projections, a plain Gather, channel-major `decoder_pred` rows)."""
+        latent = self.encode(image, keep, rewrites)
+        if rewrites:
+            return self.unpatchify_channel_major(self.decode(latent, keep, rewrites))
+        return self.unpatchify(self.decode(latent, keep))
 
 
 def gaussian_kernel_1d(size: int = 7, sigma: float = 1.4) -> np.ndarray:
@@ -245,16 +287,17 @@ class MAEDAYGraph(nn.Module):
     """What gets exported: image [1,3,H,W] + keep [N,K] -> reconstruction or anomaly map."""
 
     def __init__(self, mae: MAE, output: str = "reconstruction", gaussian_size: int = 7,
-                 gaussian_sigma: float = 1.4):
+                 gaussian_sigma: float = 1.4, rewrites: bool = True):
         super().__init__()
         if output not in ("reconstruction", "anomaly_map"):
             raise ValueError(f"unknown output kind {output!r}")
         self.mae = mae
         self.output = output
+        self.rewrites = rewrites
         self.head = AnomalyMapHead(gaussian_size, gaussian_sigma)
 
     def forward(self, image: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        recon = self.mae(image, keep)
+        recon = self.mae(image, keep, self.rewrites)
         if self.output == "reconstruction":
             return recon
         return self.head(image, recon)

@@ -9,7 +9,7 @@ use clap::Args;
 use crate::bank::store::Augmentation;
 use crate::detect::detector::DetectorOptions;
 use crate::detect::engine::{
-    EngineKind, EngineOptions, GpuSettings, OrtSettings, Precision, Provider,
+    CpuKernels, EngineKind, EngineOptions, GpuSettings, OrtSettings, Precision, Provider,
 };
 use crate::detect::fuse::{ScorerKind, Weights};
 use crate::detect::preprocess::Fit;
@@ -40,6 +40,10 @@ pub struct ModelArgs {
     /// auto (f16 on CPUs with native fp16, else f32), f32 or f16.
     #[arg(long, default_value = "auto")]
     precision: Precision,
+    /// tract's matmul kernels: auto (time each family this CPU has, keep the faster),
+    /// tract (its own choice), or a family: avx512, avx2 (x86-64), sve2, neon (aarch64).
+    #[arg(long, default_value = "auto")]
+    cpu_kernels: CpuKernels,
     /// With f16, also convert LayerNorm and Softmax to f16.
     #[arg(long)]
     f16_norms: bool,
@@ -92,6 +96,7 @@ impl ModelArgs {
         let mut engine = EngineOptions {
             precision: self.precision,
             f32_norms: !self.f16_norms,
+            cpu_kernels: self.cpu_kernels,
             backend: self.engine.backend(
                 Some(ort),
                 Some(GpuSettings {

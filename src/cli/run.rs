@@ -49,6 +49,11 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     if a.check {
         crate::daemon::source::check::check_sources(&config)?;
         println!("config ok: {} camera(s)", config.cameras.len());
+        if config.model.engine == EngineKind::Tract {
+            // Cheap (~0.1 s): the same choice the daemon makes before loading the model.
+            let k = crate::detect::engine::select_cpu_kernels(config.model.cpu_kernels)?;
+            println!("matmul kernels: {k:#}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let opts = RunOptions {

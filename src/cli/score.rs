@@ -61,6 +61,7 @@ pub fn score(
     let sha = detector.model.manifest.graph_sha256.clone();
     let schedule = detector.schedule.id();
     let scorer = detector.scorer().to_string();
+    let engine = detector.engine_description();
     let mut failed = 0;
     for path in images {
         let start = Instant::now();
@@ -91,6 +92,7 @@ pub fn score(
                     "model_sha256": sha,
                     "schedule": schedule,
                     "scorer": scorer,
+                    "engine": engine,
                     "knn_ms": det.times.knn.as_secs_f64() * 1e3,
                 });
                 println!("{line}");

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use serde::Deserialize;
 
 use super::checks::{MAX_MASKS, MAX_THREADS};
-use crate::detect::engine::{Backend, EngineKind, GpuSettings, OrtSettings, Precision};
+use crate::detect::engine::{Backend, CpuKernels, EngineKind, GpuSettings, OrtSettings, Precision};
 use crate::enroll::EnrollSettings;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -21,6 +21,9 @@ pub struct ModelConfig {
     pub threads: Option<usize>,
     #[serde(default)]
     pub precision: Precision,
+    /// tract's matmul kernel family: `auto` (measured at load), `tract`, or a family.
+    #[serde(default)]
+    pub cpu_kernels: CpuKernels,
     /// `tract` (built in, CPU) or `ort` (ONNX Runtime: GPU providers; see `[model.ort]`).
     #[serde(default)]
     pub engine: EngineKind,
@@ -54,6 +57,7 @@ impl ModelConfig {
                 "model.threads: must be 1 to {MAX_THREADS} (got {t})"
             );
         }
+        self.cpu_kernels.check().context("model.cpu_kernels")?;
         if let Some(o) = &self.ort {
             ensure!(
                 !o.providers.is_empty(),

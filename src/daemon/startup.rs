@@ -61,6 +61,7 @@ fn detector_options(config: &Config, model_dir: &Path) -> DetectorOptions {
     let mut engine = EngineOptions {
         precision: config.model.precision,
         backend: config.model.backend(),
+        cpu_kernels: config.model.cpu_kernels,
         ..Default::default()
     };
     if let Some(t) = config.model.threads {

@@ -226,6 +226,8 @@ pub struct EngineOptions {
     /// With f16: keep LayerNorm and Softmax in f32 (the scoring tail always stays f32).
     pub f32_norms: bool,
     pub backend: Backend,
+    /// tract's matmul kernel family (`model.cpu_kernels`), chosen once per process.
+    pub cpu_kernels: super::kernels::CpuKernels,
 }
 
 impl Default for EngineOptions {
@@ -237,6 +239,7 @@ impl Default for EngineOptions {
             precision: Precision::F32,
             f32_norms: true,
             backend: Backend::Tract,
+            cpu_kernels: Default::default(),
         }
     }
 }

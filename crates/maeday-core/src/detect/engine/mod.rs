@@ -8,8 +8,11 @@
 
 mod api;
 mod graph;
+mod kernels;
 #[cfg(feature = "ort")]
 mod onnxruntime;
+#[cfg(feature = "ort")]
+mod ort_graph;
 mod tract;
 #[cfg(any(feature = "tract-cuda", feature = "tract-cuda-12"))]
 mod tract_cuda;
@@ -20,9 +23,18 @@ pub use self::api::{
     native_f16, Backend, Engine, EngineKind, EngineOptions, GpuSettings, OrtSettings, Precision,
     Provider,
 };
+pub use self::kernels::{CpuKernels, Family, KernelChoice};
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;
+#[cfg(feature = "ort")]
+pub use self::ort_graph::OrtGraph;
 pub use self::tract::TractEngine;
+
+/// Choose tract's matmul kernel family for this process (see [`kernels`]); engines call it
+/// on load, a caller may call it earlier (e.g. before a memory bank's extractor plans).
+pub fn select_cpu_kernels(request: CpuKernels) -> Result<&'static KernelChoice> {
+    kernels::select(request)
+}
 
 /// The engine the options ask for, bound to `model` and `schedule`, warmed up.
 pub fn build(

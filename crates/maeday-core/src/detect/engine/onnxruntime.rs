@@ -30,7 +30,7 @@ static ENVIRONMENT: OnceLock<
     std::result::Result<(ort::environment::Environment, PathBuf), String>,
 > = OnceLock::new();
 
-fn environment(dylib: Option<&Path>) -> Result<ort::environment::Environment> {
+pub(super) fn environment(dylib: Option<&Path>) -> Result<ort::environment::Environment> {
     let want: Option<PathBuf> = dylib
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));

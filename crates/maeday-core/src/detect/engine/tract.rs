@@ -38,6 +38,8 @@ impl TractEngine {
         let m = &model.manifest;
         let path = model.graph_path();
         let size = m.input.size;
+        // Before anything plans: tract fixes its kernel family at the first plan.
+        let kernels = super::kernels::select(opts.cpu_kernels).context("model.cpu_kernels")?;
         let graph = Graph::load(model, schedule, opts)?;
 
         let threads = opts.threads.max(1);
@@ -57,7 +59,7 @@ impl TractEngine {
                  emulates it, several times slower than f32; use f32 here"
             );
         }
-        let label = describe(opts, threads);
+        let label = format!("{}, {kernels}", describe(opts, threads));
         let mut engine = TractEngine {
             kind: m.output.kind,
             size,
