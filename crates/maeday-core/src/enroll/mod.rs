@@ -9,6 +9,8 @@
 //!    (leave one out); with one frame, a 5% zoom of it is scored against the bank. MAEDAY's
 //!    maps of the same views give its statistics.
 //! 4. Thresholds for the bank alone and for the ensemble are calibrated on those maps.
+//! 5. Few-shot MAEDAY's per-pixel statistics come from the good frames' MAEDAY maps
+//!    ([`pixel`]).
 //!
 //! The bank is stored by [`crate::bank::store`]; [`augment`] makes the extra views;
 //! [`request`] holds what an enrollment asked for over MQTT carries.
@@ -34,6 +36,7 @@ use crate::eval::dataset::list_images;
 use crate::model::manifest::Thresholds;
 
 pub mod augment;
+pub mod pixel;
 pub mod request;
 
 /// Below this a frame cannot hold a meaningful patch grid.
@@ -148,6 +151,9 @@ pub fn enroll(
     let chosen = coreset(&all, s.coreset_fraction, s.projection_dim, s.seed);
     let bank = Arc::new(MemoryBank::new(all.select(&chosen))?);
     let held_out = held_out_maps(detector, shots, &per_shot, &bank, dim)?;
+    let leave_one_out = held_out.how == "leave-one-out";
+    let (pixel, pixel_meta) =
+        pixel::pixel_stats(detector, shots, &held_out.maps, leave_one_out, &s.rule)?;
     let stats = statistics(held_out.maps, s)?;
     let meta = BankMeta {
         format: BANK_FORMAT,
@@ -174,11 +180,13 @@ pub fn enroll(
         },
         thresholds: stats.thresholds,
         shots: shots.iter().map(shot_record).collect(),
+        maeday_pixel: Some(pixel_meta),
     };
     Ok(StoredBank {
         dir: PathBuf::new(),
         meta,
         bank,
+        pixel: Some(Arc::new(pixel)),
     })
 }
 
