@@ -104,7 +104,9 @@ shutdown_grace_s = 1
         flagged.push((frame, w[3] == "ANOMALOUS", w[2].to_string()));
     }
     assert_eq!(flagged.len(), 37, "{log}");
-    let bolt = flagged.iter().filter(|(f, a, _)| (2..=22).contains(f) && *a);
+    let bolt = flagged
+        .iter()
+        .filter(|(f, a, _)| (2..=22).contains(f) && *a);
     assert!(bolt.count() >= 15, "bolt frames missed: {flagged:?}");
     let empty_flagged: Vec<_> = flagged
         .iter()

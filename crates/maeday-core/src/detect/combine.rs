@@ -3,9 +3,26 @@
 //! (the parts: `maeday`, `maeday-norm` when the bank has per-pixel statistics, the banks).
 //! How the parts are fused is [`crate::detect::fuse`]'s; this file only routes them.
 
-use crate::detect::detector::Banks;
+use crate::bank::scoring::{BankScorer, BankThresholds};
 use crate::detect::eq1::AnomalyMap;
-use crate::detect::fuse::{self, ScorerKind, MAEDAY_NORM_PART, MAEDAY_PART};
+use crate::detect::fuse::{
+    self, Normalisation, ScorerKind, Weights, MAEDAY_NORM_PART, MAEDAY_PART,
+};
+use crate::detect::pixel_norm::PixelScorer;
+
+/// Memory banks attached to a detector, with what it needs to score with them.
+pub struct Banks {
+    pub scorers: Vec<BankScorer>,
+    /// Standardises MAEDAY's map in the ensemble (from the enrollment's good frames).
+    pub maeday_norm: Normalisation,
+    pub weights: Weights,
+    /// Calibrated on the enrollment's good frames (one bank only).
+    pub thresholds: Option<BankThresholds>,
+    /// Few-shot MAEDAY (per-pixel statistics of the first bank), when enrolled with them.
+    pub pixel: Option<PixelScorer>,
+    /// `eval --compare-fusions`: also keep few-shot MAEDAY's map among the parts.
+    pub pixel_part: bool,
+}
 
 /// The scorer's map and image score, and the parts (only with `keep_parts`).
 pub struct Scored {

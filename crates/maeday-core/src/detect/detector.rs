@@ -10,13 +10,12 @@ use image::DynamicImage;
 
 use crate::bank::features::FeatureExtractor;
 use crate::bank::memory::{Features, MemoryBank};
-use crate::bank::scoring::{BankScorer, BankThresholds};
 use crate::bank::store::StoredBank;
 use crate::detect::combine::combine;
+pub use crate::detect::combine::Banks;
 use crate::detect::engine::{self, Engine, EngineOptions};
 use crate::detect::eq1::{self, AnomalyMap};
-use crate::detect::fuse::{Normalisation, ScorerKind, Weights};
-use crate::detect::pixel_norm::PixelScorer;
+use crate::detect::fuse::ScorerKind;
 use crate::detect::preprocess::{Fit, Preprocessor};
 use crate::detect::stitch::Stitch;
 
@@ -114,20 +113,6 @@ pub struct Detection {
     pub times: StageTimes,
     /// With `keep_parts`: each scorer's standardised map, named (`maeday`, then banks).
     pub parts: Vec<(String, AnomalyMap)>,
-}
-
-/// Memory banks attached to a detector, with what it needs to score with them.
-pub struct Banks {
-    pub scorers: Vec<BankScorer>,
-    /// Standardises MAEDAY's map in the ensemble (from the enrollment's good frames).
-    pub maeday_norm: Normalisation,
-    pub weights: Weights,
-    /// Calibrated on the enrollment's good frames (one bank only).
-    pub thresholds: Option<BankThresholds>,
-    /// Few-shot MAEDAY (per-pixel statistics of the first bank), when enrolled with them.
-    pub pixel: Option<PixelScorer>,
-    /// `eval --compare-fusions`: also keep few-shot MAEDAY's map among the parts.
-    pub pixel_part: bool,
 }
 
 pub struct Detector {
