@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::detect::fuse::Normalisation;
+use crate::detect::fuse::{Normalisation, ProbeWeights};
 use crate::detect::pixel_norm::{PixelNorm, PixelNormParams};
 use crate::model::manifest::Thresholds;
 
@@ -32,6 +32,9 @@ pub struct MaedayPixelMeta {
     pub z_norm: Normalisation,
     /// The `maeday-norm` scorer's thresholds (image score: top-1% mean).
     pub thresholds: Thresholds,
+    /// What the enrollment's synthetic-defect probe measured (fusion weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeWeights>,
 }
 
 /// The file's bytes: the means, then the spreads.
@@ -53,6 +56,7 @@ pub fn meta_for(n: &PixelNorm, z_norm: Normalisation, thresholds: Thresholds) ->
         params: n.params,
         z_norm,
         thresholds,
+        probe: None,
     }
 }
 

@@ -265,6 +265,7 @@ impl StoredBank {
             norm: norm.clone(),
             z_norm: meta.z_norm,
             thresholds: meta.thresholds,
+            probe: meta.probe,
         })
     }
 

@@ -137,6 +137,30 @@ pub fn weighted_sum<'a>(parts: impl IntoIterator<Item = (&'a [f32], f32)>) -> Ve
     out
 }
 
+/// How well few-shot MAEDAY and the bank found a synthetic defect pasted into held-out
+/// good views at enrollment (pixel AUROC; [`crate::enroll::probe`]), and the fusion weights
+/// they give.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeWeights {
+    pub auroc_maeday_norm: f32,
+    pub auroc_bank: f32,
+}
+
+impl ProbeWeights {
+    /// `(few-shot MAEDAY, bank)` weights: each AUROC's margin over chance, squared (so the
+    /// clearly better scorer dominates), summing to 1; equal when neither beats chance.
+    pub fn weights(&self) -> (f32, f32) {
+        let w = |a: f32| (a - 0.5).max(0.0).powi(2);
+        let (m, b) = (w(self.auroc_maeday_norm), w(self.auroc_bank));
+        if m + b <= 0.0 {
+            (0.5, 0.5)
+        } else {
+            (m / (m + b), b / (m + b))
+        }
+    }
+}
+
 /// The fused map by the pixel-wise maximum of standardised maps: a pixel is as anomalous
 /// as the scorer that finds it most anomalous relative to its own good frames.
 pub fn pixel_max<'a>(parts: impl IntoIterator<Item = &'a [f32]>) -> Vec<f32> {

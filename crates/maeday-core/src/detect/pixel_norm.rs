@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use crate::bank::scoring::upsample_bilinear;
 use crate::detect::eq1::{gaussian_filter, gaussian_kernel, AnomalyMap};
-use crate::detect::fuse::Normalisation;
+use crate::detect::fuse::{Normalisation, ProbeWeights};
 use crate::model::manifest::Thresholds;
 
 /// The variance's smoothing (pixels of the map).
@@ -174,6 +174,8 @@ pub struct PixelScorer {
     pub norm: Arc<PixelNorm>,
     pub z_norm: Normalisation,
     pub thresholds: Thresholds,
+    /// The enrollment's probe of few-shot MAEDAY against the bank (fusion weights).
+    pub probe: Option<ProbeWeights>,
 }
 
 impl PixelScorer {

@@ -16,7 +16,7 @@ use crate::detect::eq1::AnomalyMap;
 use crate::detect::fuse::Normalisation;
 use crate::detect::pixel_norm::{top_k_mean, PixelNorm, TOP_FRACTION};
 
-/// `held[i][0]` is MAEDAY's raw map of the held-out view of shot `i` (the frame itself when
+/// Also returns the good frames' own MAEDAY maps. `held[i][0]` is MAEDAY's raw map of the held-out view of shot `i` (the frame itself when
 /// `leave_one_out`, else its zoomed view).
 pub fn pixel_stats(
     detector: &mut Detector,
@@ -24,7 +24,7 @@ pub fn pixel_stats(
     held: &[Vec<AnomalyMap>],
     leave_one_out: bool,
     rule: &CalibrationRule,
-) -> Result<(PixelNorm, MaedayPixelMeta)> {
+) -> Result<(PixelNorm, MaedayPixelMeta, Vec<AnomalyMap>)> {
     let own: Vec<AnomalyMap> = if leave_one_out {
         held.iter().map(|raw| raw[0].clone()).collect()
     } else {
@@ -59,5 +59,5 @@ pub fn pixel_stats(
         .collect();
     let thresholds = calibrate(&mut scores, &mut pixels, rule)?.thresholds;
     let meta = meta_for(&norm, z_norm, thresholds);
-    Ok((norm, meta))
+    Ok((norm, meta, own))
 }

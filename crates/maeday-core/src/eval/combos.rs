@@ -6,13 +6,15 @@
 //! rule and the image score are measured side by side on the same maps.
 
 use crate::detect::detector::Detection;
-use crate::detect::fuse::{self, Weights};
+use crate::detect::fuse::{self, ProbeWeights, Weights, MAEDAY_NORM_PART};
 use crate::detect::pixel_norm::{top_k_mean, TOP_FRACTION};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fusion {
     Sum,
     Max,
+    /// Weighted sum with these weights, in part order.
+    Weighted(f32, f32),
 }
 
 /// One scorer combination: which parts, how fused, and its results so far.
@@ -34,6 +36,9 @@ impl Combination {
         match self.fusion {
             Fusion::Sum => fuse::weighted_sum(maps.map(|(name, m)| (&m.data[..], w.of(name)))),
             Fusion::Max => fuse::pixel_max(maps.map(|(_, m)| &m.data[..])),
+            Fusion::Weighted(a, b) => {
+                fuse::weighted_sum(maps.zip([a, b]).map(|((_, m), w)| (&m.data[..], w)))
+            }
         }
     }
 
@@ -46,8 +51,14 @@ impl Combination {
 }
 
 /// Every combination of a detection's first (up to) four parts: sums, and with
-/// `with_max` (`eval --compare-fusions`) pixel-wise maxima too.
-pub fn combinations(det: &Detection, with_max: bool) -> Vec<Combination> {
+/// `with_max` (`eval --compare-fusions`) pixel-wise maxima too; with `probe` weights, few-shot
+/// MAEDAY and the first bank weighted by them (`probe(...)`) and the one they favour alone
+/// (`pick(...)`).
+pub fn combinations(
+    det: &Detection,
+    with_max: bool,
+    probe: Option<ProbeWeights>,
+) -> Vec<Combination> {
     let n = det.parts.len().min(4);
     let mut out = Vec::new();
     let fusions: &[Fusion] = if with_max {
@@ -64,12 +75,32 @@ pub fn combinations(det: &Detection, with_max: bool) -> Vec<Combination> {
             let names: Vec<&str> = parts.iter().map(|&i| det.parts[i].0.as_str()).collect();
             let name = match fusion {
                 Fusion::Sum => names.join("+"),
-                Fusion::Max => format!("max({})", names.join(",")),
+                Fusion::Max | Fusion::Weighted(..) => format!("max({})", names.join(",")),
             };
             out.push(Combination {
                 name,
                 parts,
                 fusion,
+                scores: Vec::new(),
+                scores_top: Vec::new(),
+                pixels: Vec::new(),
+            });
+        }
+    }
+    let find = |name: &str| det.parts.iter().position(|(n, _)| n == name);
+    let bank = det.parts.iter().position(|(n, _)| n.starts_with("bank"));
+    if let (Some(p), Some(z), Some(b)) = (probe, find(MAEDAY_NORM_PART), bank) {
+        let (wz, wb) = p.weights();
+        let pick = if p.auroc_maeday_norm >= p.auroc_bank {
+            (1.0, 0.0)
+        } else {
+            (0.0, 1.0)
+        };
+        for (kind, (a, c)) in [("probe", (wz, wb)), ("pick", pick)] {
+            out.push(Combination {
+                name: format!("{kind}({},{})", det.parts[z].0, det.parts[b].0),
+                parts: vec![z, b],
+                fusion: Fusion::Weighted(a, c),
                 scores: Vec::new(),
                 scores_top: Vec::new(),
                 pixels: Vec::new(),

@@ -19,7 +19,7 @@ use crate::bank::features::open_extractor;
 use crate::bank::store::Shot;
 use crate::detect::detector::{Detection, Detector, DetectorOptions};
 use crate::detect::eq1::AnomalyMap;
-use crate::detect::fuse::{ScorerKind, Weights};
+use crate::detect::fuse::{ProbeWeights, ScorerKind, Weights};
 use crate::detect::preprocess::load_image;
 use crate::enroll::{enroll, EnrollSettings};
 use crate::eval::combos::{combinations, Combination};
@@ -241,6 +241,8 @@ struct Tallies {
     pixel_budget: usize,
     /// Also measure pixel-wise max fusions.
     max_fusions: bool,
+    /// The enrollment probe's weights (few-shot MAEDAY vs the first bank).
+    probe: Option<ProbeWeights>,
     weights: Weights,
     bank_rows: Vec<usize>,
     /// Every combination of the parts (maeday, bank0, bank1, ...), set up at the first
@@ -276,6 +278,10 @@ impl Tallies {
             pixel_metrics,
             pixel_budget,
             max_fusions: false,
+            probe: detector
+                .banks()
+                .and_then(|b| b.pixel.as_ref())
+                .and_then(|p| p.probe),
             weights: detector.banks().map(|b| b.weights).unwrap_or_default(),
             bank_rows: detector
                 .banks()
@@ -304,7 +310,7 @@ impl Tallies {
         self.stages.features += ms(det.times.features);
         self.stages.knn += ms(det.times.knn);
         if self.combos.is_empty() && det.parts.len() > 1 {
-            self.combos = combinations(det, self.max_fusions);
+            self.combos = combinations(det, self.max_fusions, self.probe);
         }
         self.scores.push(det.score);
         self.scored_paths.push(sample.image.display().to_string());
@@ -432,6 +438,7 @@ impl Tallies {
             "shots": run.shots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
             "shot_seed": run.eo.shot_seed,
             "bank_rows": self.bank_rows,
+            "probe": self.probe,
             "scorers": self.scorers(),
             "fit": run.opts.fit.to_string(),
             "limit": run.eo.limit,
