@@ -30,7 +30,7 @@ pub struct MaedayPixelMeta {
     pub params: PixelNormParams,
     /// Standardises the normalised maps before they are fused with a bank's.
     pub z_norm: Normalisation,
-    /// The `maeday-norm` scorer's thresholds (image score: top-1% mean).
+    /// The `maeday-norm` scorer's thresholds (image score: the map's max).
     pub thresholds: Thresholds,
     /// What the enrollment's synthetic-defect probe measured (fusion weights).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -107,7 +107,7 @@ pub struct Detection {
     /// The scorer's map over the frame, at the working resolution of the fit: Eq. 1 for
     /// MAEDAY, standardised distances (summed) for banks and the ensemble.
     pub map: AnomalyMap,
-    /// The image score: `max(map)`; for `maeday-norm` the mean of the map's top 1%.
+    /// The image score: `max(map)`.
     pub score: f32,
     pub windows: usize,
     pub times: StageTimes,

@@ -14,7 +14,7 @@ use crate::detect::calibration::{calibrate, CalibrationRule};
 use crate::detect::detector::Detector;
 use crate::detect::eq1::AnomalyMap;
 use crate::detect::fuse::Normalisation;
-use crate::detect::pixel_norm::{top_k_mean, PixelNorm, TOP_FRACTION};
+use crate::detect::pixel_norm::PixelNorm;
 
 /// Also returns the good frames' own MAEDAY maps. `held[i][0]` is MAEDAY's raw map of the held-out view of shot `i` (the frame itself when
 /// `leave_one_out`, else its zoomed view).
@@ -53,10 +53,7 @@ pub fn pixel_stats(
     }
     let mut pixels: Vec<f32> = z_maps.iter().flat_map(|m| m.data.iter().copied()).collect();
     let z_norm = Normalisation::of(&pixels);
-    let mut scores: Vec<f32> = z_maps
-        .iter()
-        .map(|m| top_k_mean(&m.data, TOP_FRACTION))
-        .collect();
+    let mut scores: Vec<f32> = z_maps.iter().map(AnomalyMap::max).collect();
     let thresholds = calibrate(&mut scores, &mut pixels, rule)?.thresholds;
     let meta = meta_for(&norm, z_norm, thresholds);
     Ok((norm, meta, own))
