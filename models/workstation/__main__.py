@@ -7,6 +7,7 @@ Commands:
   fixture  rebuild the tiny test graphs and their torch / numpy reference outputs
   samples  write the bundled sample frames (real photos from the scikit-image wheel)
   ort-lib  print the path of the ONNX Runtime library inside the onnxruntime wheel
+  synth-fod / conveyor-set  the dev sets of issue 20 (models/workstation/devsets.py)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import eq1
+from . import devsets, eq1, pixelnorm, round2
 from .export import export_model, onnxruntime_parity
 from .mae import MAE, MAEDAYGraph, PRESETS, count_params
 from .masks import schedule
@@ -423,6 +424,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="the numpy standardised-input reference for the Rust tests")
     ir.add_argument("--reference", default=str(REPO / "tests" / "fixtures" / "reference"))
     ir.set_defaults(fn=cmd_input_reference)
+    devsets.add_parsers(sub)  # synth-fod, conveyor-set
+    r2 = sub.add_parser("round2-table", help="the round-2 quality table (evaluate-round2.sh)")
+    r2.add_argument("folder")
+    r2.set_defaults(fn=lambda a: print(round2.table(Path(a.folder))))
+    pn = sub.add_parser("pixel-norm-reference", help="numpy reference of MAEDAY's per-pixel norm")
+    pn.add_argument("--reference", default=str(REPO / "tests" / "fixtures" / "reference"))
+    pn.set_defaults(fn=lambda a: print(pixelnorm.write_reference(Path(a.reference))))
     sub.add_parser("samples", help="rebuild models/samples").set_defaults(fn=cmd_samples)
     sub.add_parser("ort-lib", help="print the onnxruntime library path").set_defaults(
         fn=cmd_ort_lib)

@@ -38,6 +38,11 @@ pub struct EvalArgs {
     /// One bank per coreset seed (comma-separated), all from the same shots.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     bank_seeds: Vec<u64>,
+    /// Also measure few-shot MAEDAY (`maeday-norm`, per-pixel normalised) and every
+    /// fusion of it with MAEDAY and the banks (sums and pixel-wise maxima), each with the
+    /// map's max and its top-1% mean as image score.
+    #[arg(long)]
+    compare_fusions: bool,
     #[command(flatten)]
     bank: BankArgs,
 }
@@ -53,6 +58,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         shot_seed: a.shot_seed,
         bank_seeds: a.bank_seeds,
         enroll: a.bank.settings(0),
+        compare_fusions: a.compare_fusions,
     };
     let r = evaluate(model, &opts, &a.dataset, &eo)?;
     print!("{}", eval_table(&r));

@@ -66,7 +66,7 @@ pub struct ModelArgs {
     /// ort: TensorRT engine cache folder.
     #[arg(long)]
     tensorrt_cache: Option<PathBuf>,
-    /// maeday, bank or ensemble (default: the ensemble when the model has a memory bank,
+    /// maeday, maeday-norm, bank or ensemble (default: the ensemble when the model has a memory bank,
     /// else MAEDAY alone).
     #[arg(long)]
     scorer: Option<ScorerKind>,

@@ -3,5 +3,6 @@
 
 pub mod features;
 pub mod memory;
+pub mod pixel_file;
 pub mod scoring;
 pub mod store;

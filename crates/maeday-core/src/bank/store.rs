@@ -16,8 +16,10 @@ use sha2::{Digest, Sha256};
 
 use crate::bank::features::FeatureExtractor;
 use crate::bank::memory::{Features, MemoryBank};
+use crate::bank::pixel_file::{self, MaedayPixelMeta};
 use crate::bank::scoring::{BankScorer, BankThresholds};
 use crate::detect::fuse::{Normalisation, Weights};
+use crate::detect::pixel_norm::{PixelNorm, PixelScorer};
 use crate::model::manifest::Standardise;
 
 pub const BANK_FORMAT: u32 = 1;
@@ -110,6 +112,9 @@ pub struct BankMeta {
     pub maeday: MaedayStats,
     pub thresholds: BankThresholds,
     pub shots: Vec<ShotRecord>,
+    /// Few-shot MAEDAY's per-pixel statistics (banks from before them have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maeday_pixel: Option<MaedayPixelMeta>,
 }
 
 /// A memory bank with its meta, in memory; `dir` is where it was loaded from or saved to.
@@ -118,6 +123,8 @@ pub struct StoredBank {
     pub dir: PathBuf,
     pub meta: BankMeta,
     pub bank: Arc<MemoryBank>,
+    /// The statistics `meta.maeday_pixel` describes.
+    pub pixel: Option<Arc<PixelNorm>>,
 }
 
 pub fn features_sha(f: &Features) -> String {
@@ -164,10 +171,15 @@ impl StoredBank {
             fpath.display(),
             meta.features_sha256
         );
+        let pixel = match &meta.maeday_pixel {
+            Some(p) => Some(Arc::new(pixel_file::read(dir, p)?)),
+            None => None,
+        };
         Ok(StoredBank {
             dir: dir.to_path_buf(),
             meta,
             bank: Arc::new(MemoryBank::new(features)?),
+            pixel,
         })
     }
 
@@ -211,6 +223,12 @@ impl StoredBank {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         crate::durable::write_synced(&tmp.join(FEATURES_FILE), &bytes)?;
+        if let Some(p) = &self.pixel {
+            crate::durable::write_synced(
+                &tmp.join(pixel_file::PIXEL_FILE),
+                &pixel_file::encode(p),
+            )?;
+        }
         crate::durable::write_synced(&tmp.join("bank.toml"), toml::to_string(&meta)?.as_bytes())?;
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
         let _ = fs::remove_dir_all(&old);
@@ -238,6 +256,17 @@ impl StoredBank {
             extractor.manifest.name
         );
         Ok(())
+    }
+
+    /// Few-shot MAEDAY from this bank's statistics, when it has them.
+    pub fn pixel_scorer(&self) -> Option<PixelScorer> {
+        let (norm, meta) = (self.pixel.as_ref()?, self.meta.maeday_pixel.as_ref()?);
+        Some(PixelScorer {
+            norm: norm.clone(),
+            z_norm: meta.z_norm,
+            thresholds: meta.thresholds,
+            probe: meta.probe,
+        })
     }
 
     pub fn scorer(&self) -> BankScorer {

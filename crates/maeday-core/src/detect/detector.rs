@@ -10,11 +10,12 @@ use image::DynamicImage;
 
 use crate::bank::features::FeatureExtractor;
 use crate::bank::memory::{Features, MemoryBank};
-use crate::bank::scoring::{BankScorer, BankThresholds};
 use crate::bank::store::StoredBank;
+use crate::detect::combine::combine;
+pub use crate::detect::combine::Banks;
 use crate::detect::engine::{self, Engine, EngineOptions};
 use crate::detect::eq1::{self, AnomalyMap};
-use crate::detect::fuse::{self, Normalisation, ScorerKind, Weights};
+use crate::detect::fuse::ScorerKind;
 use crate::detect::preprocess::{Fit, Preprocessor};
 use crate::detect::stitch::Stitch;
 
@@ -106,22 +107,12 @@ pub struct Detection {
     /// The scorer's map over the frame, at the working resolution of the fit: Eq. 1 for
     /// MAEDAY, standardised distances (summed) for banks and the ensemble.
     pub map: AnomalyMap,
-    /// `max(map)`.
+    /// The image score: `max(map)`.
     pub score: f32,
     pub windows: usize,
     pub times: StageTimes,
     /// With `keep_parts`: each scorer's standardised map, named (`maeday`, then banks).
     pub parts: Vec<(String, AnomalyMap)>,
-}
-
-/// Memory banks attached to a detector, with what it needs to score with them.
-pub struct Banks {
-    pub scorers: Vec<BankScorer>,
-    /// Standardises MAEDAY's map in the ensemble (from the enrollment's good frames).
-    pub maeday_norm: Normalisation,
-    pub weights: Weights,
-    /// Calibrated on the enrollment's good frames (one bank only).
-    pub thresholds: Option<BankThresholds>,
 }
 
 pub struct Detector {
@@ -240,6 +231,8 @@ impl Detector {
             maeday_norm: first.maeday.norm,
             weights: first.weights,
             thresholds: (stored.len() == 1).then_some(first.thresholds),
+            pixel: stored[0].pixel_scorer(),
+            pixel_part: false,
         };
         self.attach(banks)
     }
@@ -276,11 +269,25 @@ impl Detector {
         self.banks.as_ref()
     }
 
+    /// For `eval`: keep few-shot MAEDAY's map among the parts (when the bank has it).
+    pub fn keep_pixel_part(&mut self) {
+        if let Some(b) = &mut self.banks {
+            b.pixel_part = b.pixel.is_some();
+        }
+    }
+
     pub fn scorer(&self) -> ScorerKind {
         self.kind
     }
 
     pub fn set_scorer(&mut self, kind: ScorerKind) -> Result<()> {
+        if kind == ScorerKind::MaedayNorm && self.banks.as_ref().is_some_and(|b| b.pixel.is_none())
+        {
+            bail!(
+                "scorer {kind} needs a memory bank enrolled with per-pixel MAEDAY statistics: \
+                 enroll again"
+            );
+        }
         if kind != ScorerKind::Maeday && self.banks.is_none() {
             bail!(
                 "scorer {kind} needs a memory bank: enroll one first (`maeday-edge enroll \
@@ -321,6 +328,7 @@ impl Detector {
             ScorerKind::Maeday => self.model.manifest.thresholds,
             ScorerKind::Bank => self.banks.as_ref()?.thresholds.map(|t| t.bank),
             ScorerKind::Ensemble => self.banks.as_ref()?.thresholds.map(|t| t.ensemble),
+            ScorerKind::MaedayNorm => self.banks.as_ref()?.pixel.as_ref().map(|p| p.thresholds),
         }
     }
 
@@ -342,47 +350,16 @@ impl Detector {
             _ => Vec::new(),
         };
         let with_maeday = kind != ScorerKind::Bank;
-        let (mut raw, windows, mut times) = self.raw_maps(frame, with_maeday, &banks)?;
+        let (raw, windows, mut times) = self.raw_maps(frame, with_maeday, &banks)?;
         let t = Instant::now();
-        let (map, parts) = if kind == ScorerKind::Maeday {
-            (raw.remove(0), Vec::new())
-        } else {
-            let b = self.banks.as_ref().expect("banks checked by set_scorer");
-            let mut parts: Vec<(String, AnomalyMap)> = Vec::new();
-            let mut raw = raw.into_iter();
-            if with_maeday {
-                let mut m = raw.next().expect("the MAEDAY map");
-                fuse::standardise(&mut m.data, b.maeday_norm);
-                parts.push((fuse::MAEDAY_PART.into(), m));
-            }
-            for (s, mut m) in b.scorers.iter().zip(raw) {
-                fuse::standardise(&mut m.data, s.norm);
-                parts.push((s.name.clone(), m));
-            }
-            let (width, height) = (parts[0].1.width, parts[0].1.height);
-            let data = fuse::weighted_sum(
-                parts
-                    .iter()
-                    .map(|(name, m)| (&m.data[..], b.weights.of(name))),
-            );
-            let fused = AnomalyMap {
-                width,
-                height,
-                data,
-            };
-            if !self.keep_parts {
-                parts.clear();
-            }
-            (fused, parts)
-        };
-        let score = map.max();
+        let scored = combine(kind, self.banks.as_ref(), raw, self.keep_parts);
         times.scoring += t.elapsed();
         Ok(Detection {
-            map,
-            score,
+            map: scored.map,
+            score: scored.score,
             windows,
             times,
-            parts,
+            parts: scored.parts,
         })
     }
 

@@ -23,6 +23,10 @@ pub enum ScorerKind {
     Bank,
     /// MAEDAY plus the bank(s), standardised and summed with the bank's weights.
     Ensemble,
+    /// MAEDAY's map normalised per pixel by the enrollment's good frames
+    /// ([`crate::detect::pixel_norm`]; needs a bank enrolled with the statistics).
+    #[serde(rename = "maeday-norm")]
+    MaedayNorm,
 }
 
 impl FromStr for ScorerKind {
@@ -32,7 +36,8 @@ impl FromStr for ScorerKind {
             "maeday" => ScorerKind::Maeday,
             "bank" => ScorerKind::Bank,
             "ensemble" => ScorerKind::Ensemble,
-            _ => bail!("unknown scorer {s:?} (maeday, bank or ensemble)"),
+            "maeday-norm" => ScorerKind::MaedayNorm,
+            _ => bail!("unknown scorer {s:?} (maeday, maeday-norm, bank or ensemble)"),
         })
     }
 }
@@ -43,6 +48,7 @@ impl fmt::Display for ScorerKind {
             ScorerKind::Maeday => "maeday",
             ScorerKind::Bank => "bank",
             ScorerKind::Ensemble => "ensemble",
+            ScorerKind::MaedayNorm => "maeday-norm",
         })
     }
 }
@@ -104,6 +110,8 @@ impl Weights {
 
 /// The name MAEDAY's map has among the fused parts (banks go by their folder names).
 pub const MAEDAY_PART: &str = "maeday";
+/// The name of MAEDAY's per-pixel normalised map among the parts.
+pub const MAEDAY_NORM_PART: &str = "maeday-norm";
 
 /// Put a raw map in standardised units, in place.
 pub fn standardise(map: &mut [f32], n: Normalisation) {
@@ -129,6 +137,47 @@ pub fn weighted_sum<'a>(parts: impl IntoIterator<Item = (&'a [f32], f32)>) -> Ve
     out
 }
 
+/// How well few-shot MAEDAY and the bank found a synthetic defect pasted into held-out
+/// good views at enrollment (pixel AUROC; [`crate::enroll::probe`]), and the fusion weights
+/// they give.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeWeights {
+    pub auroc_maeday_norm: f32,
+    pub auroc_bank: f32,
+}
+
+impl ProbeWeights {
+    /// `(few-shot MAEDAY, bank)` weights: each AUROC's margin over chance, squared (so the
+    /// clearly better scorer dominates), summing to 1; equal when neither beats chance.
+    pub fn weights(&self) -> (f32, f32) {
+        let w = |a: f32| (a - 0.5).max(0.0).powi(2);
+        let (m, b) = (w(self.auroc_maeday_norm), w(self.auroc_bank));
+        if m + b <= 0.0 {
+            (0.5, 0.5)
+        } else {
+            (m / (m + b), b / (m + b))
+        }
+    }
+}
+
+/// The fused map by the pixel-wise maximum of standardised maps: a pixel is as anomalous
+/// as the scorer that finds it most anomalous relative to its own good frames.
+pub fn pixel_max<'a>(parts: impl IntoIterator<Item = &'a [f32]>) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::new();
+    for map in parts {
+        if out.is_empty() {
+            out = map.to_vec();
+            continue;
+        }
+        debug_assert_eq!(map.len(), out.len(), "fused maps differ in size");
+        for (o, v) in out.iter_mut().zip(map) {
+            *o = o.max(*v);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +193,11 @@ mod tests {
         assert_eq!(fused, [4.0, -1.0]);
         assert_eq!(weighted_sum([(&b[..], w.bank)]), [2.0, 1.0]);
         assert!(weighted_sum(std::iter::empty()).is_empty());
+        assert_eq!(pixel_max([&m[..], &b[..]]), [4.0, 2.0]);
+        assert_eq!(
+            "maeday-norm".parse::<ScorerKind>().unwrap().to_string(),
+            "maeday-norm"
+        );
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! [`detector`] wires them together.
 
 pub mod calibration;
+pub mod combine;
 pub mod decode;
 pub mod detector;
 pub mod engine;
 pub mod eq1;
 pub mod fuse;
+pub mod pixel_norm;
 pub mod preprocess;
 pub mod render;
 pub mod stitch;

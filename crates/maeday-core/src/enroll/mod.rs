@@ -9,6 +9,9 @@
 //!    (leave one out); with one frame, a 5% zoom of it is scored against the bank. MAEDAY's
 //!    maps of the same views give its statistics.
 //! 4. Thresholds for the bank alone and for the ensemble are calibrated on those maps.
+//! 5. Few-shot MAEDAY's per-pixel statistics come from the good frames' MAEDAY maps
+//!    ([`pixel`]); a synthetic defect pasted into the held-out views measures how well it
+//!    and the bank find it ([`probe`]: the fusion weights).
 //!
 //! The bank is stored by [`crate::bank::store`]; [`augment`] makes the extra views;
 //! [`request`] holds what an enrollment asked for over MQTT carries.
@@ -34,6 +37,8 @@ use crate::eval::dataset::list_images;
 use crate::model::manifest::Thresholds;
 
 pub mod augment;
+pub mod pixel;
+pub mod probe;
 pub mod request;
 
 /// Below this a frame cannot hold a meaningful patch grid.
@@ -148,7 +153,17 @@ pub fn enroll(
     let chosen = coreset(&all, s.coreset_fraction, s.projection_dim, s.seed);
     let bank = Arc::new(MemoryBank::new(all.select(&chosen))?);
     let held_out = held_out_maps(detector, shots, &per_shot, &bank, dim)?;
+    let leave_one_out = held_out.how == "leave-one-out";
+    let (pixel, mut pixel_meta, own) =
+        pixel::pixel_stats(detector, shots, &held_out.maps, leave_one_out, &s.rule)?;
+    let probes = probe::probe_views(detector, shots, &per_shot, &bank, dim, s.seed)?;
     let stats = statistics(held_out.maps, s)?;
+    pixel_meta.probe = Some(probe::probe_weights(
+        &probes,
+        &own,
+        pixel_meta.z_norm,
+        stats.bank_norm,
+    )?);
     let meta = BankMeta {
         format: BANK_FORMAT,
         created_unix_ms: unix_ms_now(),
@@ -174,11 +189,13 @@ pub fn enroll(
         },
         thresholds: stats.thresholds,
         shots: shots.iter().map(shot_record).collect(),
+        maeday_pixel: Some(pixel_meta),
     };
     Ok(StoredBank {
         dir: PathBuf::new(),
         meta,
         bank,
+        pixel: Some(Arc::new(pixel)),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Offline evaluation: labelled [`dataset`]s, the [`roc`] metrics (AUROC, PRO), the [`run`]
 //! over a dataset and its report [`table`].
 
+pub mod combos;
 pub mod dataset;
 pub mod roc;
 pub mod run;

@@ -19,9 +19,10 @@ use crate::bank::features::open_extractor;
 use crate::bank::store::Shot;
 use crate::detect::detector::{Detection, Detector, DetectorOptions};
 use crate::detect::eq1::AnomalyMap;
-use crate::detect::fuse::{self, ScorerKind, Weights};
+use crate::detect::fuse::{ProbeWeights, ScorerKind, Weights};
 use crate::detect::preprocess::load_image;
 use crate::enroll::{enroll, EnrollSettings};
+use crate::eval::combos::{combinations, Combination};
 use crate::eval::dataset::{Dataset, Sample};
 use crate::eval::roc::{auroc, label_regions, pro_auc, quantile};
 use crate::model::manifest::Model;
@@ -42,6 +43,8 @@ pub struct EvalOptions {
     /// One bank per seed (coreset seeds), all from the same shots.
     pub bank_seeds: Vec<u64>,
     pub enroll: EnrollSettings,
+    /// Also few-shot MAEDAY (`maeday-norm`) among the parts, and pixel-wise max fusions.
+    pub compare_fusions: bool,
 }
 
 /// Evaluate `model` on the dataset in `dataset_dir`: the JSON report (also written to
@@ -76,6 +79,7 @@ pub fn evaluate(
         few_shot_detector(model, opts, &shots, eo)?
     };
     let mut tallies = Tallies::new(&detector, data.has_masks(), eo.pixel_budget);
+    tallies.max_fusions = eo.compare_fusions;
     let bar = progress(data.samples.len(), "eval");
     let started = Instant::now();
     for sample in &data.samples {
@@ -154,6 +158,9 @@ fn few_shot_detector(
         banks.push(b);
     }
     d.attach_stored(extractor, &banks)?;
+    if eo.compare_fusions {
+        d.keep_pixel_part();
+    }
     d.set_scorer(opts.scorer.unwrap_or(ScorerKind::Ensemble))?;
     Ok(d)
 }
@@ -218,14 +225,6 @@ fn stride_for(pixels: usize, budget: usize) -> usize {
     stride
 }
 
-/// One scorer combination (`maeday+bank0`, ...): which parts it fuses and its results.
-struct Combination {
-    name: String,
-    parts: Vec<usize>,
-    scores: Vec<f32>,
-    pixels: Vec<f32>,
-}
-
 /// Time spent per stage, summed over the scored images (milliseconds).
 #[derive(Default)]
 struct StageSums {
@@ -240,6 +239,10 @@ struct StageSums {
 struct Tallies {
     pixel_metrics: bool,
     pixel_budget: usize,
+    /// Also measure pixel-wise max fusions.
+    max_fusions: bool,
+    /// The enrollment probe's weights (few-shot MAEDAY vs the first bank).
+    probe: Option<ProbeWeights>,
     weights: Weights,
     bank_rows: Vec<usize>,
     /// Every combination of the parts (maeday, bank0, bank1, ...), set up at the first
@@ -274,6 +277,11 @@ impl Tallies {
         Tallies {
             pixel_metrics,
             pixel_budget,
+            max_fusions: false,
+            probe: detector
+                .banks()
+                .and_then(|b| b.pixel.as_ref())
+                .and_then(|p| p.probe),
             weights: detector.banks().map(|b| b.weights).unwrap_or_default(),
             bank_rows: detector
                 .banks()
@@ -302,7 +310,7 @@ impl Tallies {
         self.stages.features += ms(det.times.features);
         self.stages.knn += ms(det.times.knn);
         if self.combos.is_empty() && det.parts.len() > 1 {
-            self.combos = combinations(det);
+            self.combos = combinations(det, self.max_fusions, self.probe);
         }
         self.scores.push(det.score);
         self.scored_paths.push(sample.image.display().to_string());
@@ -311,20 +319,13 @@ impl Tallies {
         let fused: Vec<Vec<f32>> = self
             .combos
             .iter()
-            .map(|c| {
-                fuse::weighted_sum(
-                    c.parts
-                        .iter()
-                        .map(|&i| (&det.parts[i].1.data[..], self.weights.of(&det.parts[i].0))),
-                )
-            })
+            .map(|c| c.fuse(det, &self.weights))
             .collect();
         if let Some(truth) = truth {
             self.add_pixels(&det.map, truth, &fused);
         }
         for (c, f) in self.combos.iter_mut().zip(&fused) {
-            c.scores
-                .push(f.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            c.push_scores(f);
         }
     }
 
@@ -390,7 +391,11 @@ impl Tallies {
             let (pa, pro) = self.pixel_metrics_of(&c.pixels);
             out.insert(
                 c.name.clone(),
-                json!({"image_auroc": auroc(&c.scores, &self.labels), "pixel_auroc": pa, "pro_0_3": pro}),
+                json!({
+                    "image_auroc": auroc(&c.scores, &self.labels),
+                    "image_auroc_top": auroc(&c.scores_top, &self.labels),
+                    "pixel_auroc": pa, "pro_0_3": pro,
+                }),
             );
         }
         out
@@ -433,6 +438,7 @@ impl Tallies {
             "shots": run.shots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
             "shot_seed": run.eo.shot_seed,
             "bank_rows": self.bank_rows,
+            "probe": self.probe,
             "scorers": self.scorers(),
             "fit": run.opts.fit.to_string(),
             "limit": run.eo.limit,
@@ -461,25 +467,4 @@ impl Tallies {
                 .collect::<Vec<_>>(),
         }))
     }
-}
-
-/// Every non-empty combination of a detection's first (up to) four parts.
-fn combinations(det: &Detection) -> Vec<Combination> {
-    let n = det.parts.len().min(4);
-    (1u32..(1 << n))
-        .map(|mask| {
-            let parts: Vec<usize> = (0..n).filter(|i| mask & (1 << i) != 0).collect();
-            let name = parts
-                .iter()
-                .map(|&i| det.parts[i].0.as_str())
-                .collect::<Vec<_>>()
-                .join("+");
-            Combination {
-                name,
-                parts,
-                scores: Vec::new(),
-                pixels: Vec::new(),
-            }
-        })
-        .collect()
 }

@@ -1,0 +1,60 @@
+//! Enrollment's few-shot MAEDAY statistics ([`crate::detect::pixel_norm`]), fitted on the
+//! good frames' own MAEDAY maps (the MAE has not seen them, so a frame's own map is an honest
+//! sample of a good frame's error). The standardisation for fusion and the thresholds come
+//! from maps the statistics have not seen: with K >= 2 frames each frame's map normalised by
+//! the statistics of the others (leave one out); with one frame the map of its 5% zoomed view
+//! (the view the bank's statistics use), which a fixed camera never produces, so that one
+//! errs on the side of a higher threshold.
+
+use anyhow::Result;
+
+use crate::bank::pixel_file::{meta_for, MaedayPixelMeta};
+use crate::bank::store::Shot;
+use crate::detect::calibration::{calibrate, CalibrationRule};
+use crate::detect::detector::Detector;
+use crate::detect::eq1::AnomalyMap;
+use crate::detect::fuse::Normalisation;
+use crate::detect::pixel_norm::PixelNorm;
+
+/// Also returns the good frames' own MAEDAY maps. `held[i][0]` is MAEDAY's raw map of the held-out view of shot `i` (the frame itself when
+/// `leave_one_out`, else its zoomed view).
+pub fn pixel_stats(
+    detector: &mut Detector,
+    shots: &[Shot],
+    held: &[Vec<AnomalyMap>],
+    leave_one_out: bool,
+    rule: &CalibrationRule,
+) -> Result<(PixelNorm, MaedayPixelMeta, Vec<AnomalyMap>)> {
+    let own: Vec<AnomalyMap> = if leave_one_out {
+        held.iter().map(|raw| raw[0].clone()).collect()
+    } else {
+        let mut out = Vec::with_capacity(shots.len());
+        for s in shots {
+            out.push(detector.raw_maps(&s.image, true, &[])?.0.remove(0));
+        }
+        out
+    };
+    let norm = PixelNorm::fit(&own.iter().collect::<Vec<_>>())?;
+    let mut z_maps = Vec::with_capacity(own.len());
+    for (i, raw) in held.iter().enumerate() {
+        let mut z = raw[0].clone();
+        if leave_one_out {
+            let others: Vec<&AnomalyMap> = own
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, m)| m)
+                .collect();
+            PixelNorm::fit(&others)?.apply(&mut z);
+        } else {
+            norm.apply(&mut z);
+        }
+        z_maps.push(z);
+    }
+    let mut pixels: Vec<f32> = z_maps.iter().flat_map(|m| m.data.iter().copied()).collect();
+    let z_norm = Normalisation::of(&pixels);
+    let mut scores: Vec<f32> = z_maps.iter().map(AnomalyMap::max).collect();
+    let thresholds = calibrate(&mut scores, &mut pixels, rule)?.thresholds;
+    let meta = meta_for(&norm, z_norm, thresholds);
+    Ok((norm, meta, own))
+}

@@ -1,0 +1,105 @@
+"""`round2-table`: the round-2 quality table (issue 20) from `models/evaluate-round2.sh`'s
+reports: per dev set and scorer, image / pixel AUROC at 1 and 4 shots, mean ± std over the
+three shot seeds (the synthetic set: per seed, the mean over its scenes first), and whether
+each fusion is within 0.01 of its best member on every set."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+SETS = [("synthetic FOD (3 scenes)", ["synth-woodenFloor", "synth-pavingStone", "synth-greyTile"]),
+        ("conveyor clip", ["conveyor"]), ("floor hazards", ["floor"]),
+        ("magnetic tiles (100 + 100)", ["mt"])]
+# (label, scorer key, image score: "max" or "top")
+ROWS = [("MAEDAY zero-shot (max)", "maeday", "max"),
+        ("MAEDAY zero-shot (top 1%)", "maeday", "top"),
+        ("bank, Lite0 (max)", "bank0", "max"),
+        ("bank, Lite0 (top 1%)", "bank0", "top"),
+        ("MAEDAY normalised (max)", "maeday-norm", "max"),
+        ("MAEDAY normalised (top 1%)", "maeday-norm", "top"),
+        ("sum: MAEDAY + bank (max; round 1)", "maeday+bank0", "max"),
+        ("sum: MAEDAY norm. + bank (max)", "maeday-norm+bank0", "max"),
+        ("sum: MAEDAY norm. + bank (top 1%)", "maeday-norm+bank0", "top"),
+        ("max: MAEDAY norm., bank (max)", "max(maeday-norm,bank0)", "max"),
+        ("max: MAEDAY norm., bank (top 1%)", "max(maeday-norm,bank0)", "top"),
+        ("max: all three (top 1%)", "max(maeday,maeday-norm,bank0)", "top"),
+        ("probe-weighted: MAEDAY norm., bank (max)", "probe(maeday-norm,bank0)", "max"),
+        ("probe-weighted: MAEDAY norm., bank (top 1%)", "probe(maeday-norm,bank0)", "top"),
+        ("probe pick: the one it favours (max)", "pick(maeday-norm,bank0)", "max")]
+# fusion (key, image score) -> its members (key, image score): each member at its own best
+# image score on these sets (bank: top 1%, few-shot MAEDAY: max, MAEDAY: max)
+MEMBERS = {("maeday+bank0", "max"): [("maeday", "max"), ("bank0", "top")],
+           ("maeday-norm+bank0", "max"): [("maeday-norm", "max"), ("bank0", "top")],
+           ("maeday-norm+bank0", "top"): [("maeday-norm", "max"), ("bank0", "top")],
+           ("max(maeday-norm,bank0)", "max"): [("maeday-norm", "max"), ("bank0", "top")],
+           ("max(maeday-norm,bank0)", "top"): [("maeday-norm", "max"), ("bank0", "top")],
+           ("probe(maeday-norm,bank0)", "max"): [("maeday-norm", "max"), ("bank0", "top")],
+           ("probe(maeday-norm,bank0)", "top"): [("maeday-norm", "max"), ("bank0", "top")],
+           ("pick(maeday-norm,bank0)", "max"): [("maeday-norm", "max"), ("bank0", "top")]}
+
+
+def metric(rep: dict, key: str, score: str, what: str):
+    s = rep["scorers"].get(key)
+    if s is None:
+        return None
+    if what == "image":
+        return s["image_auroc_top" if score == "top" else "image_auroc"]
+    return s["pixel_auroc"]
+
+
+def per_seed(out: Path, names: list[str], k: int, key: str, score: str, what: str):
+    vals = []
+    for seed in (0, 1, 2):
+        xs = []
+        for n in names:
+            p = out / f"{n}-{k}shot-s{seed}.json"
+            if not p.exists():
+                return None
+            v = metric(json.loads(p.read_text()), key, score, what)
+            if v is None:
+                return None
+            xs.append(v)
+        vals.append(statistics.mean(xs))
+    return vals
+
+
+def cell(vals) -> str:
+    if not vals:
+        return "n/a"
+    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+
+
+def table(out: Path) -> str:
+    lines = []
+    worst: dict[str, float] = {}
+    for label, names in SETS:
+        head = ["scorer", "1 shot image", "1 shot pixel", "4 shots image", "4 shots pixel"]
+        lines += [f"\n**{label}**\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row, key, score in ROWS:
+            cells = [cell(per_seed(out, names, k, key, score, w))
+                     for k in (1, 4) for w in ("image", "pixel")]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["\n**fusion minus its best member** (mean over shot seeds; image / pixel)\n",
+              "| fusion | " + " | ".join(f"{lab.split(' (')[0]} {k} shot" for lab, _ in SETS
+                                         for k in (1, 4)) + " | worst |",
+              "|" + "---|" * (2 + 2 * len(SETS))]
+    for (fused, score), members in MEMBERS.items():
+        cells, worst = [], None
+        for _, names in SETS:
+            for k in (1, 4):
+                parts = []
+                for w in ("image", "pixel"):
+                    f = per_seed(out, names, k, fused, score, w)
+                    ms = [per_seed(out, names, k, m, sc, w) for m, sc in members]
+                    if f is None or any(m is None for m in ms):
+                        parts.append("n/a")
+                        continue
+                    gap = statistics.mean(f) - max(statistics.mean(m) for m in ms)
+                    worst = gap if worst is None else min(worst, gap)
+                    parts.append(f"{gap:+.3f}")
+                cells.append(" / ".join(parts))
+        tail = "n/a" if worst is None else f"{worst:+.3f}"
+        lines.append(f"| {fused} ({score}) | " + " | ".join(cells) + f" | {tail} |")
+    return "\n".join(lines) + "\n"
