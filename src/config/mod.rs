@@ -17,6 +17,7 @@ use serde::Deserialize;
 mod bundles;
 mod camera;
 mod checks;
+mod commands;
 mod events;
 mod http;
 mod model;
@@ -27,6 +28,7 @@ mod pipeline;
 pub use bundles::BundlesConfig;
 pub use camera::{rate_period, roi_fits, CameraConfig, SourceConfig};
 use checks::topic_level;
+pub use commands::CommandsConfig;
 pub use events::EventsConfig;
 pub use http::HttpConfig;
 pub use model::{EnrollConfig, ModelConfig};
@@ -65,6 +67,9 @@ pub struct Config {
     pub events: Option<EventsConfig>,
     /// The read-only HTTP server (`/metrics`, the live page); off without the section.
     pub http: Option<HttpConfig>,
+    /// Operator commands (pause, thresholds, trigger, snapshot) and who may send them.
+    #[serde(default)]
+    pub commands: CommandsConfig,
 }
 
 impl Config {
@@ -196,6 +201,7 @@ impl Config {
         if let Some(h) = &self.http {
             h.validate()?;
         }
+        self.commands.validate()?;
         self.pipeline.validate()
     }
 }

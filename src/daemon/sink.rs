@@ -6,6 +6,8 @@
 //! - the MQTT connection's events drive the link; a received message becomes a
 //!   [`Command`] ([`Control`]) routed to the installer, the inference thread (`enroll`)
 //!   or the metrics, or a refusal answered on its status topic;
+//! - operator requests go to the [`Desk`], which answers each on `command/reply`; a
+//!   paused camera's result reaches only the requests that asked for its frame;
 //! - the installer's status messages are published;
 //! - metrics go out every `output.metrics_interval_s`;
 //! - after `Stop`, what waits is published and the outputs close (MQTT's grace period).
@@ -28,8 +30,9 @@ use crate::daemon::http::feed::HttpFeed;
 use crate::daemon::incidents::Incidents;
 use crate::daemon::installer::InstallerInput;
 use crate::daemon::mqtt::link::Received;
+use crate::daemon::operator::desk::Desk;
 use crate::daemon::outputs::Outputs;
-use crate::daemon::payload::ServingModel;
+use crate::daemon::payload::{FrameResult, ServingModel};
 use crate::daemon::stats::{SinkStats, Stats};
 use crate::daemon::topics::Topics;
 use crate::daemon::watchdog::Liveness;
@@ -64,6 +67,8 @@ pub struct Sink {
     pub incidents: Option<Incidents>,
     /// With `[http]`: what the HTTP server shows.
     pub http: Option<Arc<HttpFeed>>,
+    /// Operator requests (pause, thresholds, trigger, snapshot).
+    pub desk: Desk,
 }
 
 /// Results and serving changes, in the order inference sent them.
@@ -97,6 +102,7 @@ impl Sink {
             if stopping && waiting.is_empty() {
                 break;
             }
+            self.desk.expire(&mut self.outputs);
             // Hand what was just queued to the MQTT client before waiting.
             self.outputs.drive();
             if let Some(h) = &self.http {
@@ -148,32 +154,50 @@ impl Sink {
                 if let Some(h) = &self.http {
                     h.serving(s.clone());
                 }
+                self.desk
+                    .serving_changed(&s, &mut self.outputs, self.http.as_deref());
                 self.outputs.serving_changed(s)
             }
             Ordered::Result(s) => {
                 let Scored {
-                    mut result,
+                    result,
                     ready,
                     captured_at,
+                    asks,
+                    snapshot,
+                    paused,
                 } = *s;
                 let inference_ms = result.payload.latency_ms.inference;
-                let incident = self.incidents.as_mut().map(|i| i.observe(&result));
-                let camera = self.http.as_ref().map(|h| {
-                    h.offer(&mut result);
-                    result.payload.camera.clone()
-                });
-                self.outputs.publish(result)?;
-                if let (Some(h), Some(c)) = (&self.http, camera) {
-                    h.published(&c, captured_at);
+                let answered = (!asks.is_empty()).then(|| result.payload.clone());
+                if !paused {
+                    self.publish(result, captured_at)?;
                 }
-                if let Some(incident) = incident {
-                    self.outputs.publish_incident(incident?)?;
+                if let Some(payload) = answered {
+                    let frame = snapshot.as_ref();
+                    self.desk.answer(asks, &payload, frame, &mut self.outputs)?;
                 }
                 self.stats.published(ready, captured_at, inference_ms);
                 events.result_done();
                 Ok(())
             }
         }
+    }
+
+    /// A result to every output, the HTTP page and the anomaly events.
+    fn publish(&mut self, mut result: FrameResult, captured_at: Instant) -> Result<()> {
+        let incident = self.incidents.as_mut().map(|i| i.observe(&result));
+        let camera = self.http.as_ref().map(|h| {
+            h.offer(&mut result);
+            result.payload.camera.clone()
+        });
+        self.outputs.publish(result)?;
+        if let (Some(h), Some(c)) = (&self.http, camera) {
+            h.published(&c, captured_at);
+        }
+        if let Some(incident) = incident {
+            self.outputs.publish_incident(incident?)?;
+        }
+        Ok(())
     }
 
     fn metrics(&mut self) -> Result<()> {
@@ -193,6 +217,10 @@ impl Sink {
             Ok(Some(Command::Chunk(c))) => self.to_installer(&topic, InstallerInput::Chunk(c)),
             Ok(Some(Command::Rollback)) => self.to_installer(&topic, InstallerInput::Rollback),
             Ok(Some(Command::Enroll(req))) => self.enroll(&topic, req),
+            Ok(Some(Command::Operator(req))) => {
+                let http = self.http.as_deref();
+                return Ok(self.desk.handle(req, &mut self.outputs, http));
+            }
             Err(r) => Some(r),
         };
         if let Some(r) = refusal {
