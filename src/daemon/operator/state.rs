@@ -380,3 +380,94 @@ fn load(path: &std::path::Path) -> Result<Option<Saved>> {
     }
     Ok(Some(saved))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(sha: &str, thresholds: Option<Thresholds>) -> ServingModel {
+        ServingModel {
+            name: "m".into(),
+            sha256: sha.into(),
+            schedule: "s".into(),
+            engine: "tract".into(),
+            bundle_version: None,
+            scorer: "maeday".into(),
+            thresholds,
+            thresholds_from: "model",
+        }
+    }
+
+    fn names() -> Vec<String> {
+        vec!["a".to_string(), "b".to_string()]
+    }
+
+    #[test]
+    fn settings_persist_and_thresholds_follow_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let t = Thresholds {
+            image: 2.0,
+            pixel: 1.0,
+        };
+        let m1 = model("aa", Some(t));
+        let op = Operator::open(Some(path.clone()), names(), &m1);
+        let set = ThresholdChange::Set {
+            image: Some(5.0),
+            pixel: None,
+        };
+        op.set_thresholds(&[1], set).unwrap();
+        op.set_paused(0, true).unwrap();
+        assert_eq!(
+            op.thresholds(1, Some(t)),
+            Some(Thresholds {
+                image: 5.0,
+                pixel: 1.0
+            })
+        );
+        assert_eq!(op.thresholds(0, Some(t)), Some(t));
+        assert!(op.paused(0) && !op.wants_frames(0) && op.wants_frames(1));
+
+        // The same model after a restart: everything is back.
+        let again = Operator::open(Some(path.clone()), names(), &m1);
+        let bases = [Base::of(None, &m1), Base::of(None, &m1)];
+        let s = again.states(&bases);
+        assert!(s["a"].paused);
+        assert_eq!(s["b"].image_threshold, Some(5.0));
+        assert_eq!(s["b"].thresholds_from, Some("operator"));
+        assert_eq!(s["a"].thresholds_from, Some("model"));
+
+        // Another model at boot: the pause stays, the thresholds are dropped.
+        let m2 = model("bb", Some(t));
+        let other = Operator::open(Some(path.clone()), names(), &m2);
+        let s = other.states(&bases);
+        assert!(s["a"].paused);
+        assert_eq!(s["b"].image_threshold, Some(2.0));
+        assert_eq!(s["b"].thresholds_reset, Some("model changed"));
+
+        // A swap while running does the same, and saves it.
+        assert!(again.serving(&m2));
+        assert_eq!(again.thresholds(1, Some(t)), Some(t));
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(saved["model_sha256"], "bb");
+        assert_eq!(saved["cameras"]["b"]["image"], serde_json::Value::Null);
+
+        // A frame request wakes a paused camera for one frame.
+        again.ask(
+            0,
+            FrameAsk {
+                id: RequestId::parse("x").unwrap(),
+                snapshot: false,
+            },
+        );
+        assert!(again.wants_frames(0));
+        assert_eq!(again.take_asks(0).len(), 1);
+        assert!(!again.wants_frames(0));
+
+        // A corrupt file is ignored, never fatal.
+        std::fs::write(&path, b"{not json").unwrap();
+        let fresh = Operator::open(Some(path), names(), &m1);
+        assert!(!fresh.paused(0));
+    }
+}
