@@ -49,7 +49,7 @@ pub enum Refusal {
     /// On `enroll/status`.
     Enroll(String),
     /// On `command/reply` (an operator request).
-    Operator(Reply),
+    Operator(Box<Reply>),
 }
 
 impl Refusal {
@@ -190,7 +190,9 @@ impl Control {
                 );
                 let why = format!("refused: {why}");
                 Err(match command {
-                    Some(c) if c.starts_with('{') => Refusal::Operator(self.refused(&c, why)),
+                    Some(c) if c.starts_with('{') => {
+                        Refusal::Operator(Box::new(self.refused(&c, why)))
+                    }
                     Some(c) if c.starts_with("enroll") => Refusal::Enroll(why),
                     _ => Refusal::Bundle(why),
                 })
@@ -204,12 +206,12 @@ impl Control {
             if let Some(inner) = envelope_command(text) {
                 // A signed envelope the device cannot check (no `[bundles]` keys).
                 let why = "refused: signed commands need [bundles] trusted_keys".to_string();
-                return Err(Refusal::Operator(self.refused(&inner, why)));
+                return Err(Refusal::Operator(Box::new(self.refused(&inner, why))));
             }
         }
         let req = request::parse(text, &self.cameras).map_err(|m| {
             log::warn!("command request refused: {}", m.error);
-            Refusal::Operator(Reply::malformed(m))
+            Refusal::Operator(Box::new(Reply::malformed(m)))
         })?;
         let name = req.action.name();
         if req.action.changes_reports() && !signed && !self.allow_unsigned_control {
@@ -218,11 +220,8 @@ impl Control {
                 "unauthorized: {name} changes what the device reports and must be signed by a \
                  trusted key (maeday-edge bundle command), unless commands.allow_unsigned"
             );
-            return Err(Refusal::Operator(Reply::error(
-                Some(req.id),
-                Some(name),
-                why,
-            )));
+            let reply = Reply::error(Some(req.id), Some(name), why);
+            return Err(Refusal::Operator(Box::new(reply)));
         }
         Ok(Some(Command::Operator(req)))
     }

@@ -239,7 +239,10 @@ impl Desk {
         let q = self.snapshot_quality;
         Ok(
             match snapshot::jpeg(frame, &topic, self.snapshot_max_px, q, max_packet)? {
-                Some((bytes, (width, height))) => {
+                Some(snapshot::Jpeg {
+                    bytes,
+                    size: (width, height),
+                }) => {
                     let info = SnapshotInfo {
                         topic: topic.clone(),
                         bytes: bytes.len(),

@@ -12,19 +12,26 @@ use crate::daemon::mqtt::packet;
 /// The smallest side a snapshot is shrunk to before it is given up.
 const MIN_SIDE: u32 = 16;
 
-/// The JPEG and its size, or none when even a small one does not fit in a packet.
+/// An encoded snapshot and its size.
+pub struct Jpeg {
+    pub bytes: Vec<u8>,
+    pub size: (u32, u32),
+}
+
+/// The JPEG, or none when even a small one does not fit in a packet.
 pub fn jpeg(
     frame: &RgbImage,
     topic: &str,
     max_px: u32,
     quality: u8,
     max_packet: usize,
-) -> Result<Option<(Vec<u8>, (u32, u32))>> {
+) -> Result<Option<Jpeg>> {
     let mut pic = shrink_to(frame.clone(), max_px);
     loop {
         let bytes = encode_jpeg(&pic, quality)?;
         if packet::fits(topic, bytes.len(), max_packet) {
-            return Ok(Some((bytes, pic.dimensions())));
+            let size = pic.dimensions();
+            return Ok(Some(Jpeg { bytes, size }));
         }
         let (w, h) = pic.dimensions();
         if w.min(h) / 2 < MIN_SIDE {
@@ -45,9 +52,13 @@ mod tests {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             image::Rgb([(state >> 24) as u8, (state >> 16) as u8, (state >> 8) as u8])
         });
-        let (full, size) = jpeg(&frame, "t/s", 640, 90, 1 << 20).unwrap().unwrap();
-        assert_eq!(size, (640, 480));
-        let (small, small_size) = jpeg(&frame, "t/s", 640, 90, 30_000).unwrap().unwrap();
+        let full = jpeg(&frame, "t/s", 640, 90, 1 << 20).unwrap().unwrap();
+        assert_eq!(full.size, (640, 480));
+        let (full, small) = (
+            full.bytes,
+            jpeg(&frame, "t/s", 640, 90, 30_000).unwrap().unwrap(),
+        );
+        let (small, small_size) = (small.bytes, small.size);
         assert!(full.len() > 30_000 && packet::fits("t/s", small.len(), 30_000));
         assert!(small_size.0 < 640);
         assert_eq!(
