@@ -60,7 +60,9 @@ pub enum BundleCommand {
         trusted: Vec<PathBuf>,
     },
     /// Sign a command that changes what a device serves (`rollback`, `enroll [frames]
-    /// [camera]`) and publish it (or, without --mqtt-url, print it).
+    /// [camera]`) or an operator request (its JSON, e.g.
+    /// `{"id":"r1","command":"pause","camera":"belt"}`) and publish it (or, without
+    /// --mqtt-url, print it).
     Command {
         #[arg(long)]
         key: PathBuf,

@@ -17,6 +17,7 @@ use serde::Deserialize;
 mod bundles;
 mod camera;
 mod checks;
+mod commands;
 mod events;
 mod http;
 mod model;
@@ -28,6 +29,7 @@ mod position;
 pub use bundles::BundlesConfig;
 pub use camera::{rate_period, roi_fits, CameraConfig, SourceConfig};
 use checks::topic_level;
+pub use commands::CommandsConfig;
 pub use events::EventsConfig;
 pub use http::HttpConfig;
 pub use model::{EnrollConfig, ModelConfig};
@@ -72,6 +74,9 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// A moving camera's pose, read from MQTT and stamped on results and events (opt-in).
     pub position: Option<PositionConfig>,
+    /// Operator commands (pause, thresholds, trigger, snapshot) and who may send them.
+    #[serde(default)]
+    pub commands: CommandsConfig,
 }
 
 impl Config {
@@ -211,6 +216,7 @@ impl Config {
             let cameras: Vec<String> = self.cameras.iter().map(|c| c.name.clone()).collect();
             p.validate_apart(&m.topic_prefix, &self.device_id, &cameras)?;
         }
+        self.commands.validate()?;
         self.pipeline.validate()
     }
 }

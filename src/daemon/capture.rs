@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime};
 use image::RgbImage;
 
 use crate::config::roi_fits;
+use crate::daemon::operator::state::Operator;
 use crate::daemon::shutdown::{Shutdown, RECHECK};
 use crate::daemon::source::{FrameSource, Next};
 use crate::daemon::stats::{SlotCounts, Stats};
@@ -152,6 +153,8 @@ pub struct Camera {
 #[derive(Clone)]
 pub struct CaptureShared {
     pub slots: Arc<FrameSlots>,
+    /// A paused camera's replay that waits for the pipeline waits here instead.
+    pub operator: Arc<Operator>,
     pub stats: Arc<Stats>,
     pub shutdown: Shutdown,
 }
@@ -169,6 +172,9 @@ fn capture(mut cam: Camera, s: CaptureShared) {
     let mut seq = 0u64;
     let mut misfits = RoiMisfits::default();
     loop {
+        if every && !s.operator.wait_wanted(camera, &s.shutdown) {
+            break;
+        }
         if every && !s.slots.wait_free(camera, &s.shutdown) {
             break;
         }
@@ -188,6 +194,8 @@ fn capture(mut cam: Camera, s: CaptureShared) {
             }
         }
         match next {
+            // A paused camera's frames are read (a live camera keeps streaming) and let go.
+            Next::Frame(_) if !s.operator.wants_frames(camera) => {}
             Next::Frame(image) => {
                 seq += 1;
                 s.stats.camera(camera, |c| c.captured += 1);

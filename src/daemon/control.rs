@@ -5,6 +5,12 @@
 //! signed by a trusted key (`update::command`), `enroll` unsigned only with
 //! `bundles.allow_unsigned_enroll`. Bundle chunks arrive on their own topics and are
 //! checked by the installer.
+//!
+//! Operator requests are JSON objects (`{"id": "r1", "command": "pause", ...}`, read by
+//! `operator::request`), unsigned, or as the `command` text of a signed envelope. Those
+//! that change what the device reports (pause, resume, thresholds) must be signed unless
+//! `commands.allow_unsigned`; trigger, snapshot and metrics are open. Every refusal of a
+//! request is answered on `command/reply` with its id.
 
 use anyhow::Result;
 use ed25519_dalek::VerifyingKey;
@@ -13,6 +19,8 @@ use crate::config::{Config, PayloadFormat};
 use crate::daemon::installer::BundleStatus;
 use crate::daemon::mqtt::link::Received;
 use crate::daemon::mqtt::spool::Message;
+use crate::daemon::operator::reply::Reply;
+use crate::daemon::operator::request::{self, Request};
 use crate::daemon::payload;
 use crate::daemon::topics::Topics;
 use crate::enroll::request::{EnrollRequest, EnrollStatus};
@@ -29,21 +37,26 @@ pub enum Command {
     Enroll(EnrollRequest),
     /// A chunk of a bundle transfer (on a chunk topic).
     Chunk(Vec<u8>),
+    /// An operator request (JSON, with an id to answer).
+    Operator(Request),
 }
 
 /// A command not run, and why; answered where its verdict would have come.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub enum Refusal {
     /// On `bundle/status` (rollback, or a command too broken to tell).
     Bundle(String),
     /// On `enroll/status`.
     Enroll(String),
+    /// On `command/reply` (an operator request).
+    Operator(Box<Reply>),
 }
 
 impl Refusal {
     /// The `rejected` status message that answers the refused command.
     pub fn reply(self, topics: &Topics, format: PayloadFormat) -> Result<Message> {
         Ok(match self {
+            Refusal::Operator(reply) => reply.message(topics, format)?,
             Refusal::Enroll(detail) => Message {
                 topic: topics.enroll_status(),
                 payload: payload::encode(
@@ -77,6 +90,8 @@ pub struct Control {
     /// With `[bundles]`: checks signed commands against its trusted keys and state folder.
     auth: Option<CommandAuth>,
     allow_unsigned_enroll: bool,
+    /// `commands.allow_unsigned`: pause, resume and thresholds unsigned.
+    allow_unsigned_control: bool,
     cameras: Vec<String>,
 }
 
@@ -100,6 +115,7 @@ impl Control {
                 .bundles
                 .as_ref()
                 .is_some_and(|b| b.allow_unsigned_enroll),
+            allow_unsigned_control: config.commands.allow_unsigned,
             cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
         })
     }
@@ -113,7 +129,13 @@ impl Control {
         if msg.payload.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
+        if is_unsigned_request(&msg.payload) {
+            return self.request(&String::from_utf8_lossy(&msg.payload), false);
+        }
         let (text, signed) = self.authenticate(&msg)?;
+        if text.starts_with('{') {
+            return self.request(&text, signed);
+        }
         let mut words = text.split_whitespace();
         let unsigned = |what: &str| {
             log::warn!("{}: unsigned {what} refused", msg.topic);
@@ -168,10 +190,47 @@ impl Control {
                 );
                 let why = format!("refused: {why}");
                 Err(match command {
+                    Some(c) if c.starts_with('{') => {
+                        Refusal::Operator(Box::new(self.refused(&c, why)))
+                    }
                     Some(c) if c.starts_with("enroll") => Refusal::Enroll(why),
                     _ => Refusal::Bundle(why),
                 })
             }
+        }
+    }
+
+    /// An operator request's JSON (`signed`: it came in a verified envelope).
+    fn request(&self, text: &str, signed: bool) -> Result<Option<Command>, Refusal> {
+        if !signed {
+            if let Some(inner) = envelope_command(text) {
+                // A signed envelope the device cannot check (no `[bundles]` keys).
+                let why = "refused: signed commands need [bundles] trusted_keys".to_string();
+                return Err(Refusal::Operator(Box::new(self.refused(&inner, why))));
+            }
+        }
+        let req = request::parse(text, &self.cameras).map_err(|m| {
+            log::warn!("command request refused: {}", m.error);
+            Refusal::Operator(Box::new(Reply::malformed(m)))
+        })?;
+        let name = req.action.name();
+        if req.action.changes_reports() && !signed && !self.allow_unsigned_control {
+            log::warn!("unsigned {name} refused (request {})", req.id.as_str());
+            let why = format!(
+                "unauthorized: {name} changes what the device reports and must be signed by a \
+                 trusted key (maeday-edge bundle command), unless commands.allow_unsigned"
+            );
+            let reply = Reply::error(Some(req.id), Some(name), why);
+            return Err(Refusal::Operator(Box::new(reply)));
+        }
+        Ok(Some(Command::Operator(req)))
+    }
+
+    /// The reply refusing a request for `why`, with its id if it has a readable one.
+    fn refused(&self, text: &str, why: String) -> Reply {
+        match request::parse(text, &self.cameras) {
+            Ok(r) => Reply::error(Some(r.id), Some(r.action.name()), why),
+            Err(m) => Reply::error(m.id, m.command, why),
         }
     }
 
@@ -191,4 +250,19 @@ impl Control {
         }
         Ok(Command::Enroll(req))
     }
+}
+
+/// Whether the payload is an unsigned operator request: a JSON object without `sig`.
+fn is_unsigned_request(payload: &[u8]) -> bool {
+    payload.len() <= MAX_COMMAND_BYTES
+        && payload.trim_ascii_start().first() == Some(&b'{')
+        && serde_json::from_slice::<serde_json::Value>(payload)
+            .is_ok_and(|v| request::is_request(&v))
+}
+
+/// The `command` text of a signed envelope (`{"device", "seq", "command", "key_id", "sig"}`).
+fn envelope_command(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.get("sig")?;
+    Some(v.get("command")?.as_str()?.to_string())
 }

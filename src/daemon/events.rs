@@ -13,8 +13,11 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use image::RgbImage;
+
 use crate::daemon::mqtt::connection::LinkEvent;
 use crate::daemon::mqtt::spool::Message;
+use crate::daemon::operator::state::FrameAsk;
 use crate::daemon::payload::{FrameResult, ServingModel};
 
 /// A scored frame on its way to the outputs, with its timings.
@@ -23,6 +26,12 @@ pub struct Scored {
     /// When the result was ready (the start of the publish stage).
     pub ready: Instant,
     pub captured_at: Instant,
+    /// Operator requests (`trigger`, `snapshot`) this frame answers.
+    pub asks: Vec<FrameAsk>,
+    /// With a `snapshot` among them: the whole frame.
+    pub snapshot: Option<RgbImage>,
+    /// Its camera is paused: only the requests see this result, no output does.
+    pub paused: bool,
 }
 
 /// What the sink thread reacts to.
@@ -186,6 +195,9 @@ mod tests {
             },
             ready: Instant::now(),
             captured_at: Instant::now(),
+            asks: Vec::new(),
+            snapshot: None,
+            paused: false,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::daemon::enrollment::Enrollment;
 use crate::daemon::events::{Events, Scored, SinkEvent};
 use crate::daemon::http::live::LiveWatch;
 use crate::daemon::installer::Swap;
+use crate::daemon::operator::state::{FrameAsk, Operator};
 use crate::daemon::payload::{FrameFacts, FrameResult, LatencyMs, ResultPayload, ServingModel};
 use crate::daemon::shutdown::Shutdown;
 use crate::daemon::stats::Stats;
@@ -43,6 +44,15 @@ pub struct Inference<'a> {
     pub shutdown: Shutdown,
     /// With `[http]`: whether the live page watches (then frames keep their pixels).
     pub live: Option<LiveWatch>,
+    /// Paused cameras, operator thresholds, frame requests (`trigger`, `snapshot`).
+    pub operator: Arc<Operator>,
+}
+
+/// The operator's requests a frame answers, and whether its camera is paused.
+struct Asked {
+    asks: Vec<FrameAsk>,
+    paused: bool,
+    snapshot: Option<RgbImage>,
 }
 
 /// One frame's detection, before it becomes a result.
@@ -68,7 +78,20 @@ impl Inference<'_> {
             if let Some(e) = self.enrollment.as_mut() {
                 e.take_requests(&self.config.cameras, self.config.enroll.frames);
             }
-            if !self.deliver(frame)? {
+            // A paused camera's frames are scored only for a request that asked for one.
+            let asks = self.operator.take_asks(frame.camera);
+            let paused = self.operator.paused(frame.camera);
+            if paused && asks.is_empty() {
+                continue;
+            }
+            // A snapshot needs the whole frame.
+            let snapshot = asks.iter().any(|a| a.snapshot).then(|| frame.image.clone());
+            let asked = Asked {
+                asks,
+                paused,
+                snapshot,
+            };
+            if !self.deliver(frame, asked)? {
                 continue;
             }
             scored += 1;
@@ -94,6 +117,8 @@ impl Inference<'_> {
                 serving.schedule,
                 serving.scorer
             );
+            // Operator thresholds were set on the old model's score scale.
+            self.operator.serving(&serving);
             // Sent before the next result, on the same channel: the status changes with it.
             self.events.send(SinkEvent::Serving(serving));
         }
@@ -101,7 +126,7 @@ impl Inference<'_> {
 
     /// Score one frame and send its result; false when its inference failed (counted and
     /// logged).
-    fn deliver(&mut self, frame: Frame) -> Result<bool> {
+    fn deliver(&mut self, frame: Frame, asked: Asked) -> Result<bool> {
         let cam = &self.config.cameras[frame.camera];
         let start = Instant::now();
         let queue_ms = (start - frame.captured_at).as_secs_f64() * 1e3;
@@ -145,7 +170,9 @@ impl Inference<'_> {
             score: det.score,
             map: &det.map,
             windows: det.windows,
-            thresholds: cam.thresholds.or(self.detector.thresholds()),
+            thresholds: self
+                .operator
+                .thresholds(frame.camera, cam.thresholds.or(self.detector.thresholds())),
             latency,
             model_sha256: &manifest.graph_sha256,
             schedule: &self.detector.schedule.id(),
@@ -166,6 +193,9 @@ impl Inference<'_> {
             result,
             ready,
             captured_at: frame.captured_at,
+            asks: asked.asks,
+            snapshot: asked.snapshot,
+            paused: asked.paused,
         };
         anyhow::ensure!(
             self.events.send_result(scored),

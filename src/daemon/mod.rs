@@ -35,6 +35,7 @@ pub mod incidents;
 pub mod infer;
 pub mod installer;
 pub mod mqtt;
+pub mod operator;
 pub mod outputs;
 pub mod payload;
 pub mod position;
@@ -65,6 +66,8 @@ use crate::daemon::http::feed::HttpFeed;
 use crate::daemon::http::HttpServer;
 use crate::daemon::infer::Inference;
 use crate::daemon::installer::{Installer, InstallerInput, InstallerSettings, Swap};
+use crate::daemon::operator::desk::Desk;
+use crate::daemon::operator::state::Operator;
 use crate::daemon::outputs::console::Console;
 use crate::daemon::outputs::files::FileSink;
 use crate::daemon::outputs::mqtt::{MqttOutput, MqttSetup};
@@ -107,6 +110,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
     let trusted = startup::trusted_keys(&config)?;
     let (events, event_queue) = events::channel(config.pipeline.result_queue);
     let mut shared = Shared {
+        operator: open_operator(&config, &serving),
         stats: Arc::new(Stats::new(cameras.stats)),
         slots: Arc::new(FrameSlots::new(config.cameras.len())),
         liveness: Arc::new(Liveness::default()),
@@ -159,6 +163,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
         max_frames: opts.max_frames,
         shutdown: shared.shutdown.clone(),
         live: shared.http.as_ref().map(|f| f.live.watch.clone()),
+        operator: shared.operator.clone(),
     }
     .run();
     let threads = Threads {
@@ -177,6 +182,8 @@ pub fn run(config: Config, opts: RunOptions) -> Result<MetricsPayload> {
 
 /// What every thread is started with.
 struct Shared {
+    /// What operators set (pause, thresholds) and the frames they asked for.
+    operator: Arc<Operator>,
     stats: Arc<Stats>,
     slots: Arc<FrameSlots>,
     liveness: Arc<Liveness>,
@@ -236,12 +243,16 @@ fn start_sink(
     trusted: Option<Vec<VerifyingKey>>,
     shared: &Shared,
 ) -> Result<Sink> {
-    let topics = Topics::with_prefix(
-        topic_prefix(config),
-        &config.device_id,
-        config.bundles.as_ref().map_or(&[][..], |b| &b.groups),
-    );
+    let topics = topics(config);
+    let now = ServingModel::of(&serving.detector, serving.bundle_version);
+    let desk = Desk::new(config, shared.operator.clone(), topics.clone(), &now);
     let mut outputs = open_outputs(config, opts, serving, topics.clone(), &shared.events)?;
+    if let Some(m) = outputs.mqtt.as_mut() {
+        m.set_camera_state(desk.states())?;
+    }
+    if let Some(h) = &shared.http {
+        h.camera_state(desk.states());
+    }
     let incidents = announce::announce(config, serving, &topics, &mut outputs);
     Ok(Sink {
         incidents,
@@ -257,7 +268,17 @@ fn start_sink(
         metrics_interval: config.output.metrics_interval(),
         http: shared.http.clone(),
         position: config.position.as_ref().map(Positions::new),
+        desk,
     })
+}
+
+/// Every topic of this device.
+fn topics(config: &Config) -> Topics {
+    Topics::with_prefix(
+        topic_prefix(config),
+        &config.device_id,
+        config.bundles.as_ref().map_or(&[][..], |b| &b.groups),
+    )
 }
 
 /// `mqtt.topic_prefix`, or the default without `[mqtt]`.
@@ -266,6 +287,13 @@ fn topic_prefix(config: &Config) -> &str {
         .mqtt
         .as_ref()
         .map_or(crate::daemon::topics::DEFAULT_PREFIX, |m| &m.topic_prefix)
+}
+
+/// What operators set, as saved in the state folder.
+fn open_operator(config: &Config, serving: &Serving) -> Arc<Operator> {
+    let now = ServingModel::of(&serving.detector, serving.bundle_version);
+    let names = config.cameras.iter().map(|c| c.name.clone()).collect();
+    Arc::new(Operator::open(startup::operator_file(config), names, &now))
 }
 
 /// With `[http]`: the server and the feed the sink thread fills (the serving model is
@@ -291,6 +319,7 @@ fn start_captures(
     shared: &Shared,
 ) -> Result<Vec<JoinHandle<()>>> {
     let capture = CaptureShared {
+        operator: shared.operator.clone(),
         slots: shared.slots.clone(),
         stats: shared.stats.clone(),
         shutdown: shared.shutdown.clone(),

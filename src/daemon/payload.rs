@@ -98,6 +98,10 @@ pub struct ServingModel {
     pub engine: String,
     pub bundle_version: Option<u64>,
     pub scorer: String,
+    /// The scorer's thresholds (the manifest's for MAEDAY, the bank's otherwise).
+    pub thresholds: Option<Thresholds>,
+    /// Where they come from: `model` or `bank`.
+    pub thresholds_from: &'static str,
 }
 
 /// What a result payload is built from: one scored frame and the model that scored it.
@@ -159,6 +163,11 @@ impl ServingModel {
             engine: detector.engine_description(),
             bundle_version,
             scorer: detector.scorer_description(),
+            thresholds: detector.thresholds(),
+            thresholds_from: match detector.scorer() {
+                crate::detect::fuse::ScorerKind::Maeday => "model",
+                _ => "bank",
+            },
         }
     }
 }

@@ -7,6 +7,8 @@
 //!   [`Command`] ([`Control`]) routed to the installer, the inference thread (`enroll`)
 //!   or the metrics, or a refusal answered on its status topic;
 //! - poses on the `[position]` topic are kept and stamped on each result;
+//! - operator requests go to the [`Desk`], which answers each on `command/reply`; a
+//!   paused camera's result reaches only the requests that asked for its frame;
 //! - the installer's status messages are published;
 //! - metrics go out every `output.metrics_interval_s`;
 //! - after `Stop`, what waits is published and the outputs close (MQTT's grace period).
@@ -29,8 +31,9 @@ use crate::daemon::http::feed::HttpFeed;
 use crate::daemon::incidents::Incidents;
 use crate::daemon::installer::InstallerInput;
 use crate::daemon::mqtt::link::Received;
+use crate::daemon::operator::desk::Desk;
 use crate::daemon::outputs::Outputs;
-use crate::daemon::payload::{unix_ms, ServingModel};
+use crate::daemon::payload::{unix_ms, FrameResult, ServingModel};
 use crate::daemon::position::Positions;
 use crate::daemon::stats::{SinkStats, Stats};
 use crate::daemon::topics::Topics;
@@ -68,6 +71,8 @@ pub struct Sink {
     pub http: Option<Arc<HttpFeed>>,
     /// With `[position]`: the poses received, stamped on each result before its outputs.
     pub position: Option<Positions>,
+    /// Operator requests (pause, thresholds, trigger, snapshot).
+    pub desk: Desk,
 }
 
 /// Results and serving changes, in the order inference sent them.
@@ -101,6 +106,7 @@ impl Sink {
             if stopping && waiting.is_empty() {
                 break;
             }
+            self.desk.expire(&mut self.outputs);
             // Hand what was just queued to the MQTT client before waiting.
             self.outputs.drive();
             if let Some(h) = &self.http {
@@ -152,6 +158,8 @@ impl Sink {
                 if let Some(h) = &self.http {
                     h.serving(s.clone());
                 }
+                self.desk
+                    .serving_changed(&s, &mut self.outputs, self.http.as_deref());
                 self.outputs.serving_changed(s)
             }
             Ordered::Result(s) => {
@@ -159,32 +167,48 @@ impl Sink {
                     mut result,
                     ready,
                     captured_at,
+                    asks,
+                    snapshot,
+                    paused,
                 } = *s;
                 let inference_ms = result.payload.latency_ms.inference;
                 if let Some(p) = &self.position {
                     result.payload.position = Some(p.stamp(result.payload.captured_unix_ms));
                 }
-                let incident = self.incidents.as_mut().map(|i| i.observe(&result));
-                let camera = self.http.as_ref().map(|h| {
-                    h.offer(&mut result);
-                    result.payload.camera.clone()
-                });
-                self.outputs.publish(result)?;
-                if let (Some(h), Some(c)) = (&self.http, camera) {
-                    h.published(&c, captured_at);
+                let answered = (!asks.is_empty()).then(|| result.payload.clone());
+                if !paused {
+                    self.publish(result, captured_at)?;
                 }
-                if let Some(incident) = incident {
-                    let incident = incident?;
-                    if let (Some(h), Some(e)) = (&self.http, &incident.summary) {
-                        h.incident(e);
-                    }
-                    self.outputs.publish_incident(incident)?;
+                if let Some(payload) = answered {
+                    let frame = snapshot.as_ref();
+                    self.desk.answer(asks, &payload, frame, &mut self.outputs)?;
                 }
                 self.stats.published(ready, captured_at, inference_ms);
                 events.result_done();
                 Ok(())
             }
         }
+    }
+
+    /// A result to every output, the HTTP page and the anomaly events.
+    fn publish(&mut self, mut result: FrameResult, captured_at: Instant) -> Result<()> {
+        let incident = self.incidents.as_mut().map(|i| i.observe(&result));
+        let camera = self.http.as_ref().map(|h| {
+            h.offer(&mut result);
+            result.payload.camera.clone()
+        });
+        self.outputs.publish(result)?;
+        if let (Some(h), Some(c)) = (&self.http, camera) {
+            h.published(&c, captured_at);
+        }
+        if let Some(incident) = incident {
+            let incident = incident?;
+            if let (Some(h), Some(e)) = (&self.http, &incident.summary) {
+                h.incident(e);
+            }
+            self.outputs.publish_incident(incident)?;
+        }
+        Ok(())
     }
 
     fn metrics(&mut self) -> Result<()> {
@@ -208,6 +232,10 @@ impl Sink {
             Ok(Some(Command::Chunk(c))) => self.to_installer(&topic, InstallerInput::Chunk(c)),
             Ok(Some(Command::Rollback)) => self.to_installer(&topic, InstallerInput::Rollback),
             Ok(Some(Command::Enroll(req))) => self.enroll(&topic, req),
+            Ok(Some(Command::Operator(req))) => {
+                let http = self.http.as_deref();
+                return Ok(self.desk.handle(req, &mut self.outputs, http));
+            }
             Err(r) => Some(r),
         };
         if let Some(r) = refusal {

@@ -147,3 +147,14 @@ pub fn trusted_keys(config: &Config) -> Result<Option<Vec<VerifyingKey>>> {
         .context("bundles.trusted_keys")?;
     Ok(Some(keys))
 }
+
+/// Where operator settings persist (`operator::state`): `bundles.state_dir`, else the
+/// spool folder (which keeps the boot counter); none without `[mqtt]` (no commands come).
+pub fn operator_file(config: &Config) -> Option<PathBuf> {
+    let dir = match (&config.bundles, &config.mqtt) {
+        (Some(b), _) => &b.state_dir,
+        (None, Some(m)) => &m.spool.dir,
+        (None, None) => return None,
+    };
+    Some(dir.join(crate::daemon::operator::state::FILE))
+}

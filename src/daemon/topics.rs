@@ -44,6 +44,11 @@ impl Topics {
         format!("{}/command", self.base)
     }
 
+    /// The reply to each operator request (never retained).
+    pub fn command_reply(&self) -> String {
+        format!("{}/command/reply", self.base)
+    }
+
     pub fn metrics(&self) -> String {
         format!("{}/metrics", self.base)
     }
@@ -108,6 +113,11 @@ impl Topics {
         self.camera(camera, "anomalous")
     }
 
+    /// The JPEG a `snapshot` request asked for.
+    pub fn snapshot(&self, camera: &str) -> String {
+        self.camera(camera, "snapshot")
+    }
+
     fn camera(&self, camera: &str, what: &str) -> String {
         format!("{}/{camera}/{what}", self.base)
     }
@@ -155,6 +165,8 @@ mod tests {
         assert_eq!(t.event("a"), "maeday/cam-7/a/event");
         assert_eq!(t.evidence("a"), "maeday/cam-7/a/evidence");
         assert_eq!(t.anomalous("a"), "maeday/cam-7/a/anomalous");
+        assert_eq!(t.command_reply(), "maeday/cam-7/command/reply");
+        assert_eq!(t.snapshot("a"), "maeday/cam-7/a/snapshot");
     }
 
     #[test]

@@ -88,6 +88,11 @@ impl HttpFeed {
         lock(&self.status).serve(s);
     }
 
+    /// The cameras' operator state changed: `/api/status` follows, like the retained status.
+    pub fn camera_state(&self, s: crate::daemon::operator::reply::CameraStates) {
+        lock(&self.status).camera_state = s;
+    }
+
     /// The outputs' counters now (sink thread).
     pub fn sink_stats(&self, s: SinkStats) {
         *lock(&self.sinks) = s;

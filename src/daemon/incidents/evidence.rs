@@ -100,7 +100,7 @@ impl PeakFrame {
 }
 
 /// At most `max_px` on the longest side, aspect kept.
-fn shrink_to(img: RgbImage, max_px: u32) -> RgbImage {
+pub fn shrink_to(img: RgbImage, max_px: u32) -> RgbImage {
     let (w, h) = img.dimensions();
     let longest = w.max(h);
     if longest <= max_px {
@@ -114,7 +114,7 @@ fn shrink_to(img: RgbImage, max_px: u32) -> RgbImage {
     imageops::resize(&img, nw, nh, FilterType::Triangle)
 }
 
-fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
+pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     JpegEncoder::new_with_quality(&mut out, quality).encode_image(img)?;
     Ok(out)

@@ -18,6 +18,7 @@ use crate::config::{MaskPolicy, OutputConfig};
 use crate::daemon::mqtt::connection::LinkEvent;
 use crate::daemon::mqtt::link::Received;
 use crate::daemon::mqtt::spool::Message;
+use crate::daemon::operator::reply::CameraStates;
 use crate::daemon::outputs::console::Console;
 use crate::daemon::outputs::files::FileSink;
 use crate::daemon::outputs::mqtt::MqttOutput;
@@ -142,6 +143,19 @@ impl Outputs {
             Some(m) => m.serving_changed(s),
             None => Ok(()),
         }
+    }
+
+    /// The cameras' operator state changed: the retained status follows.
+    pub fn camera_state(&mut self, s: CameraStates) -> Result<()> {
+        match self.mqtt.as_mut() {
+            Some(m) => m.set_camera_state(s),
+            None => Ok(()),
+        }
+    }
+
+    /// `mqtt.max_packet_bytes`, with MQTT.
+    pub fn max_packet_bytes(&self) -> Option<usize> {
+        self.mqtt.as_ref().map(|m| m.max_packet_bytes())
     }
 
     /// An anomaly event's messages (MQTT only, QoS 1, spooled), then its retained state.

@@ -16,6 +16,7 @@ use crate::daemon::mqtt::link::{LinkSetup, MqttSink, Received, StatusMessages};
 use crate::daemon::mqtt::packet::{self, Fitted};
 use crate::daemon::mqtt::spool::Message;
 use crate::daemon::mqtt::stats::MqttStats;
+use crate::daemon::operator::reply::CameraStates;
 use crate::daemon::outputs::output::{Output, Rendered};
 use crate::daemon::outputs::status::StatusPayload;
 use crate::daemon::payload::{self, Picture, ResultPayload, ServingModel};
@@ -133,6 +134,16 @@ impl MqttOutput {
     /// now serving.
     pub fn serving_changed(&mut self, s: ServingModel) -> Result<()> {
         self.status.serve(s);
+        self.link.set_status(
+            self.status.encode(self.format)?,
+            self.status.offline("connection lost").encode(self.format)?,
+        );
+        Ok(())
+    }
+
+    /// The cameras' operator state changed: the retained status follows.
+    pub fn set_camera_state(&mut self, s: CameraStates) -> Result<()> {
+        self.status.camera_state = s;
         self.link.set_status(
             self.status.encode(self.format)?,
             self.status.offline("connection lost").encode(self.format)?,

@@ -4,6 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::PayloadFormat;
+use crate::daemon::operator::reply::CameraStates;
 use crate::daemon::payload::{self, ServingModel};
 
 /// The retained `status` payload.
@@ -22,6 +23,8 @@ pub struct StatusPayload {
     /// How frames are scored: `maeday`, or `ensemble (bank 3136 rows)` once enrolled.
     pub scorer: String,
     pub cameras: Vec<String>,
+    /// Per camera: paused by an operator, the thresholds in force and where they come from.
+    pub camera_state: CameraStates,
     /// The payload format of result, status and metrics (`output.format`: `json` or `cbor`).
     pub format: &'static str,
     /// Why offline: "shutdown" (clean stop) or "connection lost" (the Last Will).
@@ -46,6 +49,7 @@ impl StatusPayload {
             bundle_version: s.bundle_version,
             scorer: s.scorer,
             cameras,
+            camera_state: CameraStates::new(),
             format: format.name(),
             reason: None,
         }
