@@ -320,6 +320,7 @@ fn summary() {
     }
 }
 
+#[cfg(feature = "ort")]
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
