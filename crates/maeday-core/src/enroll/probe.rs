@@ -117,7 +117,7 @@ fn splitmix(state: &mut u64) -> u64 {
 fn cut_paste(view: &RgbImage, seed: u64) -> (RgbImage, (u32, u32, u32)) {
     let (w, h) = view.dimensions();
     let side = ((w.min(h) as f32 * 0.15) as u32).max(4).min(w.min(h) / 2);
-    let mut state = seed ^ 0x5EED_0F_C0FFEE;
+    let mut state = seed ^ 0x5EED_0FC0_FFEE;
     let mut pick = |n: u32| (splitmix(&mut state) % u64::from(n.max(1))) as u32;
     let (sx, sy) = (pick(w - side + 1), pick(h - side + 1));
     let (mut dx, mut dy) = (pick(w - side + 1), pick(h - side + 1));
