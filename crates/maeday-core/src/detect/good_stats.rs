@@ -113,14 +113,20 @@ mod tests {
     fn stats_z_and_weights_match_a_hand_computed_case() {
         // mean 2, deviations -1, 0, +1: sample variance 2 / 2 = 1.
         let a = GoodStat::of(&[1.0, 2.0, 3.0]).unwrap();
-        assert!((a.mean - 2.0).abs() < 1e-6 && (a.sd - 1.0).abs() < 1e-6, "{a:?}");
+        assert!(
+            (a.mean - 2.0).abs() < 1e-6 && (a.sd - 1.0).abs() < 1e-6,
+            "{a:?}"
+        );
         assert!((a.z(4.5) - 2.5).abs() < 1e-6);
         // mean 10, deviations -2, +2: sample variance 8 / 1 = 8, sd 2.828427.
         let b = GoodStat::of(&[8.0, 12.0]).unwrap();
         assert!((b.sd - 8f32.sqrt()).abs() < 1e-5, "{b:?}");
         // 1/1 and 1/2.828427 normalised: 0.738796, 0.261204.
         let w = reliability_weights(&[a, b]);
-        assert!((w[0] - 0.738796).abs() < 1e-5 && (w[1] - 0.261204).abs() < 1e-5, "{w:?}");
+        assert!(
+            (w[0] - 0.738796).abs() < 1e-5 && (w[1] - 0.261204).abs() < 1e-5,
+            "{w:?}"
+        );
         // Equal scores: the floor, not a division by zero.
         assert_eq!(GoodStat::of(&[3.0, 3.0]).unwrap().sd, SD_FLOOR);
         assert!(GoodStat::of(&[3.0]).is_none());

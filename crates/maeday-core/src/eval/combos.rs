@@ -175,9 +175,19 @@ fn good_fusions(det: &Detection, g: &GoodScores, parts: Vec<usize>) -> Vec<Combi
         *w = r;
     }
     vec![
-        Combination::new(format!("zsum({names})"), parts.clone(), Fusion::ZSum, stats.clone()),
+        Combination::new(
+            format!("zsum({names})"),
+            parts.clone(),
+            Fusion::ZSum,
+            stats.clone(),
+        ),
         Combination::new(format!("zmax({names})"), parts.clone(), Fusion::ZMax, stats),
-        Combination::new(format!("rel({names})"), parts, Fusion::Weighted(ws), Vec::new()),
+        Combination::new(
+            format!("rel({names})"),
+            parts,
+            Fusion::Weighted(ws),
+            Vec::new(),
+        ),
     ]
 }
 
@@ -224,7 +234,9 @@ mod tests {
             get("zmax(maeday-norm,bank0)"),
             get("rel(maeday-norm,bank0)"),
         );
-        assert!(combos.iter().any(|c| c.name == "zsum(maeday,maeday-norm,bank0)"));
+        assert!(combos
+            .iter()
+            .any(|c| c.name == "zsum(maeday,maeday-norm,bank0)"));
         let w = Weights::default();
         let fused: Vec<Vec<f32>> = combos.iter().map(|c| c.fuse(&det, &w)).collect();
         for (c, f) in combos.iter_mut().zip(&fused) {
@@ -239,7 +251,10 @@ mod tests {
         assert_eq!(combos[zm].scores, vec![3.0]);
         // Reliability: 1/1 and 1/0.5 normalised -> 1/3, 2/3; map 4/3 + 4/3, 1/3 + 2.
         let r = &fused[rel];
-        assert!((r[0] - 8.0 / 3.0).abs() < 1e-6 && (r[1] - 7.0 / 3.0).abs() < 1e-6, "{r:?}");
+        assert!(
+            (r[0] - 8.0 / 3.0).abs() < 1e-6 && (r[1] - 7.0 / 3.0).abs() < 1e-6,
+            "{r:?}"
+        );
         assert!((combos[rel].scores[0] - 8.0 / 3.0).abs() < 1e-6);
         // Without held-out scores, none of them.
         let plain = combinations(&det, true, None, None);
