@@ -1,9 +1,11 @@
-//! Patch features for the memory bank: the EfficientNet-Lite0 extractor of
-//! `models/efficientnet-lite0` (ImageNet weights, exported by `python -m models.workstation
-//! export-extractor`) run through tract.
+//! Patch features for the memory bank, run through tract: the EfficientNet-Lite0 extractor
+//! of `models/efficientnet-lite0` (ImageNet weights, `python -m models.workstation
+//! export-extractor`) or the DINOv2 ViT-S/14 one of `models/dinov2-vits14` (`export-dinov2`).
 //!
-//! One 224 x 224 frame gives a 28 x 28 grid of 152-d features (stride 8 and stride 16
-//! stages, 3 x 3 local means): one row per 8 x 8 pixel patch, row-major over the grid.
+//! A window gives a `grid x grid` grid of features, one row per patch, row-major: Lite0 a
+//! 28 x 28 grid of 152-d features from a 224 window (stride 8 and 16 stages, 3 x 3 means);
+//! DINOv2 a 32 x 32 grid of 384-d patch tokens from the window resized to 448 (AnomalyDINO's
+//! resolution), rows scaled to unit length so the bank's distance is the cosine distance.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +29,24 @@ pub struct ExtractorManifest {
     pub feature_dim: usize,
     /// Output `[1, feature_dim, grid, grid]`.
     pub grid: usize,
+    /// How patches are compared: `euclidean` (PatchCore) or `cosine` (AnomalyDINO).
+    #[serde(default)]
+    pub distance: Distance,
+    /// The bank scorer's image score: the mean of this top fraction of the map's pixels
+    /// (AnomalyDINO: 0.01); absent: the map's maximum.
+    #[serde(default)]
+    pub image_score_top: Option<f64>,
+}
+
+/// How a query patch is compared with the bank's rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distance {
+    /// Euclidean distance between the raw features.
+    #[default]
+    Euclidean,
+    /// `1 - cos`: rows are scaled to unit length, and `|a - b|^2 / 2` is the cosine distance.
+    Cosine,
 }
 
 type Plan = Arc<TypedRunnableModel>;
@@ -55,6 +75,13 @@ impl FeatureExtractor {
             graph.display(),
             manifest.graph_sha256
         );
+        if let Some(top) = manifest.image_score_top {
+            ensure!(
+                top > 0.0 && top <= 1.0,
+                "{}: image_score_top must be in (0, 1], got {top}",
+                path.display()
+            );
+        }
         let s = manifest.input_size;
         let plan = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
@@ -81,15 +108,39 @@ impl FeatureExtractor {
         })
     }
 
-    /// Features of one `[3, S, S]` RGB tensor in [0, 1]: `grid * grid` rows.
+    /// Features of one square `[3, W, W]` RGB tensor in [0, 1] (a window): `grid * grid`
+    /// rows, scaled to unit length for the cosine [`Distance`].
     pub fn features(&self, image: &[f32]) -> Result<Features> {
+        let mut f = self.raw_features(image)?;
+        if self.manifest.distance == Distance::Cosine {
+            for row in f.data.chunks_mut(f.dim) {
+                let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                row.iter_mut().for_each(|v| *v /= norm);
+            }
+        }
+        Ok(f)
+    }
+
+    /// The graph's output for one square `[3, W, W]` RGB window in [0, 1], as rows. A window
+    /// of another size than the graph's input is resized to it (bilinear, half-pixel).
+    pub fn raw_features(&self, image: &[f32]) -> Result<Features> {
         let s = self.manifest.input_size;
+        let w = ((image.len() / 3) as f64).sqrt().round() as usize;
         ensure!(
-            image.len() == 3 * s * s,
-            "image tensor has {} values, expected {}",
-            image.len(),
-            3 * s * s
+            w > 0 && image.len() == 3 * w * w,
+            "image tensor has {} values, not a square RGB window",
+            image.len()
         );
+        let resized;
+        let image = if w == s {
+            image
+        } else {
+            resized = image
+                .chunks(w * w)
+                .flat_map(|c| crate::bank::scoring::upsample_bilinear(c, w, w, s, s))
+                .collect::<Vec<f32>>();
+            &resized[..]
+        };
         let input = Tensor::from_shape(&[1, 3, s, s], image)?;
         let out = self.plan.run(tvec!(input.into()))?;
         let tensor = out[0].clone().into_tensor();
@@ -106,6 +157,14 @@ impl FeatureExtractor {
             }
         }
         Features::new(d, rows)
+    }
+
+    /// The patch distances of `dist` (Euclidean, from [`crate::bank::memory::MemoryBank`])
+    /// in this extractor's [`Distance`].
+    pub fn to_distance(&self, dist: &mut [f32]) {
+        if self.manifest.distance == Distance::Cosine {
+            dist.iter_mut().for_each(|d| *d = *d * *d / 2.0);
+        }
     }
 
     /// Features of a frame squashed to the input size.
@@ -128,11 +187,13 @@ impl FeatureExtractor {
     }
 }
 
-/// The feature extractor at `dir`, or the shipped one.
+/// The feature extractor at `dir` (a folder, or a shipped extractor's short name: `lite0`,
+/// `dinov2`), or the shipped default.
 pub fn open_extractor(dir: Option<&PathBuf>) -> Result<FeatureExtractor> {
-    let dir = dir
-        .cloned()
-        .unwrap_or_else(crate::model::bundled::default_extractor_dir);
+    let dir = match dir {
+        Some(d) => crate::model::bundled::extractor_dir(d),
+        None => crate::model::bundled::default_extractor_dir(),
+    };
     FeatureExtractor::open(&dir)
         .with_context(|| format!("cannot open the feature extractor {}", dir.display()))
 }

@@ -256,14 +256,9 @@ impl Detector {
         Ok(())
     }
 
-    /// The feature extractor for bank maps and enrollment.
+    /// The feature extractor for bank maps and enrollment (it resizes each window to its
+    /// own input size).
     pub fn set_extractor(&mut self, extractor: Arc<FeatureExtractor>) -> Result<()> {
-        let size = extractor.manifest.input_size;
-        ensure!(
-            size == self.pre.size as usize,
-            "the extractor takes {size}x{size} windows, the model {0}x{0}",
-            self.pre.size
-        );
         self.extractor = Some(extractor);
         Ok(())
     }
@@ -375,7 +370,12 @@ impl Detector {
             }
             (fused, parts)
         };
-        let score = map.max();
+        let score = match (kind, &self.extractor) {
+            (ScorerKind::Bank, Some(e)) => {
+                crate::bank::scoring::image_score(&map.data, e.manifest.image_score_top)
+            }
+            _ => map.max(),
+        };
         times.scoring += t.elapsed();
         Ok(Detection {
             map,
@@ -431,14 +431,15 @@ impl Detector {
                 let t = Instant::now();
                 let feats = extractor.features(&image01)?;
                 times.features += t.elapsed();
-                let (grid, size) = (extractor.manifest.grid, extractor.manifest.input_size);
+                let grid = extractor.manifest.grid;
                 for bank in banks {
                     let t = Instant::now();
-                    let knn = crate::bank::scoring::bank_map(
+                    let knn = crate::bank::scoring::bank_map_with(
                         &feats,
                         grid,
-                        size,
+                        s,
                         bank,
+                        |d| extractor.to_distance(d),
                         &self.bank_kernel,
                         &mut window,
                         &mut self.scratch,

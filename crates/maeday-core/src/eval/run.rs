@@ -242,6 +242,8 @@ struct Tallies {
     pixel_budget: usize,
     weights: Weights,
     bank_rows: Vec<usize>,
+    /// The bank scorer's image score rule (the extractor's `image_score_top`).
+    bank_top: Option<f64>,
     /// Every combination of the parts (maeday, bank0, bank1, ...), set up at the first
     /// detection that has parts.
     combos: Vec<Combination>,
@@ -279,6 +281,9 @@ impl Tallies {
                 .banks()
                 .map(|b| b.scorers.iter().map(|s| s.bank.len()).collect())
                 .unwrap_or_default(),
+            bank_top: detector
+                .extractor()
+                .and_then(|e| e.manifest.image_score_top),
             combos: Vec::new(),
             scores: Vec::new(),
             labels: Vec::new(),
@@ -323,8 +328,10 @@ impl Tallies {
             self.add_pixels(&det.map, truth, &fused);
         }
         for (c, f) in self.combos.iter_mut().zip(&fused) {
-            c.scores
-                .push(f.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            // Banks alone are scored as the bank scorer scores (the extractor's rule).
+            let banks_only = c.parts.iter().all(|&i| det.parts[i].0 != fuse::MAEDAY_PART);
+            let top = if banks_only { self.bank_top } else { None };
+            c.scores.push(crate::bank::scoring::image_score(f, top));
         }
     }
 
