@@ -5,3 +5,4 @@ pub mod features;
 pub mod memory;
 pub mod scoring;
 pub mod store;
+pub mod view;

@@ -12,6 +12,7 @@ use crate::bank::features::FeatureExtractor;
 use crate::bank::memory::{Features, MemoryBank};
 use crate::bank::scoring::{BankScorer, BankThresholds};
 use crate::bank::store::StoredBank;
+use crate::bank::view::ExtractorView;
 use crate::detect::engine::{self, Engine, EngineOptions};
 use crate::detect::eq1::{self, AnomalyMap};
 use crate::detect::fuse::{self, Normalisation, ScorerKind, Weights};
@@ -132,6 +133,7 @@ pub struct Detector {
     kernel: Vec<f32>,
     kind: ScorerKind,
     extractor: Option<Arc<FeatureExtractor>>,
+    view: ExtractorView,
     banks: Option<Banks>,
     bank_kernel: Vec<f32>,
     keep_parts: bool,
@@ -175,6 +177,7 @@ impl Detector {
             kernel,
             kind: ScorerKind::Maeday,
             extractor: None,
+            view: ExtractorView::default(),
             banks: None,
             bank_kernel: crate::bank::scoring::bank_kernel(),
             keep_parts: opts.keep_parts,
@@ -259,6 +262,8 @@ impl Detector {
     /// The feature extractor for bank maps and enrollment (it resizes each window to its
     /// own input size).
     pub fn set_extractor(&mut self, extractor: Arc<FeatureExtractor>) -> Result<()> {
+        let (input, size) = (&self.model.manifest.input, extractor.manifest.input_size);
+        self.view = ExtractorView::new(input, self.pre.fit, size)?;
         self.extractor = Some(extractor);
         Ok(())
     }
@@ -306,6 +311,9 @@ impl Detector {
     pub fn set_fit(&mut self, fit: Fit) -> Result<()> {
         if self.pre.fit != fit {
             self.pre = Preprocessor::new(&self.model.manifest.input, fit)?;
+            if let Some(e) = self.extractor.clone() {
+                self.set_extractor(e)?;
+            }
         }
         Ok(())
     }
@@ -370,12 +378,12 @@ impl Detector {
             }
             (fused, parts)
         };
-        let score = match (kind, &self.extractor) {
-            (ScorerKind::Bank, Some(e)) => {
-                crate::bank::scoring::image_score(&map.data, e.manifest.image_score_top)
-            }
-            _ => map.max(),
-        };
+        let top = self
+            .extractor
+            .as_ref()
+            .and_then(|e| e.manifest.image_score_top);
+        let top = top.filter(|_| kind == ScorerKind::Bank); // the bank's own rule
+        let score = crate::bank::scoring::image_score(&map.data, top);
         times.scoring += t.elapsed();
         Ok(Detection {
             map,
@@ -411,12 +419,15 @@ impl Detector {
         );
         let mut window = AnomalyMap::zeros(s, s);
         let mut image01 = Vec::new();
+        let own = self.view.place(frame, !banks.is_empty())?;
         for &corner in &placed.windows {
             let t = Instant::now();
             self.pre
                 .window_tensor(&placed.canvas, corner, &mut self.input);
             if !banks.is_empty() {
-                self.pre.window_rgb01(&placed.canvas, corner, &mut image01);
+                let own = own.as_ref();
+                self.view
+                    .window(&self.pre, &placed.canvas, own, corner, &mut image01);
             }
             times.preprocess += t.elapsed();
             let mut slot = 0;
@@ -484,14 +495,6 @@ impl Detector {
         let Some(extractor) = self.extractor.clone() else {
             bail!("window features need a feature extractor");
         };
-        let placed = self.pre.place(frame)?;
-        let mut image01 = Vec::new();
-        let mut out = Vec::with_capacity(placed.windows.len());
-        for &(wx, wy) in &placed.windows {
-            self.pre
-                .window_rgb01(&placed.canvas, (wx, wy), &mut image01);
-            out.push(extractor.features(&image01)?);
-        }
-        Ok(out)
+        self.view.features(&self.pre, &extractor, frame)
     }
 }
