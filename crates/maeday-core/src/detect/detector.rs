@@ -191,13 +191,13 @@ impl Detector {
             dirs.push(own);
         }
         if !dirs.is_empty() && opts.scorer != Some(ScorerKind::Maeday) {
-            let extractor = Arc::new(crate::bank::features::open_extractor(
-                opts.extractor.as_ref(),
-            )?);
             let stored = dirs
                 .iter()
                 .map(|d| StoredBank::load(d))
                 .collect::<Result<Vec<_>>>()?;
+            let name = Some(stored[0].meta.extractor.as_str());
+            let ex = crate::bank::features::open_extractor_for(opts.extractor.as_ref(), name)?;
+            let extractor = Arc::new(ex);
             detector.attach_stored(extractor, &stored)?;
         }
         detector.set_scorer(opts.scorer.unwrap_or(if detector.banks.is_some() {
@@ -262,7 +262,7 @@ impl Detector {
     /// The feature extractor for bank maps and enrollment (it resizes each window to its
     /// own input size).
     pub fn set_extractor(&mut self, extractor: Arc<FeatureExtractor>) -> Result<()> {
-        let (input, size) = (&self.model.manifest.input, extractor.manifest.input_size);
+        let (input, size) = (&self.model.manifest.input, extractor.manifest.view_size());
         self.view = ExtractorView::new(input, self.pre.fit, size)?;
         self.extractor = Some(extractor);
         Ok(())
@@ -442,7 +442,7 @@ impl Detector {
                 let t = Instant::now();
                 let feats = extractor.features(&image01)?;
                 times.features += t.elapsed();
-                let grid = extractor.manifest.grid;
+                let grid = extractor.manifest.view_grid();
                 for bank in banks {
                     let t = Instant::now();
                     let knn = crate::bank::scoring::bank_map_with(
