@@ -17,7 +17,7 @@ use maeday_edge::detect::detector::{Detector, DetectorOptions};
 use maeday_edge::detect::engine::EngineOptions;
 use maeday_edge::detect::fuse::ScorerKind;
 use maeday_edge::detect::preprocess::{load_image, Fit, Preprocessor};
-use maeday_edge::model::manifest::Model;
+use maeday_edge::model::manifest::{InputSpec, Model};
 
 const MASKS: [usize; 2] = [8, 32];
 
@@ -55,12 +55,20 @@ fn bench(c: &mut Criterion) {
     let mut window = Vec::new();
     pre.window_rgb01(&placed.canvas, (0, 0), &mut window);
     let mut group = c.benchmark_group("window");
-    for name in ["lite0", "dinov2"] {
-        let ex = open_extractor(Some(&name.into())).unwrap();
-        group.bench_function(name, |b| b.iter(|| ex.features(&window).unwrap()));
-    }
+    let lite0 = open_extractor(Some(&"lite0".into())).unwrap();
+    group.bench_function("lite0", |b| b.iter(|| lite0.features(&window).unwrap()));
+    // DINOv2 sees the window's region at its view size (448: 2 x 2 graph runs of 224).
     let dino = open_extractor(Some(&"dinov2".into())).unwrap();
-    let queries = dino.features(&window).unwrap();
+    let spec = InputSpec {
+        size: dino.manifest.view_size(),
+        ..model().manifest.input
+    };
+    let view_pre = Preprocessor::new(&spec, Fit::Squash).unwrap();
+    let mut view = Vec::new();
+    view_pre.window_rgb01(&view_pre.place(&frame).unwrap().canvas, (0, 0), &mut view);
+    group.bench_function("dinov2", |b| b.iter(|| dino.features(&view).unwrap()));
+    let queries = dino.features(&view).unwrap();
+    assert_eq!(queries.rows(), dino.manifest.view_grid().pow(2));
     let bank = MemoryBank::new(queries.select(&(0..1024).collect::<Vec<_>>())).unwrap();
     group.bench_function("dinov2-knn-1024", |b| {
         b.iter(|| bank.nearest(&queries).unwrap())
