@@ -310,6 +310,15 @@ fn browse(chromium: &Path, profile: &Path, args: &[&str], url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// The page's DOM as headless Chromium leaves it, from the first camera `<section>` on.
+fn first_camera_section(chromium: &Path, dir: &Path, url: &str) -> String {
+    let dom = browse(chromium, &dir.join("profile"), &["--dump-dom"], url);
+    dom.split("<section")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no camera section:\n{dom}"))
+        .to_string()
+}
+
 #[test]
 fn the_live_page_shows_the_overlay_and_the_score_in_a_real_browser() {
     let Some(chromium) = chromium() else {
@@ -330,16 +339,8 @@ fn the_live_page_shows_the_overlay_and_the_score_in_a_real_browser() {
         (get(http, "/frame/0.jpg").status == 200).then_some(())
     });
     let url = format!("http://127.0.0.1:{http}/");
-    let dom = browse(
-        &chromium,
-        &dir.path().join("profile"),
-        &["--dump-dom"],
-        &url,
-    );
-    let section = dom
-        .split("<section")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no camera section:\n{dom}"));
+    let section = first_camera_section(&chromium, dir.path(), &url);
+    let section = section.as_str();
     let image = section
         .split("data-image=\"")
         .nth(1)
@@ -442,16 +443,8 @@ fn the_live_page_lists_the_bolts_anomaly_event() {
         return;
     };
     let url = format!("http://127.0.0.1:{http}/");
-    let dom = browse(
-        &chromium,
-        &dir.path().join("profile"),
-        &["--dump-dom"],
-        &url,
-    );
-    let section = dom
-        .split("<section")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no camera section:\n{dom}"));
+    let section = first_camera_section(&chromium, dir.path(), &url);
+    let section = section.as_str();
     let row = section
         .split("<tr")
         .find(|r| r.contains(&format!("data-id=\"{id}\"")))

@@ -53,6 +53,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = h.addr().expect("validated");
         // The live page's picture and list stay small whatever the config says.
         assert!(h.frame_max_px <= 4096 && (1..=100).contains(&h.jpeg_quality));
-        let _ = maeday_edge::daemon::http::recent::Recent::new(h.events);
+        let _ = maeday_edge::daemon::http::recent::Recent::new(h.events, c.events.is_some());
     }
 });
