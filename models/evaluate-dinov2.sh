@@ -9,7 +9,9 @@
 # also holds MAEDAY alone and MAEDAY + bank) on magnetic tiles (100 defective + 100 MT_Free,
 # `--limit 100 --seed 0`), floor hazards and the conveyor clip (frames 2-22 with the bolt
 # vs the empty belt, 0 and 24-36; 1 and 23 show only its edge and are left out), squash fit.
-# Then the table: mean ± std over the three shot seeds. SETS (mt floor conveyor) and
+# The synthetic foreign-object set (3 scenes, `synth-fod --seed 0`, built under out-dir
+# unless SYNTH names it) likewise, per scene. Then the table: mean ± std over the three shot
+# seeds (synthetic: per seed, the mean over the scenes first). SETS (mt floor conveyor synth) and
 # EXTRACTORS (dinov2 lite0) pick a part, e.g. to run two in parallel (the DINOv2 extractor
 # runs on one core).
 # Needs ../shared/data and the release binary (built here if missing).
@@ -19,8 +21,14 @@ OUT=${1:-eval-runs/dinov2}
 DATA=${DATA:-../shared/data}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/maeday-edge}
 PY=${PYTHON:-python3}
+VPY=${VENV_PYTHON:-$HOME/.cache/maeday-ci/venv/bin/python}
+SYNTH=${SYNTH:-$OUT/synth}
+SCENES="woodenFloor pavingStone greyTile"
 [ -x "$BIN" ] || cargo build --release
 mkdir -p "$OUT"
+case " ${SETS:-mt floor conveyor synth} " in
+  *" synth "*) [ -d "$SYNTH" ] || "$VPY" -m models.workstation synth-fod --seed 0 --out "$SYNTH" ;;
+esac
 CONV=$OUT/conveyor-frames
 if [ ! -d "$CONV" ]; then
   "$PY" - "$DATA/conveyor/bolt-multi-size-detection.gif" "$CONV" <<'PY'
@@ -43,7 +51,7 @@ ev() { # ev <report-name> <dataset> [eval options...]
     --bank-seeds 0 --pixel-budget 16384 "$@" | grep -E "AUROC|^  (maeday|bank)" || true
 }
 
-for set in ${SETS:-mt floor conveyor}; do
+for set in ${SETS:-mt floor conveyor synth}; do
   for shots in 1 4; do
     for s in 0 1 2; do
       for ex in ${EXTRACTORS:-dinov2 lite0}; do
@@ -54,6 +62,10 @@ for set in ${SETS:-mt floor conveyor}; do
                 --shots "$shots" --shot-seed "$s" --extractor "$ex" ;;
           conveyor) ev "$ex-conveyor-${shots}shot-s$s" "$CONV" \
                 --shots "$shots" --shot-seed "$s" --extractor "$ex" ;;
+          synth) for scene in $SCENES; do
+                   ev "$ex-synth-$scene-${shots}shot-s$s" "$SYNTH/$scene" \
+                     --shots "$shots" --shot-seed "$s" --extractor "$ex"
+                 done ;;
         esac
       done
     done
@@ -72,10 +84,26 @@ rows = [("MAEDAY alone (zero-shot, N = 8)", "lite0", "maeday"),
         ("Lite0 bank", "lite0", "bank0"), ("DINOv2 bank", "dinov2", "bank0"),
         ("MAEDAY + Lite0 bank", "lite0", "maeday+bank0"),
         ("MAEDAY + DINOv2 bank", "dinov2", "maeday+bank0")]
+SCENES = ["woodenFloor", "pavingStone", "greyTile"]
+def load(ex, data, k, s):
+    """One report, or for the synthetic set the scenes' mean of every scorer metric."""
+    if data != "synth":
+        return json.load(open(out / f"{ex}-{data}-{k}shot-s{s}.json"))
+    reps = [json.load(open(out / f"{ex}-synth-{sc}-{k}shot-s{s}.json")) for sc in SCENES]
+    merged = json.loads(json.dumps(reps[0]))
+    for key, sc in merged["scorers"].items():
+        for m, v in sc.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                sc[m] = statistics.mean(r["scorers"][key][m] for r in reps)
+    return merged
+def have(ex, data, k, s):
+    names = [f"synth-{sc}" for sc in SCENES] if data == "synth" else [data]
+    return all((out / f"{ex}-{n}-{k}shot-s{s}.json").exists() for n in names)
 lines = []
 for data, metrics in [("mt", ["image_auroc", "pixel_auroc", "pro_0_3"]),
-                      ("floor", ["image_auroc"]), ("conveyor", ["image_auroc"])]:
-    if not all((out / f"{ex}-{data}-{k}shot-s{s}.json").exists()
+                      ("floor", ["image_auroc"]), ("conveyor", ["image_auroc"]),
+                      ("synth", ["image_auroc", "pixel_auroc", "pro_0_3"])]:
+    if not all(have(ex, data, k, s)
                for ex in ("lite0", "dinov2") for k in (1, 4) for s in (0, 1, 2)):
         lines.append(f"\n{data}: incomplete"); continue
     head = ["scorer"] + [f"{k} shot {m.replace('_auroc','').replace('pro_0_3','PRO')}"
@@ -84,12 +112,12 @@ for data, metrics in [("mt", ["image_auroc", "pixel_auroc", "pro_0_3"]),
     for label, ex, key in rows:
         cells = []
         for k in (1, 4):
-            reps = [json.load(open(out / f"{ex}-{data}-{k}shot-s{s}.json")) for s in (0, 1, 2)]
+            reps = [load(ex, data, k, s) for s in (0, 1, 2)]
             for m in metrics:
                 cells.append(cell([r["scorers"][key][m] for r in reps]))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for ex in ("lite0", "dinov2"):
-        reps = [json.load(open(out / f"{ex}-{data}-{k}shot-s{s}.json")) for k in (1, 4) for s in (0, 1, 2)]
+        reps = [load(ex, data, k, s) for k in (1, 4) for s in (0, 1, 2)]
         t = reps[0]["timings"]
         lines.append(f"\n{ex}: bank rows {[r['bank_rows'][0] for r in reps]}; "
                      f"features ms/image {statistics.mean(r['timings']['features_ms_mean'] for r in reps):.0f}, "
