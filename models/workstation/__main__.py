@@ -416,6 +416,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="folder for the graph and extractor.toml")
     x.add_argument("--reference", help="also write the Rust test reference here")
     x.set_defaults(fn=cmd_export_extractor)
+    from . import dinov2
+
+    dinov2.add_parser(sub)
     br = sub.add_parser("bank-reference",
                         help="the numpy bank-map reference for the Rust tests")
     br.add_argument("--reference", default=str(REPO / "tests" / "fixtures" / "reference"))

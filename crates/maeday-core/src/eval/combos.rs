@@ -42,10 +42,16 @@ impl Combination {
         }
     }
 
-    /// Record the image scores of one fused map.
-    pub fn push_scores(&mut self, fused: &[f32]) {
+    /// Record the image scores of one fused map; `bank_top`: the image-score rule of the
+    /// bank's extractor, used when every part is a bank (as the bank scorer serves).
+    pub fn push_scores(&mut self, det: &Detection, fused: &[f32], bank_top: Option<f64>) {
+        let banks_only = self.parts.iter().all(|&i| {
+            let name = det.parts[i].0.as_str();
+            name != fuse::MAEDAY_PART && name != MAEDAY_NORM_PART
+        });
+        let top = if banks_only { bank_top } else { None };
         self.scores
-            .push(fused.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            .push(crate::bank::scoring::image_score(fused, top));
         self.scores_top.push(top_k_mean(fused, TOP_FRACTION));
     }
 }

@@ -245,6 +245,8 @@ struct Tallies {
     probe: Option<ProbeWeights>,
     weights: Weights,
     bank_rows: Vec<usize>,
+    /// The bank scorer's image score rule (the extractor's `image_score_top`).
+    bank_top: Option<f64>,
     /// Every combination of the parts (maeday, bank0, bank1, ...), set up at the first
     /// detection that has parts.
     combos: Vec<Combination>,
@@ -287,6 +289,9 @@ impl Tallies {
                 .banks()
                 .map(|b| b.scorers.iter().map(|s| s.bank.len()).collect())
                 .unwrap_or_default(),
+            bank_top: detector
+                .extractor()
+                .and_then(|e| e.manifest.image_score_top),
             combos: Vec::new(),
             scores: Vec::new(),
             labels: Vec::new(),
@@ -325,7 +330,7 @@ impl Tallies {
             self.add_pixels(&det.map, truth, &fused);
         }
         for (c, f) in self.combos.iter_mut().zip(&fused) {
-            c.push_scores(f);
+            c.push_scores(det, f, self.bank_top);
         }
     }
 
