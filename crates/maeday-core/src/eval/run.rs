@@ -7,7 +7,6 @@
 //! pixels with their ground-truth regions) and finally writes the report.
 
 use std::collections::HashSet;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,7 +116,9 @@ pub fn evaluate(
     let report = tallies.report(&run)?;
     if let Some(path) = &eo.report {
         let text = serde_json::to_string_pretty(&report)?;
-        fs::write(path, text + "\n")
+        // Atomic: a full disk or a kill leaves the old report or none, never half of one
+        // (the evaluation scripts skip reports that exist).
+        crate::durable::write_atomic(path, (text + "\n").as_bytes())
             .with_context(|| format!("cannot write report {}", path.display()))?;
     }
     Ok(report)
