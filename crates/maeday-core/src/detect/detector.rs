@@ -154,6 +154,17 @@ impl Detector {
             engine.describe(),
             opts.fit
         );
+        let calibrated = m.calibration.as_ref().and_then(|c| c.get("schedule"));
+        if let Some(cal) = calibrated.and_then(|v| v.as_str()) {
+            if m.thresholds.is_some() && cal != schedule.id() {
+                log::warn!(
+                    "model {}'s thresholds were calibrated with schedule {cal}, this detector \
+                     runs {}: calibrate again with the same masks and schedule",
+                    m.name,
+                    schedule.id()
+                );
+            }
+        }
         if m.training.starts_with("random-init") {
             log::warn!(
                 "model {} has random weights: its scores mean nothing",
