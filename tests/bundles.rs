@@ -276,9 +276,7 @@ fn good_bundles_swap_without_dropping_frames_bad_ones_are_rejected_with_their_re
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let ws = Workstation::new(tmp.path());
-    let port = free_port();
-    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20)
-        .unwrap();
+    let port = common::broker(8 << 20);
     let (client, inbox) = watch(port);
     let cfg = device_config(tmp.path(), port, 2.0, "");
     let device = start_device(&cfg, None, &[]);
@@ -454,12 +452,7 @@ fn killed_at_each_install_step_the_device_restarts_on_a_valid_model() {
     for step in steps {
         let tmp = tempfile::tempdir().unwrap();
         let ws = Workstation::new(tmp.path());
-        let port = free_port();
-        maeday_edge::daemon::mqtt::broker::start(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            8 << 20,
-        )
-        .unwrap();
+        let port = common::broker(8 << 20);
         let (client, inbox) = watch(port);
         let cfg = device_config(tmp.path(), port, 10.0, "");
         let mut device = start_device(&cfg, Some(step), &[]);
@@ -652,9 +645,7 @@ fn workstation_cli_packs_verifies_and_sends_to_a_group_and_a_device() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown-key"));
 
-    let port = free_port();
-    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20)
-        .unwrap();
+    let port = common::broker(8 << 20);
     let (_client, inbox) = watch(port);
     let cfg = device_config(tmp.path(), port, 5.0, "groups = [\"conveyors\"]");
     let device = start_device(&cfg, None, &[]);
@@ -783,9 +774,7 @@ fn enrollment_over_mqtt_keeps_serving_then_swaps_to_the_ensemble_and_rolls_back(
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let ws = Workstation::new(tmp.path());
-    let port = free_port();
-    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20)
-        .unwrap();
+    let port = common::broker(8 << 20);
     let (client, inbox) = watch(port);
     let cfg = device_config(tmp.path(), port, 4.0, "");
     let device = start_device(&cfg, None, &[]);

@@ -13,7 +13,7 @@ use serde_json::Value;
 mod common;
 use common::daemon::{decode, subscribe, BIN};
 use common::device::{device_config, Device};
-use common::{free_port, repo};
+use common::repo;
 
 fn cli(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -62,9 +62,7 @@ fn send_and_command_reach_a_device_under_a_custom_prefix() {
     std::fs::copy(tmp.path().join("ws.pub"), tmp.path().join("trusted.pub")).unwrap();
     pack(tmp.path(), &p("ws.key"), &p("v2.bundle"));
 
-    let port = free_port();
-    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20)
-        .unwrap();
+    let port = common::broker(8 << 20);
     let cfg = device_config(tmp.path(), port, 5.0, "");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 mod common;
 use common::daemon::{subscribe, Inbox, BIN};
 use common::device::{device_config, settings_bundle, trusted_key, Device};
-use common::{free_port, repo};
+use common::repo;
 
 /// Each test runs a device: one at a time on the 2-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -37,12 +37,7 @@ impl Rig {
     fn new() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let key = trusted_key(dir.path());
-        let port = free_port();
-        maeday_edge::daemon::mqtt::broker::start(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            8 << 20,
-        )
-        .unwrap();
+        let port = common::broker(8 << 20);
         let (client, inbox, _) = subscribe("127.0.0.1", port, "maeday/dev/#");
         Rig {
             port,

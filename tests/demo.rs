@@ -28,6 +28,11 @@ fn masked_results(results: &std::path::Path) -> Vec<(u64, u64)> {
     let boot = rows.last().expect("results.jsonl has lines")["boot"]
         .as_u64()
         .expect("results carry their boot");
+    // The demo is a CPU site: 8 balanced masks, the schedule its bank is calibrated for.
+    for r in rows.iter().filter(|r| r["boot"].as_u64() == Some(boot)) {
+        let schedule = r["schedule"].as_str().unwrap_or_default();
+        assert!(schedule.starts_with("balanced-n8-"), "{r}");
+    }
     rows.iter()
         .filter(|r| r["boot"].as_u64() == Some(boot) && r["mask"] == true)
         .map(|r| (boot, r["seq"].as_u64().unwrap()))

@@ -12,14 +12,7 @@ use rumqttc::{Client, MqttOptions, QoS};
 
 mod common;
 use common::daemon::{finish, mqtt_section, run_daemon, subscribe};
-use common::{free_port, repo};
-
-fn broker() -> u16 {
-    let port = free_port();
-    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 4 << 20)
-        .unwrap();
-    port
-}
+use common::repo;
 
 /// Device `disc.1` on the conveyor clip with `cameras`, events, discovery under `ha`.
 fn config(dir: &Path, port: u16, cameras: &[&str]) -> std::path::PathBuf {
@@ -80,7 +73,7 @@ fn retained(port: u16, filter: &str, expected: usize) -> Vec<String> {
 
 #[test]
 fn a_removed_camera_leaves_nothing_retained() {
-    let port = broker();
+    let port = common::broker(4 << 20);
     let dir = tempfile::tempdir().unwrap();
     // Another device whose id maps to the same Home Assistant node id (`disc_1`).
     let mut opts = MqttOptions::new("other-device", "127.0.0.1", port);

@@ -14,24 +14,9 @@ use serde_json::Value;
 
 mod common;
 use common::daemon::{decode, finish, mqtt_section, run_daemon, subscribe, summary, Inbox};
-use common::{free_port, repo};
+use common::repo;
 
 const FRAMES: u64 = 37;
-
-/// An embedded broker on a free port (a port found free can be taken by another test's
-/// connection before the broker binds it: then try another).
-fn broker() -> u16 {
-    let mut last = None;
-    for _ in 0..5 {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        match maeday_edge::daemon::mqtt::broker::start(addr, 4 << 20) {
-            Ok(_) => return port,
-            Err(e) => last = Some(e),
-        }
-    }
-    panic!("no free port for the broker: {:?}", last.unwrap());
-}
 
 /// The conveyor clip with the demo's bank (the bank scorer: fast and as sharp as the
 /// ensemble on this clip), N = 2, one thread, every frame scored.
@@ -75,7 +60,7 @@ fn empty_belt(seq: u64) -> bool {
 
 #[test]
 fn the_conveyor_clip_gives_one_event_per_bolt_passage() {
-    let port = broker();
+    let port = common::broker(4 << 20);
     let dir = tempfile::tempdir().unwrap();
     let (_client, inbox, _) = subscribe("127.0.0.1", port, "maeday/#");
     let mqtt = mqtt_section(
@@ -175,7 +160,7 @@ fn the_conveyor_clip_gives_one_event_per_bolt_passage() {
 
 #[test]
 fn home_assistant_discovery_and_the_topic_prefix() {
-    let port = broker();
+    let port = common::broker(4 << 20);
     let dir = tempfile::tempdir().unwrap();
     let (_c1, ha, _) = subscribe("127.0.0.1", port, "ha/#");
     let (_c2, dev, _) = subscribe("127.0.0.1", port, "plant/line3/#");

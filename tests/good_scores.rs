@@ -62,7 +62,11 @@ fn enrollment_keeps_held_out_good_scores_and_refuses_tampered_ones() {
     // One frame: its zoomed view and the brightness and rotation views (1 + 2 + 2).
     let one = enroll(&tmp.path().join("one"), &[0]);
     let g1 = good_of(&one);
-    assert_eq!((g1.how.as_str(), g1.maeday_norm.len()), ("views", 5), "{g1:?}");
+    assert_eq!(
+        (g1.how.as_str(), g1.maeday_norm.len()),
+        ("views", 5),
+        "{g1:?}"
+    );
 
     // Drop one of the bank's scores: the counts differ, the bank is refused by the key.
     let toml_path = bank.join("bank.toml");

@@ -115,13 +115,6 @@ fn result_count(inbox: &Inbox) -> usize {
         .count()
 }
 
-fn broker() -> u16 {
-    let port = free_port();
-    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 4 << 20)
-        .unwrap();
-    port
-}
-
 /// The conveyor clip encoded to H.264 in an MP4 (37 frames, 480x270) by the helper.
 fn conveyor_mp4(dir: &Path) -> PathBuf {
     let out = dir.join("conveyor.mp4");
@@ -140,7 +133,7 @@ fn conveyor_mp4(dir: &Path) -> PathBuf {
 
 #[test]
 fn rtsp_camera_reaches_mqtt_and_reconnects_when_the_server_restarts() {
-    let mqtt = broker();
+    let mqtt = common::broker(4 << 20);
     let rtsp_port = free_port();
     let server = RtspServer::start(rtsp_port);
     let tmp = tempfile::tempdir().unwrap();
@@ -207,7 +200,7 @@ fn rtsp_camera_reaches_mqtt_and_reconnects_when_the_server_restarts() {
 
 #[test]
 fn an_mp4_replay_scores_every_frame_in_order() {
-    let mqtt = broker();
+    let mqtt = common::broker(4 << 20);
     let tmp = tempfile::tempdir().unwrap();
     let mp4 = conveyor_mp4(tmp.path());
     let (_client, inbox, _) = subscribe("127.0.0.1", mqtt, "maeday/mp4-run/#");

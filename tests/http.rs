@@ -94,7 +94,7 @@ fn demo_config(dir: &Path, mqtt_port: u16, http_port: u16, extra: &str) -> PathB
         .replace("/tmp/maeday-edge-demo", &dir.display().to_string())
         .replace("18830", &mqtt_port.to_string())
         .replace("fps = 2.0", "fps = 8.0")
-        .replace("[model]\n", "[model]\nmasks = 8\nthreads = 1\n");
+        .replace("[model]\n", "[model]\nthreads = 1\n");
     assert!(text.contains("masks = 8") && text.contains(&dir.display().to_string()));
     let text = format!("{text}\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n{extra}\n");
     let path = dir.join("demo-http.toml");

@@ -19,13 +19,6 @@ use common::daemon::{decode, mqtt_section, run_daemon, subscribe, BIN};
 use common::device::Device;
 use common::{free_port, repo};
 
-fn broker() -> u16 {
-    let port = free_port();
-    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 4 << 20)
-        .unwrap();
-    port
-}
-
 /// The conveyor clip at `fps`, looped, the demo's bank (fast), N = 2, one thread.
 fn conveyor(dir: &Path, mqtt: &str, extra: &str) -> std::path::PathBuf {
     let r = repo();
@@ -83,7 +76,7 @@ fn with_x(r: &[Value], x: f64) -> Vec<Value> {
 
 #[test]
 fn results_and_events_carry_the_newest_pose_with_its_age() {
-    let port = broker();
+    let port = common::broker(4 << 20);
     let dir = tempfile::tempdir().unwrap();
     let pose = publisher(port);
     // Retained before the daemon exists: a pose is state, taken at connect.
@@ -223,7 +216,7 @@ fn results_and_events_carry_the_newest_pose_with_its_age() {
 
 #[test]
 fn no_position_section_no_field() {
-    let port = broker();
+    let port = common::broker(4 << 20);
     let dir = tempfile::tempdir().unwrap();
     let (_c, inbox, _) = subscribe("127.0.0.1", port, "maeday/#");
     let mqtt = mqtt_section(

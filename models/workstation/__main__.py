@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import devsets, eq1, pixelnorm, round2
+from . import devsets, eq1, masks_table, pixelnorm, round2
 from .export import export_model, onnxruntime_parity
 from .mae import MAE, MAEDAYGraph, PRESETS, count_params
 from .masks import schedule
@@ -416,6 +416,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="folder for the graph and extractor.toml")
     x.add_argument("--reference", help="also write the Rust test reference here")
     x.set_defaults(fn=cmd_export_extractor)
+    from . import dinov2
+
+    dinov2.add_parser(sub)
     br = sub.add_parser("bank-reference",
                         help="the numpy bank-map reference for the Rust tests")
     br.add_argument("--reference", default=str(REPO / "tests" / "fixtures" / "reference"))
@@ -428,6 +431,9 @@ def main(argv: list[str] | None = None) -> None:
     r2 = sub.add_parser("round2-table", help="the round-2 quality table (evaluate-round2.sh)")
     r2.add_argument("folder")
     r2.set_defaults(fn=lambda a: print(round2.table(Path(a.folder))))
+    mt = sub.add_parser("masks-table", help="the how-many-masks table (evaluate-masks.sh)")
+    mt.add_argument("folder")
+    mt.set_defaults(fn=lambda a: print(masks_table.table(Path(a.folder))))
     pn = sub.add_parser("pixel-norm-reference", help="numpy reference of MAEDAY's per-pixel norm")
     pn.add_argument("--reference", default=str(REPO / "tests" / "fixtures" / "reference"))
     pn.set_defaults(fn=lambda a: print(pixelnorm.write_reference(Path(a.reference))))

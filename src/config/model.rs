@@ -17,6 +17,10 @@ pub struct ModelConfig {
     pub path: Option<PathBuf>,
     /// Override the manifest's mask count (fewer masks: faster, noisier).
     pub masks: Option<usize>,
+    /// Override the manifest's schedule kind: `random` (the paper) or `balanced` (every
+    /// patch visible equally often; N = 8 balanced matches N = 32 random on CPU sites,
+    /// models/README.md "How many masks").
+    pub schedule: Option<crate::model::schedule::ScheduleKind>,
     /// CPU threads for inference; default: all cores.
     pub threads: Option<usize>,
     #[serde(default)]

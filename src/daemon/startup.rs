@@ -71,6 +71,7 @@ fn detector_options(config: &Config, model_dir: &Path) -> DetectorOptions {
         fit: config.cameras[0].fit(),
         engine,
         masks: config.model.masks,
+        schedule: config.model.schedule,
         scorer: config.model.scorer,
         extractor: config.model.extractor.clone(),
         // The config's bank serves a model folder without a bank of its own.

@@ -31,6 +31,23 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// An embedded rumqttd broker on a loopback port, accepting packets up to `max_packet`
+/// bytes; returns its port. Another process can take a free port between probing and
+/// binding, so a refused bind tries another port.
+#[allow(dead_code)]
+pub fn broker(max_packet: usize) -> u16 {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        match maeday_edge::daemon::mqtt::broker::start(addr, max_packet) {
+            Ok(_) => return port,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no free port for the broker: {:?}", last.unwrap());
+}
+
 /// A loopback port nothing listens on right now.
 #[allow(dead_code)]
 pub fn free_port() -> u16 {

@@ -100,12 +100,7 @@ impl Rig {
     fn new() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let ws = Workstation::new(dir.path());
-        let port = free_port();
-        maeday_edge::daemon::mqtt::broker::start(
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            8 << 20,
-        )
-        .unwrap();
+        let port = super::common::broker(8 << 20);
         let (client, inbox, _) = subscribe("127.0.0.1", port, "maeday/dev/#");
         Rig {
             port,
@@ -501,9 +496,7 @@ fn anonymous_chunks_are_bounded_and_cannot_lock_out_a_real_bundle() {
 fn an_oversized_retained_command_causes_no_reconnect_loop_and_logs_stay_short() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    maeday_edge::daemon::mqtt::broker::start(format!("127.0.0.1:{port}").parse().unwrap(), 8 << 20)
-        .unwrap();
+    let port = super::common::broker(8 << 20);
     let (client, inbox, _) = subscribe("127.0.0.1", port, "maeday/dev/#");
     // Over the device's packet limit (1 MiB), retained before it connects.
     client

@@ -63,16 +63,6 @@ fn success(out: &std::process::Output) -> Value {
     summary(out)
 }
 
-fn start_broker(max_payload: usize) -> u16 {
-    let port = free_port();
-    maeday_edge::daemon::mqtt::broker::start(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        max_payload,
-    )
-    .unwrap();
-    port
-}
-
 /// Attack 1: the previous run's spooled results are replayed after a restart; a consumer
 /// that de-duplicates on `(camera, boot, seq)` keeps every result of both runs, and the file
 /// sink keeps both runs' masks.
@@ -102,7 +92,7 @@ fn results_of_two_runs_never_share_an_identity() {
     assert_eq!(first["mqtt"]["spool_messages"], 6, "{first}");
 
     // Run 2: the broker is up; the spool drains first, then run 2's own results.
-    let port = start_broker(4 << 20);
+    let port = super::common::broker(4 << 20);
     let (_c, inbox, _) = subscribe("127.0.0.1", port, &format!("maeday/{device}/#"));
     let cfg = cfg_for(&format!("mqtt://127.0.0.1:{port}"));
     success(&finish(
@@ -165,7 +155,7 @@ fn an_oversized_picture_is_shrunk_and_blocks_nothing() {
     let frames = photo_frames(tmp.path(), 3, Some((1920, 1080)));
     let spool = tmp.path().join("spool");
     let device = "big";
-    let port = start_broker(4 << 20);
+    let port = super::common::broker(4 << 20);
     let (_c, inbox, _) = subscribe("127.0.0.1", port, &format!("maeday/{device}/#"));
     let limit = 64 * 1024;
     let extra = format!(
@@ -240,7 +230,7 @@ fn an_oversized_message_in_an_old_spool_is_dropped_not_retried_forever() {
             },
         ]);
     }
-    let port = start_broker(4 << 20);
+    let port = super::common::broker(4 << 20);
     let (_c, inbox, _) = subscribe("127.0.0.1", port, &format!("maeday/{device}/#"));
     let extra = mqtt_section_grace(&format!("mqtt://127.0.0.1:{port}"), &spool, 5.0, "");
     let frames = photo_frames(tmp.path(), 1, None);
@@ -391,7 +381,7 @@ fn a_full_disk_degrades_to_counted_drops_never_to_an_exit() {
     assert!(nospace <= 6, "no log flood ({nospace} lines):\n{stderr}");
 
     // Run C: still full, the broker is back: the daemon starts and publishes live.
-    let port = start_broker(4 << 20);
+    let port = super::common::broker(4 << 20);
     let (_c, inbox, _) = subscribe("127.0.0.1", port, &format!("maeday/{device}/#"));
     let cfg = cfg_for(&format!("mqtt://127.0.0.1:{port}"));
     let out = finish(

@@ -6,3 +6,4 @@ pub mod memory;
 pub mod pixel_file;
 pub mod scoring;
 pub mod store;
+pub mod view;

@@ -62,8 +62,8 @@ pub fn upsample_bilinear(src: &[f32], sw: usize, sh: usize, dw: usize, dh: usize
     out
 }
 
-/// A `grid x grid` patch grid's map: each patch's distance to its nearest bank row,
-/// upsampled to `size x size`, smoothed with `kernel` (sigma 4). Returns the time spent
+/// A `grid x grid` patch grid's map: each patch's (Euclidean) distance to its nearest bank
+/// row, upsampled to `size x size`, smoothed with `kernel` (sigma 4). Returns the time spent
 /// in the nearest-neighbour search.
 pub fn bank_map(
     feats: &Features,
@@ -74,14 +74,31 @@ pub fn bank_map(
     out: &mut AnomalyMap,
     scratch: &mut Vec<f32>,
 ) -> Result<Duration> {
+    bank_map_with(feats, grid, size, bank, |_| {}, kernel, out, scratch)
+}
+
+/// [`bank_map`] with the patch distances passed through `distance` (e.g. the extractor's
+/// [`crate::bank::features::FeatureExtractor::to_distance`]) before upsampling.
+#[allow(clippy::too_many_arguments)]
+pub fn bank_map_with(
+    feats: &Features,
+    grid: usize,
+    size: usize,
+    bank: &MemoryBank,
+    distance: impl Fn(&mut [f32]),
+    kernel: &[f32],
+    out: &mut AnomalyMap,
+    scratch: &mut Vec<f32>,
+) -> Result<Duration> {
     anyhow::ensure!(
         feats.rows() == grid * grid,
         "{} patch rows for a {grid}x{grid} grid",
         feats.rows()
     );
     let t = Instant::now();
-    let dist = bank.nearest(feats)?;
+    let mut dist = bank.nearest(feats)?;
     let knn = t.elapsed();
+    distance(&mut dist);
     out.width = size;
     out.height = size;
     out.data = upsample_bilinear(&dist, grid, grid, size, size);
@@ -89,9 +106,37 @@ pub fn bank_map(
     Ok(knn)
 }
 
+/// An image score from a map: its maximum (`top` = None), or the mean of its `top`
+/// fraction of highest pixels (at least one; AnomalyDINO takes the top 1%), which one hot
+/// pixel of noise moves less than the maximum.
+pub fn image_score(map: &[f32], top: Option<f64>) -> f32 {
+    let max = || map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let Some(top) = top else { return max() };
+    let k = ((top * map.len() as f64).ceil() as usize).clamp(1, map.len().max(1));
+    if map.is_empty() || k == 1 {
+        return max();
+    }
+    let mut v = map.to_vec();
+    let (_, _, high) = v.select_nth_unstable_by(map.len() - k, |a, b| a.total_cmp(b));
+    let rest: f64 = high.iter().map(|&x| x as f64).sum();
+    ((rest + v[map.len() - k] as f64) / k as f64) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_score_is_the_max_or_the_mean_of_the_top_fraction() {
+        let map: Vec<f32> = (0..200).map(|i| ((i * 37) % 200) as f32).collect();
+        assert_eq!(image_score(&map, None), 199.0);
+        // top 1% of 200 pixels = 2 pixels: 199 and 198.
+        assert_eq!(image_score(&map, Some(0.01)), 198.5);
+        // top 5% = 10 pixels: 190..=199.
+        assert_eq!(image_score(&map, Some(0.05)), 194.5);
+        assert_eq!(image_score(&map, Some(1.0)), 99.5);
+        assert_eq!(image_score(&[3.0], Some(0.01)), 3.0);
+    }
 
     #[test]
     fn upsampling_keeps_constants_and_interpolates_between_centres() {

@@ -11,6 +11,7 @@ use image::DynamicImage;
 use crate::bank::features::FeatureExtractor;
 use crate::bank::memory::{Features, MemoryBank};
 use crate::bank::store::StoredBank;
+use crate::bank::view::ExtractorView;
 use crate::detect::combine::combine;
 pub use crate::detect::combine::Banks;
 use crate::detect::engine::{self, Engine, EngineOptions};
@@ -123,6 +124,7 @@ pub struct Detector {
     kernel: Vec<f32>,
     kind: ScorerKind,
     extractor: Option<Arc<FeatureExtractor>>,
+    view: ExtractorView,
     banks: Option<Banks>,
     bank_kernel: Vec<f32>,
     keep_parts: bool,
@@ -152,6 +154,17 @@ impl Detector {
             engine.describe(),
             opts.fit
         );
+        let calibrated = m.calibration.as_ref().and_then(|c| c.get("schedule"));
+        if let Some(cal) = calibrated.and_then(|v| v.as_str()) {
+            if m.thresholds.is_some() && cal != schedule.id() {
+                log::warn!(
+                    "model {}'s thresholds were calibrated with schedule {cal}, this detector \
+                     runs {}: calibrate again with the same masks and schedule",
+                    m.name,
+                    schedule.id()
+                );
+            }
+        }
         if m.training.starts_with("random-init") {
             log::warn!(
                 "model {} has random weights: its scores mean nothing",
@@ -166,6 +179,7 @@ impl Detector {
             kernel,
             kind: ScorerKind::Maeday,
             extractor: None,
+            view: ExtractorView::default(),
             banks: None,
             bank_kernel: crate::bank::scoring::bank_kernel(),
             keep_parts: opts.keep_parts,
@@ -179,13 +193,13 @@ impl Detector {
             dirs.push(own);
         }
         if !dirs.is_empty() && opts.scorer != Some(ScorerKind::Maeday) {
-            let extractor = Arc::new(crate::bank::features::open_extractor(
-                opts.extractor.as_ref(),
-            )?);
             let stored = dirs
                 .iter()
                 .map(|d| StoredBank::load(d))
                 .collect::<Result<Vec<_>>>()?;
+            let name = Some(stored[0].meta.extractor.as_str());
+            let ex = crate::bank::features::open_extractor_for(opts.extractor.as_ref(), name)?;
+            let extractor = Arc::new(ex);
             detector.attach_stored(extractor, &stored)?;
         }
         detector.set_scorer(opts.scorer.unwrap_or(if detector.banks.is_some() {
@@ -249,14 +263,11 @@ impl Detector {
         Ok(())
     }
 
-    /// The feature extractor for bank maps and enrollment.
+    /// The feature extractor for bank maps and enrollment (it resizes each window to its
+    /// own input size).
     pub fn set_extractor(&mut self, extractor: Arc<FeatureExtractor>) -> Result<()> {
-        let size = extractor.manifest.input_size;
-        ensure!(
-            size == self.pre.size as usize,
-            "the extractor takes {size}x{size} windows, the model {0}x{0}",
-            self.pre.size
-        );
+        let (input, size) = (&self.model.manifest.input, extractor.manifest.view_size());
+        self.view = ExtractorView::new(input, self.pre.fit, size)?;
         self.extractor = Some(extractor);
         Ok(())
     }
@@ -318,6 +329,9 @@ impl Detector {
     pub fn set_fit(&mut self, fit: Fit) -> Result<()> {
         if self.pre.fit != fit {
             self.pre = Preprocessor::new(&self.model.manifest.input, fit)?;
+            if let Some(e) = self.extractor.clone() {
+                self.set_extractor(e)?;
+            }
         }
         Ok(())
     }
@@ -352,7 +366,17 @@ impl Detector {
         let with_maeday = kind != ScorerKind::Bank;
         let (raw, windows, mut times) = self.raw_maps(frame, with_maeday, &banks)?;
         let t = Instant::now();
-        let scored = combine(kind, self.banks.as_ref(), raw, self.keep_parts);
+        let mut scored = combine(kind, self.banks.as_ref(), raw, self.keep_parts);
+        if kind == ScorerKind::Bank {
+            // The bank alone is scored by its extractor's rule (e.g. DINOv2: top-1% mean).
+            let top = self
+                .extractor
+                .as_ref()
+                .and_then(|e| e.manifest.image_score_top);
+            if top.is_some() {
+                scored.score = crate::bank::scoring::image_score(&scored.map.data, top);
+            }
+        }
         times.scoring += t.elapsed();
         Ok(Detection {
             map: scored.map,
@@ -388,12 +412,15 @@ impl Detector {
         );
         let mut window = AnomalyMap::zeros(s, s);
         let mut image01 = Vec::new();
+        let own = self.view.place(frame, !banks.is_empty())?;
         for &corner in &placed.windows {
             let t = Instant::now();
             self.pre
                 .window_tensor(&placed.canvas, corner, &mut self.input);
             if !banks.is_empty() {
-                self.pre.window_rgb01(&placed.canvas, corner, &mut image01);
+                let own = own.as_ref();
+                self.view
+                    .window(&self.pre, &placed.canvas, own, corner, &mut image01);
             }
             times.preprocess += t.elapsed();
             let mut slot = 0;
@@ -408,14 +435,15 @@ impl Detector {
                 let t = Instant::now();
                 let feats = extractor.features(&image01)?;
                 times.features += t.elapsed();
-                let (grid, size) = (extractor.manifest.grid, extractor.manifest.input_size);
+                let grid = extractor.manifest.view_grid();
                 for bank in banks {
                     let t = Instant::now();
-                    let knn = crate::bank::scoring::bank_map(
+                    let knn = crate::bank::scoring::bank_map_with(
                         &feats,
                         grid,
-                        size,
+                        s,
                         bank,
+                        |d| extractor.to_distance(d),
                         &self.bank_kernel,
                         &mut window,
                         &mut self.scratch,
@@ -460,14 +488,6 @@ impl Detector {
         let Some(extractor) = self.extractor.clone() else {
             bail!("window features need a feature extractor");
         };
-        let placed = self.pre.place(frame)?;
-        let mut image01 = Vec::new();
-        let mut out = Vec::with_capacity(placed.windows.len());
-        for &(wx, wy) in &placed.windows {
-            self.pre
-                .window_rgb01(&placed.canvas, (wx, wy), &mut image01);
-            out.push(extractor.features(&image01)?);
-        }
-        Ok(out)
+        self.view.features(&self.pre, &extractor, frame)
     }
 }

@@ -158,7 +158,7 @@ pub fn enroll(
     let (pixel, mut pixel_meta, own) =
         pixel::pixel_stats(detector, shots, &held_out.maps, leave_one_out, &s.rule)?;
     let probes = probe::probe_views(detector, shots, &per_shot, &bank, dim, s.seed)?;
-    let stats = statistics(held_out.maps.clone(), s)?;
+    let stats = statistics(held_out.maps.clone(), s, extractor.manifest.image_score_top)?;
     pixel_meta.probe = Some(probe::probe_weights(
         &probes,
         &own,
@@ -291,8 +291,13 @@ struct Statistics {
 }
 
 /// Standardise MAEDAY's and the bank's held-out maps by their own pixels, then calibrate
-/// the bank alone and the ensemble on maps fused exactly as serving fuses them.
-fn statistics(mut maps: Vec<Vec<AnomalyMap>>, s: &EnrollSettings) -> Result<Statistics> {
+/// the bank alone (image score: the extractor's, `bank_top`) and the ensemble (the
+/// maximum) on maps fused exactly as serving fuses and scores them.
+fn statistics(
+    mut maps: Vec<Vec<AnomalyMap>>,
+    s: &EnrollSettings,
+    bank_top: Option<f64>,
+) -> Result<Statistics> {
     let pixels = |k: usize| -> Vec<f32> {
         maps.iter()
             .flat_map(|raw| raw[k].data.iter().copied())
@@ -315,7 +320,8 @@ fn statistics(mut maps: Vec<Vec<AnomalyMap>>, s: &EnrollSettings) -> Result<Stat
             } else {
                 fuse::weighted_sum([bank])
             };
-            scores.push(fused.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            let top = if with_maeday { None } else { bank_top };
+            scores.push(crate::bank::scoring::image_score(&fused, top));
             pixels.extend(fused);
         }
         Ok(calibrate(&mut scores, &mut pixels, &s.rule)?.thresholds)

@@ -78,9 +78,14 @@ impl Combination {
         }
     }
 
-    /// Record the image scores of one detection's fused map.
-    pub fn push_scores(&mut self, det: &Detection, fused: &[f32]) {
+    /// Record the image scores of one fused map; `bank_top`: the image-score rule of the
+    /// bank's extractor, used when every part is a bank (as the bank scorer serves).
+    pub fn push_scores(&mut self, det: &Detection, fused: &[f32], bank_top: Option<f64>) {
         let max = |m: &[f32]| m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let banks_only = self.parts.iter().all(|&i| {
+            let name = det.parts[i].0.as_str();
+            name != fuse::MAEDAY_PART && name != MAEDAY_NORM_PART
+        });
         let zs = self
             .parts
             .iter()
@@ -89,7 +94,7 @@ impl Combination {
         let score = match self.fusion {
             Fusion::ZSum => zs.sum(),
             Fusion::ZMax => zs.fold(f32::NEG_INFINITY, f32::max),
-            _ => max(fused),
+            _ => crate::bank::scoring::image_score(fused, if banks_only { bank_top } else { None }),
         };
         self.scores.push(score);
         self.scores_top.push(top_k_mean(fused, TOP_FRACTION));

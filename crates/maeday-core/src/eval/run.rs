@@ -7,7 +7,6 @@
 //! pixels with their ground-truth regions) and finally writes the report.
 
 use std::collections::HashSet;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,7 +117,9 @@ pub fn evaluate(
     let report = tallies.report(&run)?;
     if let Some(path) = &eo.report {
         let text = serde_json::to_string_pretty(&report)?;
-        fs::write(path, text + "\n")
+        // Atomic: a full disk or a kill leaves the old report or none, never half of one
+        // (the evaluation scripts skip reports that exist).
+        crate::durable::write_atomic(path, (text + "\n").as_bytes())
             .with_context(|| format!("cannot write report {}", path.display()))?;
     }
     Ok(report)
@@ -248,6 +249,8 @@ struct Tallies {
     good: Option<GoodScores>,
     weights: Weights,
     bank_rows: Vec<usize>,
+    /// The bank scorer's image score rule (the extractor's `image_score_top`).
+    bank_top: Option<f64>,
     /// Every combination of the parts (maeday, bank0, bank1, ...), set up at the first
     /// detection that has parts.
     combos: Vec<Combination>,
@@ -294,6 +297,9 @@ impl Tallies {
                 .banks()
                 .map(|b| b.scorers.iter().map(|s| s.bank.len()).collect())
                 .unwrap_or_default(),
+            bank_top: detector
+                .extractor()
+                .and_then(|e| e.manifest.image_score_top),
             combos: Vec::new(),
             scores: Vec::new(),
             labels: Vec::new(),
@@ -332,7 +338,7 @@ impl Tallies {
             self.add_pixels(&det.map, truth, &fused);
         }
         for (c, f) in self.combos.iter_mut().zip(&fused) {
-            c.push_scores(det, f);
+            c.push_scores(det, f, self.bank_top);
         }
     }
 

@@ -238,3 +238,52 @@ pub fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
 }
+
+/// Run one frame through an engine that may panic, refusing every frame after one did.
+/// tract reports most problems as errors but can panic on a graph that disagrees with its
+/// inputs (e.g. patch indices out of range): that must never take the daemon down, and the
+/// engine's state after a panic is unknown, so it is poisoned until the model is reloaded.
+pub fn guarded(
+    poisoned: &mut bool,
+    engine: &str,
+    run: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !*poisoned,
+        "the engine failed on an earlier frame; reload the model"
+    );
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(r) => r,
+        Err(payload) => {
+            *poisoned = true;
+            anyhow::bail!("{engine} panicked: {}", panic_message(&payload))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guarded;
+
+    #[test]
+    fn a_panicking_engine_is_an_error_and_refuses_later_frames() {
+        let mut poisoned = false;
+        assert!(guarded(&mut poisoned, "e", || Ok(())).is_ok());
+        assert!(!poisoned, "a good frame does not poison");
+        let err = guarded(&mut poisoned, "e", || anyhow::bail!("bad input")).unwrap_err();
+        assert_eq!(err.to_string(), "bad input");
+        assert!(!poisoned, "an error is not a panic");
+        // (the default hook prints this panic's message to the test's output)
+        let err = guarded(&mut poisoned, "e", || panic!("index out of range")).unwrap_err();
+        assert_eq!(err.to_string(), "e panicked: index out of range");
+        assert!(poisoned);
+        let mut ran = false;
+        let err = guarded(&mut poisoned, "e", || {
+            ran = true;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(!ran, "a poisoned engine runs nothing");
+        assert!(err.to_string().contains("reload the model"), "{err}");
+    }
+}

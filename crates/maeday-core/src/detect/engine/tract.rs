@@ -1,10 +1,10 @@
 //! The tract backend.
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use tract_onnx::prelude::*;
 
 use super::api::{native_f16, Engine, EngineOptions, Precision};
-use super::graph::{panic_message, Graph};
+use super::graph::{guarded, Graph};
 use crate::model::manifest::{Model, OutputKind};
 use crate::model::schedule::MaskSchedule;
 
@@ -150,22 +150,10 @@ impl Engine for TractEngine {
     }
 
     fn run(&mut self, image: &[f32], out: &mut Vec<f32>) -> Result<()> {
-        ensure!(
-            !self.poisoned,
-            "the engine failed on an earlier frame; reload the model"
-        );
-        // tract reports most problems as errors but can panic on a graph that disagrees
-        // with its inputs (e.g. patch indices out of range): never let that take the
-        // process down.
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner(image, out)));
-        match result {
-            Ok(r) => r,
-            Err(payload) => {
-                self.poisoned = true;
-                bail!("tract panicked: {}", panic_message(&payload))
-            }
-        }
+        let mut poisoned = self.poisoned;
+        let r = guarded(&mut poisoned, "tract", || self.run_inner(image, out));
+        self.poisoned = poisoned;
+        r
     }
 }
 

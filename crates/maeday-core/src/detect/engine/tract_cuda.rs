@@ -8,12 +8,12 @@
 //! missing, which driver version was found), before any graph is loaded. All N masks run as
 //! one batch; the engine runs one warm-up frame before it serves.
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use tract_core::runtime::{runtime_for_name, State};
 use tract_onnx::prelude::*;
 
 use super::api::{Engine, EngineOptions};
-use super::graph::{panic_message, Graph};
+use super::graph::{guarded, Graph};
 use crate::model::manifest::{Model, OutputKind};
 use crate::model::schedule::MaskSchedule;
 
@@ -146,17 +146,9 @@ impl Engine for TractCudaEngine {
     }
 
     fn run(&mut self, image: &[f32], out: &mut Vec<f32>) -> Result<()> {
-        if self.poisoned {
-            bail!("the engine failed on an earlier frame; reload the model");
-        }
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner(image, out)));
-        match result {
-            Ok(r) => r,
-            Err(payload) => {
-                self.poisoned = true;
-                bail!("tract-cuda panicked: {}", panic_message(&payload))
-            }
-        }
+        let mut poisoned = self.poisoned;
+        let r = guarded(&mut poisoned, "tract-cuda", || self.run_inner(image, out));
+        self.poisoned = poisoned;
+        r
     }
 }
