@@ -21,6 +21,7 @@ MASKS=${MASKS:-8}
 SCHEDULE=${SCHEDULE:-balanced}
 PY=${PYTHON:-$HOME/.cache/maeday-ci/venv/bin/python}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/maeday-edge}
+THREADS=${THREADS:+--threads $THREADS}  # e.g. THREADS=1 on a shared machine
 [ -x "$BIN" ] || cargo build --release
 SETS=$OUT/sets
 SCENES="woodenFloor pavingStone greyTile"
@@ -33,16 +34,16 @@ ev() { # ev <report-name> <dataset> [eval options...]
   if [ -s "$OUT/$name.json" ]; then echo "have $OUT/$name.json"; return; fi
   echo "== $name"
   "$BIN" eval --report "$OUT/$name.json" --dataset "$data" --masks "$MASKS" \
-    --schedule "$SCHEDULE" --bank-seeds 0 --compare-fusions --pixel-budget 16384 "$@" | grep -E "AUROC" || true
+    --schedule "$SCHEDULE" --bank-seeds 0 --compare-fusions --pixel-budget 16384 $THREADS "$@" | grep -E "AUROC" || true
 }
 
 for shots in 1 4; do
   for s in 0 1 2; do
+    ev "floor-${shots}shot-s$s" "$DATA/floor-hazards" --shots "$shots" --shot-seed "$s"
+    ev "conveyor-${shots}shot-s$s" "$SETS/conveyor" --shots "$shots" --shot-seed "$s"
     for scene in $SCENES; do
       ev "synth-$scene-${shots}shot-s$s" "$SETS/synth/$scene" --shots "$shots" --shot-seed "$s"
     done
-    ev "conveyor-${shots}shot-s$s" "$SETS/conveyor" --shots "$shots" --shot-seed "$s"
-    ev "floor-${shots}shot-s$s" "$DATA/floor-hazards" --shots "$shots" --shot-seed "$s"
   done
 done
 for shots in 1 4; do

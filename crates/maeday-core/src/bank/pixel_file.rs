@@ -12,6 +12,7 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::detect::fuse::{Normalisation, ProbeWeights};
+use crate::detect::good_stats::GoodScores;
 use crate::detect::pixel_norm::{PixelNorm, PixelNormParams};
 use crate::model::manifest::Thresholds;
 
@@ -35,6 +36,9 @@ pub struct MaedayPixelMeta {
     /// What the enrollment's synthetic-defect probe measured (fusion weights).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeWeights>,
+    /// Every scorer's image score of held-out good views (fusion from good frames only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub good: Option<GoodScores>,
 }
 
 /// The file's bytes: the means, then the spreads.
@@ -57,11 +61,16 @@ pub fn meta_for(n: &PixelNorm, z_norm: Normalisation, thresholds: Thresholds) ->
         z_norm,
         thresholds,
         probe: None,
+        good: None,
     }
 }
 
 /// Read and check the statistics of the bank in `dir`.
 pub fn read(dir: &Path, meta: &MaedayPixelMeta) -> Result<PixelNorm> {
+    if let Some(g) = &meta.good {
+        g.check()
+            .map_err(|e| anyhow::anyhow!("bank.toml: maeday_pixel.{e}"))?;
+    }
     ensure!(
         meta.file == PIXEL_FILE,
         "bank.toml: maeday_pixel.file must be {PIXEL_FILE:?} (got {:?})",

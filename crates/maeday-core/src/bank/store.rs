@@ -266,6 +266,7 @@ impl StoredBank {
             z_norm: meta.z_norm,
             thresholds: meta.thresholds,
             probe: meta.probe,
+            good: meta.good.clone(),
         })
     }
 

@@ -13,6 +13,7 @@ pub mod detector;
 pub mod engine;
 pub mod eq1;
 pub mod fuse;
+pub mod good_stats;
 pub mod pixel_norm;
 pub mod preprocess;
 pub mod render;

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use crate::bank::scoring::upsample_bilinear;
 use crate::detect::eq1::{gaussian_filter, gaussian_kernel, AnomalyMap};
 use crate::detect::fuse::{Normalisation, ProbeWeights};
+use crate::detect::good_stats::GoodScores;
 use crate::model::manifest::Thresholds;
 
 /// The variance's smoothing (pixels of the map).
@@ -177,6 +178,8 @@ pub struct PixelScorer {
     pub thresholds: Thresholds,
     /// The enrollment's probe of few-shot MAEDAY against the bank (fusion weights).
     pub probe: Option<ProbeWeights>,
+    /// Held-out good views' image scores per scorer (fusion from good frames only).
+    pub good: Option<GoodScores>,
 }
 
 impl PixelScorer {

@@ -37,6 +37,7 @@ use crate::eval::dataset::list_images;
 use crate::model::manifest::Thresholds;
 
 pub mod augment;
+pub mod good;
 pub mod pixel;
 pub mod probe;
 pub mod request;
@@ -157,12 +158,21 @@ pub fn enroll(
     let (pixel, mut pixel_meta, own) =
         pixel::pixel_stats(detector, shots, &held_out.maps, leave_one_out, &s.rule)?;
     let probes = probe::probe_views(detector, shots, &per_shot, &bank, dim, s.seed)?;
-    let stats = statistics(held_out.maps, s, extractor.manifest.image_score_top)?;
+    let stats = statistics(held_out.maps.clone(), s, extractor.manifest.image_score_top)?;
     pixel_meta.probe = Some(probe::probe_weights(
         &probes,
         &own,
         pixel_meta.z_norm,
         stats.bank_norm,
+    )?);
+    let norms = good::PartNorms {
+        maeday: stats.maeday_norm,
+        maeday_norm: pixel_meta.z_norm,
+        bank: stats.bank_norm,
+    };
+    let held = &held_out.maps;
+    pixel_meta.good = Some(good::good_scores(
+        detector, shots, held, &own, &pixel, &bank, &norms,
     )?);
     let meta = BankMeta {
         format: BANK_FORMAT,

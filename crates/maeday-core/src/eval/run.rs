@@ -19,6 +19,7 @@ use crate::bank::store::Shot;
 use crate::detect::detector::{Detection, Detector, DetectorOptions};
 use crate::detect::eq1::AnomalyMap;
 use crate::detect::fuse::{ProbeWeights, ScorerKind, Weights};
+use crate::detect::good_stats::GoodScores;
 use crate::detect::preprocess::load_image;
 use crate::enroll::{enroll, EnrollSettings};
 use crate::eval::combos::{combinations, Combination};
@@ -244,6 +245,8 @@ struct Tallies {
     max_fusions: bool,
     /// The enrollment probe's weights (few-shot MAEDAY vs the first bank).
     probe: Option<ProbeWeights>,
+    /// The enrollment's held-out good scores per scorer (fusions from good frames).
+    good: Option<GoodScores>,
     weights: Weights,
     bank_rows: Vec<usize>,
     /// The bank scorer's image score rule (the extractor's `image_score_top`).
@@ -285,6 +288,10 @@ impl Tallies {
                 .banks()
                 .and_then(|b| b.pixel.as_ref())
                 .and_then(|p| p.probe),
+            good: detector
+                .banks()
+                .and_then(|b| b.pixel.as_ref())
+                .and_then(|p| p.good.clone()),
             weights: detector.banks().map(|b| b.weights).unwrap_or_default(),
             bank_rows: detector
                 .banks()
@@ -316,7 +323,7 @@ impl Tallies {
         self.stages.features += ms(det.times.features);
         self.stages.knn += ms(det.times.knn);
         if self.combos.is_empty() && det.parts.len() > 1 {
-            self.combos = combinations(det, self.max_fusions, self.probe);
+            self.combos = combinations(det, self.max_fusions, self.probe, self.good.as_ref());
         }
         self.scores.push(det.score);
         self.scored_paths.push(sample.image.display().to_string());
@@ -401,6 +408,8 @@ impl Tallies {
                     "image_auroc": auroc(&c.scores, &self.labels),
                     "image_auroc_top": auroc(&c.scores_top, &self.labels),
                     "pixel_auroc": pa, "pro_0_3": pro,
+                    // Per image, in the order of `images` (bootstrap intervals offline).
+                    "scores": c.scores, "scores_top": c.scores_top,
                 }),
             );
         }
@@ -445,6 +454,7 @@ impl Tallies {
             "shot_seed": run.eo.shot_seed,
             "bank_rows": self.bank_rows,
             "probe": self.probe,
+            "good": self.good,
             "scorers": self.scorers(),
             "fit": run.opts.fit.to_string(),
             "limit": run.eo.limit,
