@@ -245,7 +245,7 @@ mod tests {
         let w = Weights::default();
         let fused: Vec<Vec<f32>> = combos.iter().map(|c| c.fuse(&det, &w)).collect();
         for (c, f) in combos.iter_mut().zip(&fused) {
-            c.push_scores(&det, f);
+            c.push_scores(&det, f, None);
         }
         // Per pixel: maeday-norm z = (4-2)/1, (1-2)/1 = 2, -1; bank z = (2-1.5)/0.5,
         // (3-1.5)/0.5 = 1, 3.
