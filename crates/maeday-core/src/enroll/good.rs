@@ -31,13 +31,14 @@ pub struct PartNorms {
 }
 
 /// `held[i]` holds MAEDAY's and the bank's raw maps of shot `i`'s held-out view (the frame
-/// itself with K >= 2, else its zoomed view); `own` the frames' own MAEDAY maps; `norm` the
-/// statistics of all frames; `bank` the enrolled bank.
+/// itself with K >= 2, else its zoomed view); `held_z` MAEDAY's map of each of those views
+/// normalised by statistics that did not see it ([`crate::enroll::pixel::PixelStats`]);
+/// `norm` the statistics of all frames; `bank` the enrolled bank.
 pub fn good_scores(
     detector: &mut Detector,
     shots: &[Shot],
     held: &[Vec<AnomalyMap>],
-    own: &[AnomalyMap],
+    held_z: &[AnomalyMap],
     norm: &PixelNorm,
     bank: &Arc<MemoryBank>,
     n: &PartNorms,
@@ -54,24 +55,12 @@ pub fn good_scores(
         maeday_norm: Vec::new(),
         bank: Vec::new(),
     };
-    let push = |g: &mut GoodScores, maeday: &AnomalyMap, z: AnomalyMap, b: &AnomalyMap| {
+    let push = |g: &mut GoodScores, maeday: &AnomalyMap, z: &AnomalyMap, b: &AnomalyMap| {
         g.maeday.push(n.maeday.apply(maeday.max()));
         g.maeday_norm.push(n.maeday_norm.apply(z.max()));
         g.bank.push(n.bank.apply(b.max()));
     };
-    for (i, raw) in held.iter().enumerate() {
-        let mut z = raw[0].clone();
-        if leave_one_out {
-            let others: Vec<&AnomalyMap> = own
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, m)| m)
-                .collect();
-            PixelNorm::fit(&others)?.apply(&mut z);
-        } else {
-            norm.apply(&mut z);
-        }
+    for (raw, z) in held.iter().zip(held_z) {
         push(&mut g, &raw[0], z, &raw[1]);
     }
     if !leave_one_out {
@@ -86,7 +75,7 @@ pub fn good_scores(
                     )?;
                     let mut z = raw[0].clone();
                     norm.apply(&mut z);
-                    push(&mut g, &raw[0], z, &raw[1]);
+                    push(&mut g, &raw[0], &z, &raw[1]);
                 }
             }
         }

@@ -155,13 +155,13 @@ pub fn enroll(
     let bank = Arc::new(MemoryBank::new(all.select(&chosen))?);
     let held_out = held_out_maps(detector, shots, &per_shot, &bank, dim)?;
     let leave_one_out = held_out.how == "leave-one-out";
-    let (pixel, mut pixel_meta, own) =
-        pixel::pixel_stats(detector, shots, &held_out.maps, leave_one_out, &s.rule)?;
+    let px = pixel::pixel_stats(detector, shots, &held_out.maps, leave_one_out, &s.rule)?;
+    let mut pixel_meta = px.meta;
     let probes = probe::probe_views(detector, shots, &per_shot, &bank, dim, s.seed)?;
     let stats = statistics(held_out.maps.clone(), s, extractor.manifest.image_score_top)?;
     pixel_meta.probe = Some(probe::probe_weights(
         &probes,
-        &own,
+        &px.own,
         pixel_meta.z_norm,
         stats.bank_norm,
     )?);
@@ -172,7 +172,7 @@ pub fn enroll(
     };
     let held = &held_out.maps;
     pixel_meta.good = Some(good::good_scores(
-        detector, shots, held, &own, &pixel, &bank, &norms,
+        detector, shots, held, &px.held_z, &px.norm, &bank, &norms,
     )?);
     let meta = BankMeta {
         format: BANK_FORMAT,
@@ -205,7 +205,7 @@ pub fn enroll(
         dir: PathBuf::new(),
         meta,
         bank,
-        pixel: Some(Arc::new(pixel)),
+        pixel: Some(Arc::new(px.norm)),
     })
 }
 

@@ -16,7 +16,18 @@ use crate::detect::eq1::AnomalyMap;
 use crate::detect::fuse::Normalisation;
 use crate::detect::pixel_norm::PixelNorm;
 
-/// Also returns the good frames' own MAEDAY maps. `held[i][0]` is MAEDAY's raw map of the held-out view of shot `i` (the frame itself when
+/// What enrollment learns of few-shot MAEDAY, and the maps it learned it from.
+pub struct PixelStats {
+    /// The statistics of all good frames (what serving applies).
+    pub norm: PixelNorm,
+    pub meta: MaedayPixelMeta,
+    /// The good frames' own MAEDAY maps.
+    pub own: Vec<AnomalyMap>,
+    /// Each held-out view's map normalised by statistics that did not see it.
+    pub held_z: Vec<AnomalyMap>,
+}
+
+/// `held[i][0]` is MAEDAY's raw map of the held-out view of shot `i` (the frame itself when
 /// `leave_one_out`, else its zoomed view).
 pub fn pixel_stats(
     detector: &mut Detector,
@@ -24,7 +35,7 @@ pub fn pixel_stats(
     held: &[Vec<AnomalyMap>],
     leave_one_out: bool,
     rule: &CalibrationRule,
-) -> Result<(PixelNorm, MaedayPixelMeta, Vec<AnomalyMap>)> {
+) -> Result<PixelStats> {
     let own: Vec<AnomalyMap> = if leave_one_out {
         held.iter().map(|raw| raw[0].clone()).collect()
     } else {
@@ -56,5 +67,10 @@ pub fn pixel_stats(
     let mut scores: Vec<f32> = z_maps.iter().map(AnomalyMap::max).collect();
     let thresholds = calibrate(&mut scores, &mut pixels, rule)?.thresholds;
     let meta = meta_for(&norm, z_norm, thresholds);
-    Ok((norm, meta, own))
+    Ok(PixelStats {
+        norm,
+        meta,
+        own,
+        held_z: z_maps,
+    })
 }
