@@ -5,9 +5,9 @@ image / pixel / PRO AUROC and inference time per image, mean ± std over three s
 
 from __future__ import annotations
 
-import json
-import statistics
 from pathlib import Path
+
+from .round2 import cell, seed_means
 
 SETS = [("synthetic FOD (3 scenes)", ["synth-woodenFloor", "synth-pavingStone", "synth-greyTile"]),
         ("conveyor clip", ["conveyor"]), ("floor hazards", ["floor"])]
@@ -16,29 +16,9 @@ CONFIGS = [("random N = 32 (the model's default)", "random32"),
 METRICS = [("image", "image_auroc"), ("pixel", "pixel_auroc"), ("PRO@0.3", "pro_0_3")]
 
 
-def _fmt(xs: list[float] | None, digits: int = 3) -> str:
-    if not xs:
-        return "n/a"
-    mean = statistics.fmean(xs)
-    std = statistics.pstdev(xs) if len(xs) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def per_seed(out: Path, names: list[str], cfg: str, pick) -> list[float] | None:
     """One value per schedule seed (the mean over `names`), or None if any report lacks it."""
-    vals = []
-    for seed in (0, 1, 2):
-        xs = []
-        for n in names:
-            p = out / f"{n}-{cfg}-s{seed}.json"
-            if not p.exists():
-                return None
-            v = pick(json.loads(p.read_text()))
-            if v is None:
-                return None
-            xs.append(v)
-        vals.append(statistics.fmean(xs))
-    return vals
+    return seed_means(lambda seed: [out / f"{n}-{cfg}-s{seed}.json" for n in names], pick)
 
 
 def inference_ms(rep: dict):
@@ -51,8 +31,8 @@ def table(out: Path) -> str:
              "|---|---|---|---|---|---|"]
     for label, names in SETS:
         for cfg_label, cfg in CONFIGS:
-            cells = [_fmt(per_seed(out, names, cfg, lambda r, k=k: r.get(k))) for _, k in METRICS]
+            cells = [cell(per_seed(out, names, cfg, lambda r, k=k: r.get(k))) for _, k in METRICS]
             ms = per_seed(out, names, cfg, inference_ms)
             lines.append(f"| {label} | {cfg_label} | " + " | ".join(cells)
-                         + f" | {_fmt(ms, 0)} |")
+                         + f" | {cell(ms, 0)} |")
     return "\n".join(lines)

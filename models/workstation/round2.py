@@ -68,15 +68,16 @@ def metric(rep: dict, key: str, score: str, what: str):
     return s["pixel_auroc"]
 
 
-def per_seed(out: Path, names: list[str], k: int, key: str, score: str, what: str):
+def seed_means(reports, pick, seeds=(0, 1, 2)):
+    """Per seed, the mean of `pick(report)` over that seed's reports (`reports(seed)`: their
+    paths); None if a report is missing or lacks the value."""
     vals = []
-    for seed in (0, 1, 2):
+    for seed in seeds:
         xs = []
-        for n in names:
-            p = out / f"{n}-{k}shot-s{seed}.json"
+        for p in reports(seed):
             if not p.exists():
                 return None
-            v = metric(json.loads(p.read_text()), key, score, what)
+            v = pick(json.loads(p.read_text()))
             if v is None:
                 return None
             xs.append(v)
@@ -84,10 +85,16 @@ def per_seed(out: Path, names: list[str], k: int, key: str, score: str, what: st
     return vals
 
 
-def cell(vals) -> str:
+def per_seed(out: Path, names: list[str], k: int, key: str, score: str, what: str):
+    return seed_means(lambda seed: [out / f"{n}-{k}shot-s{seed}.json" for n in names],
+                      lambda rep: metric(rep, key, score, what))
+
+
+def cell(vals, digits: int = 3) -> str:
+    """Mean ± sample standard deviation over the seeds."""
     if not vals:
         return "n/a"
-    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
 def table(out: Path) -> str:
