@@ -307,3 +307,38 @@ fn inputs_are_fed_in_the_order_the_graph_declares() {
         assert!(d <= 1e-4, "threads {threads}: {d}");
     }
 }
+
+/// The speed rewrites of the export (three Q/K/V MatMuls, a plain Gather, channel-major
+/// `decoder_pred`) optimise the same way on every architecture: the optimised plans of the
+/// rewritten fixture and its plain twin (same weights, `export --plain`) have the op counts
+/// recorded in `tests/fixtures/plan-ops.json`, on x86-64 and, under qemu, on aarch64
+/// (`cross/qemu-test.sh` runs this suite there). Both compute the same reconstruction.
+#[test]
+fn rewritten_and_plain_graphs_optimise_to_the_recorded_ops_on_this_architecture() {
+    use std::collections::BTreeMap;
+    let recorded: BTreeMap<String, BTreeMap<String, usize>> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("plan-ops.json")).unwrap())
+            .unwrap();
+    let mut measured = BTreeMap::new();
+    let mut outputs = Vec::new();
+    for dir in ["fixture-recon", "fixture-recon-plain"] {
+        let model = Model::open(fixtures().join(dir)).unwrap();
+        let schedule = model.manifest.schedule().unwrap();
+        let opts = one_thread(Precision::F32);
+        measured.insert(
+            dir.to_string(),
+            maeday_edge::detect::engine::plan_op_counts(&model, &schedule, &opts).unwrap(),
+        );
+        let mut engine = TractEngine::new(&model, &schedule, &opts).unwrap();
+        let mut out = Vec::new();
+        engine.run(&npy_f32("image.npy"), &mut out).unwrap();
+        outputs.push(out);
+    }
+    println!(
+        "optimised plan ops on {}: {}",
+        std::env::consts::ARCH,
+        serde_json::to_string(&measured).unwrap()
+    );
+    assert_eq!(measured, recorded, "{}", std::env::consts::ARCH);
+    assert!(max_abs_diff(&outputs[0], &outputs[1]) <= 1e-5);
+}

@@ -172,6 +172,12 @@ def cmd_fixture(args: argparse.Namespace) -> None:
         out = "reconstruction" if name == "fixture-recon" else "anomaly_map"
         d = onnxruntime_parity(fixtures / name / f"{name}.onnx", MAEDAYGraph(mae, out), image, keep)
         print(f"{name}: onnxruntime vs torch max |diff| = {d:.2e}")
+    # The same weights without the speed rewrites: tests/reference.rs checks that both
+    # forms optimise to the same ops on x86-64 and (under qemu) aarch64.
+    export_model(mae, fixtures / "fixture-recon-plain", "fixture-recon-plain",
+                 output="reconstruction", n_masks=4, training="random-init (test fixture)",
+                 description="fixture-recon without the speed rewrites (export --plain)",
+                 rewrites=False)
     print(f"wrote fixtures under {fixtures}")
 
 

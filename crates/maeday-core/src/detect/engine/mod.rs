@@ -28,7 +28,7 @@ pub use self::kernels::{CpuKernels, Family, KernelChoice};
 pub use self::onnxruntime::OrtEngine;
 #[cfg(feature = "ort")]
 pub use self::ort_graph::OrtGraph;
-pub use self::tract::TractEngine;
+pub use self::tract::{plan_op_counts, TractEngine};
 
 /// Choose tract's matmul kernel family for this process (see [`kernels`]); engines call it
 /// on load, a caller may call it earlier (e.g. before a memory bank's extractor plans).

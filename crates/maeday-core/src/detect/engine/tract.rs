@@ -124,6 +124,26 @@ fn plan(graph: &Graph, masks: usize) -> Result<Plan> {
     typed.into_runnable()
 }
 
+/// How many nodes of each op the optimised CPU plan for the schedule's batch has (e.g.
+/// `OptMatMul: 98`): how the tests check that an exported graph optimises the same way on
+/// every architecture (`tests/reference.rs`, run under qemu for aarch64 too).
+pub fn plan_op_counts(
+    model: &Model,
+    schedule: &MaskSchedule,
+    opts: &EngineOptions,
+) -> Result<std::collections::BTreeMap<String, usize>> {
+    let graph = Graph::load(model, schedule, opts)?;
+    let typed = graph
+        .typed(schedule.masks)?
+        .into_optimized()
+        .context("optimisation failed")?;
+    let mut counts = std::collections::BTreeMap::new();
+    for node in typed.nodes() {
+        *counts.entry(node.op().name().into_owned()).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
 /// E.g. `tract f16 native (norms f32) x4 threads`.
 fn describe(opts: &EngineOptions, threads: usize) -> String {
     format!(
