@@ -115,3 +115,22 @@ def test_speed_rewrites_are_exact(tmp_path, output):
                                                                torch.from_numpy(keep))
             t_fast = MAEDAYGraph(mae, output)(torch.from_numpy(image), torch.from_numpy(keep))
         assert float((t_plain - t_fast).abs().max()) <= 1e-6
+
+
+def test_shipped_default_is_its_checkpoint_exported(tmp_path):
+    """`models/default` is what `export` (with the speed rewrites) makes of the committed
+    checkpoint, byte for byte: graph and manifest (torch is pinned in requirements.txt)."""
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "default"
+    meta = tomllib.loads((shipped / "manifest.toml").read_text())
+    subprocess.run([sys.executable, "-m", "models.workstation", "export",
+                    "--checkpoint", str(shipped / "maeday-tiny-textures.pth"),
+                    "--out", str(tmp_path / "m"), "--name", meta["name"],
+                    "--description", meta["description"], "--training", meta["training"]],
+                   check=True, cwd=shipped.parents[1], capture_output=True)
+    assert sha256_file(tmp_path / "m" / meta["graph"]) == meta["graph_sha256"]
+    assert (tmp_path / "m" / "manifest.toml").read_text() == (shipped / "manifest.toml").read_text()
