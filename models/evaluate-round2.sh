@@ -12,7 +12,8 @@
 # the top-1% mean as image score. Magnetic tiles: 100 defective + 100 good (`--limit 100
 # --seed 0`), shots from the other good tiles. MAEDAY runs N = MASKS (8) masks with the
 # SCHEDULE (balanced) schedule. Needs ../shared/data, the workstation venv and the release
-# binary (built here if missing).
+# binary (built here if missing). Prints the AUROC table, then each calibrated scorer at its
+# enrollment's threshold (`operating-table`: false alarms and detections).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-eval-runs/round2}
@@ -53,3 +54,4 @@ for shots in 1 4; do
 done
 
 "$PY" -m models.workstation round2-table "$OUT" | tee "$OUT/table.md"
+"$PY" -m models.workstation operating-table "$OUT" | tee "$OUT/operating.md"

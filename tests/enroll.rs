@@ -9,7 +9,7 @@ use std::sync::Arc;
 use image::{DynamicImage, GenericImage, RgbImage};
 use maeday_edge::bank::features::open_extractor;
 use maeday_edge::bank::store::{Shot, StoredBank};
-use maeday_edge::detect::detector::{Detector, DetectorOptions};
+use maeday_edge::detect::detector::{Detection, Detector, DetectorOptions};
 use maeday_edge::detect::fuse::ScorerKind;
 use maeday_edge::enroll::{enroll, EnrollSettings};
 use maeday_edge::model::manifest::Model;
@@ -83,7 +83,11 @@ fn an_enrolled_bank_finds_debris_on_a_view_it_never_saw() {
     // Another shake of the same view.
     let good = DynamicImage::ImageRgb8(coins_at(44, 32));
     let bad = DynamicImage::ImageRgb8(with_debris(coins_at(44, 32)));
-    for kind in [ScorerKind::Bank, ScorerKind::Ensemble] {
+    for kind in [
+        ScorerKind::Bank,
+        ScorerKind::Ensemble,
+        ScorerKind::EnsembleNorm,
+    ] {
         d.set_scorer(kind).unwrap();
         let g = d.detect(&good).unwrap();
         let b = d.detect(&bad).unwrap();
@@ -123,16 +127,45 @@ fn an_enrolled_bank_finds_debris_on_a_view_it_never_saw() {
         },
     )
     .unwrap();
-    d2.attach_stored(Arc::new(open_extractor(None).unwrap()), &[bank])
-        .unwrap();
+    d2.attach_stored(
+        Arc::new(open_extractor(None).unwrap()),
+        std::slice::from_ref(&bank),
+    )
+    .unwrap();
     d2.set_scorer(ScorerKind::Ensemble).unwrap();
     let det = d2.detect(&bad).unwrap();
     let names: Vec<&str> = det.parts.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["maeday", "bank0"]);
+    assert_sum_of(&det, 0, 1);
+    // `ensemble-norm` sums few-shot MAEDAY's standardised map and the bank's, with the
+    // thresholds enrollment calibrated on that sum.
+    d2.set_scorer(ScorerKind::EnsembleNorm).unwrap();
+    let det = d2.detect(&bad).unwrap();
+    let names: Vec<&str> = det.parts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["maeday", "maeday-norm", "bank0"]);
+    assert_sum_of(&det, 1, 2);
+    let pixel = bank.meta.maeday_pixel.as_ref().unwrap();
+    assert_eq!(d2.thresholds(), pixel.ensemble_thresholds);
+    assert_ne!(
+        pixel.ensemble_thresholds,
+        Some(bank.meta.thresholds.ensemble)
+    );
+    // A bank from before `ensemble-norm` (no thresholds for it) is refused for it.
+    let mut old = bank.clone();
+    old.meta.maeday_pixel.as_mut().unwrap().ensemble_thresholds = None;
+    d2.attach_stored(Arc::new(open_extractor(None).unwrap()), &[old])
+        .unwrap();
+    let e = d2.set_scorer(ScorerKind::EnsembleNorm).unwrap_err();
+    assert!(e.to_string().contains("enroll again"), "{e}");
+}
+
+/// The map is the sum of parts `a` and `b` (weights 1), and the image score its max.
+fn assert_sum_of(det: &Detection, a: usize, b: usize) {
     for (i, v) in det.map.data.iter().enumerate() {
-        let sum = det.parts[0].1.data[i] + det.parts[1].1.data[i];
-        assert!((v - sum).abs() <= 1e-4 * sum.abs().max(1.0));
+        let sum = det.parts[a].1.data[i] + det.parts[b].1.data[i];
+        assert!((v - sum).abs() <= 1e-4 * sum.abs().max(1.0), "{v} vs {sum}");
     }
+    assert_eq!(det.score, det.map.max());
 }
 
 #[test]
@@ -396,4 +429,82 @@ fn cli_enroll_then_score_and_eval_with_shots() {
         scorers["maeday+bank0+bank1"]["image_auroc"]
     );
     assert_eq!(r["bank_rows"].as_array().unwrap().len(), 2);
+
+    // One bank, served as `ensemble-norm`: per image its score is the `maeday-norm+bank0`
+    // combination's; every calibrated scorer is reported at its enrollment's threshold.
+    let o = cli(&[
+        "eval",
+        "--dataset",
+        &data,
+        "--shots",
+        "2",
+        "--bank-seeds",
+        "0",
+        "--masks",
+        "2",
+        "--scorer",
+        "ensemble-norm",
+        "--compare-fusions",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let labels: Vec<bool> = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["anomalous"].as_bool().unwrap())
+        .collect();
+    let served: Vec<f64> = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["score"].as_f64().unwrap())
+        .collect();
+    let combo = |name: &str| -> Vec<f64> {
+        r["scorers"][name]["scores"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {name} in {}", r["scorers"]))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let close = |a: &[f64], b: &[f64]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-4 * y.abs().max(1.0))
+    };
+    assert!(close(&served, &combo("maeday-norm+bank0")), "{served:?}");
+    assert!(!close(&served, &combo("maeday+bank0")), "{served:?}");
+    let ops = r["operating_points"].as_object().unwrap();
+    let mut names: Vec<&str> = ops.keys().map(|k| k.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["bank0", "maeday+bank0", "maeday-norm", "maeday-norm+bank0"]
+    );
+    for (name, op) in ops {
+        let t = op["image_threshold"].as_f64().unwrap();
+        let flagged = |bad: bool| {
+            combo(name)
+                .iter()
+                .zip(&labels)
+                .filter(|(s, l)| **l == bad && **s > t)
+                .count()
+        };
+        assert_eq!(
+            op["false_alarms"].as_u64(),
+            Some(flagged(false) as u64),
+            "{name}"
+        );
+        assert_eq!(
+            op["detected"].as_u64(),
+            Some(flagged(true) as u64),
+            "{name}"
+        );
+        assert_eq!(op["normal"], 4);
+        assert_eq!(op["anomalous"], 3);
+    }
 }

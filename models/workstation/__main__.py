@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import devsets, eq1, masks_table, pixelnorm, round2
+from . import devsets, eq1, masks_table, operating_table, pixelnorm, round2
 from .export import export_model, onnxruntime_parity
 from .mae import MAE, MAEDAYGraph, PRESETS, count_params
 from .masks import schedule
@@ -437,6 +437,10 @@ def main(argv: list[str] | None = None) -> None:
     r2 = sub.add_parser("round2-table", help="the round-2 quality table (evaluate-round2.sh)")
     r2.add_argument("folder")
     r2.set_defaults(fn=lambda a: print(round2.table(Path(a.folder))))
+    ot = sub.add_parser("operating-table",
+                        help="scorers at their calibrated thresholds (evaluate-round2.sh)")
+    ot.add_argument("folder")
+    ot.set_defaults(fn=lambda a: print(operating_table.table(Path(a.folder))))
     mt = sub.add_parser("masks-table", help="the how-many-masks table (evaluate-masks.sh)")
     mt.add_argument("folder")
     mt.set_defaults(fn=lambda a: print(masks_table.table(Path(a.folder))))

@@ -66,8 +66,8 @@ pub struct ModelArgs {
     /// ort: TensorRT engine cache folder.
     #[arg(long)]
     tensorrt_cache: Option<PathBuf>,
-    /// maeday, maeday-norm, bank or ensemble (default: the ensemble when the model has a memory bank,
-    /// else MAEDAY alone).
+    /// maeday, maeday-norm, bank, ensemble or ensemble-norm (default: the ensemble when the
+    /// model has a memory bank, else MAEDAY alone).
     #[arg(long)]
     scorer: Option<ScorerKind>,
     /// Memory bank folders from `enroll` (repeatable; default: the model's bank/).

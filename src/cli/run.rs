@@ -29,8 +29,8 @@ pub struct RunArgs {
     /// [model.ort]) or tract-cuda (tract on an NVIDIA GPU, set up by [model.gpu]).
     #[arg(long)]
     engine: Option<EngineKind>,
-    /// maeday, bank or ensemble, overriding model.scorer (bank and ensemble need an
-    /// enrolled memory bank in the serving model folder).
+    /// maeday, maeday-norm, bank, ensemble or ensemble-norm, overriding model.scorer (all
+    /// but maeday need an enrolled memory bank in the serving model folder).
     #[arg(long)]
     scorer: Option<ScorerKind>,
 }

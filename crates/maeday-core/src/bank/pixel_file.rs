@@ -33,6 +33,11 @@ pub struct MaedayPixelMeta {
     pub z_norm: Normalisation,
     /// The `maeday-norm` scorer's thresholds (image score: the map's max).
     pub thresholds: Thresholds,
+    /// The `ensemble-norm` scorer's thresholds: few-shot MAEDAY + the bank, standardised
+    /// and weighted as serving fuses them (image score: the max). Banks from before it
+    /// have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble_thresholds: Option<Thresholds>,
     /// What the enrollment's synthetic-defect probe measured (fusion weights).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeWeights>,
@@ -60,6 +65,7 @@ pub fn meta_for(n: &PixelNorm, z_norm: Normalisation, thresholds: Thresholds) ->
         params: n.params,
         z_norm,
         thresholds,
+        ensemble_thresholds: None,
         probe: None,
         good: None,
     }

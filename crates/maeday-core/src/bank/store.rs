@@ -265,6 +265,7 @@ impl StoredBank {
             norm: norm.clone(),
             z_norm: meta.z_norm,
             thresholds: meta.thresholds,
+            ensemble_thresholds: meta.ensemble_thresholds,
             probe: meta.probe,
             good: meta.good.clone(),
         })

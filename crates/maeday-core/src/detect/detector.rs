@@ -292,12 +292,8 @@ impl Detector {
     }
 
     pub fn set_scorer(&mut self, kind: ScorerKind) -> Result<()> {
-        if kind == ScorerKind::MaedayNorm && self.banks.as_ref().is_some_and(|b| b.pixel.is_none())
-        {
-            bail!(
-                "scorer {kind} needs a memory bank enrolled with per-pixel MAEDAY statistics: \
-                 enroll again"
-            );
+        if let Some(b) = &self.banks {
+            b.check_scorer(kind)?;
         }
         if kind != ScorerKind::Maeday && self.banks.is_none() {
             bail!(
@@ -312,15 +308,17 @@ impl Detector {
     /// A short description for logs and reports: `ensemble (bank 3136 rows)`.
     pub fn scorer_description(&self) -> String {
         match (&self.banks, self.kind) {
-            (Some(b), ScorerKind::Bank | ScorerKind::Ensemble) => format!(
-                "{} ({})",
-                self.kind,
-                b.scorers
-                    .iter()
-                    .map(|s| format!("{} {} rows", s.name, s.bank.len()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            (Some(b), ScorerKind::Bank | ScorerKind::Ensemble | ScorerKind::EnsembleNorm) => {
+                format!(
+                    "{} ({})",
+                    self.kind,
+                    b.scorers
+                        .iter()
+                        .map(|s| format!("{} {} rows", s.name, s.bank.len()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
             _ => self.kind.to_string(),
         }
     }
@@ -343,6 +341,7 @@ impl Detector {
             ScorerKind::Bank => self.banks.as_ref()?.thresholds.map(|t| t.bank),
             ScorerKind::Ensemble => self.banks.as_ref()?.thresholds.map(|t| t.ensemble),
             ScorerKind::MaedayNorm => self.banks.as_ref()?.pixel.as_ref().map(|p| p.thresholds),
+            ScorerKind::EnsembleNorm => self.banks.as_ref()?.ensemble_norm_thresholds(),
         }
     }
 
@@ -358,7 +357,7 @@ impl Detector {
     pub fn detect(&mut self, frame: &DynamicImage) -> Result<Detection> {
         let kind = self.kind;
         let banks: Vec<Arc<MemoryBank>> = match (&self.banks, kind) {
-            (Some(b), ScorerKind::Bank | ScorerKind::Ensemble) => {
+            (Some(b), ScorerKind::Bank | ScorerKind::Ensemble | ScorerKind::EnsembleNorm) => {
                 b.scorers.iter().map(|s| s.bank.clone()).collect()
             }
             _ => Vec::new(),

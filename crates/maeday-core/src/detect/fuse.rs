@@ -1,5 +1,5 @@
 //! Which maps make a frame's anomaly map: MAEDAY's Eq. 1, a PatchCore-style memory bank,
-//! or their ensemble.
+//! or their ensemble (zero-shot or few-shot MAEDAY's map plus the bank's).
 //!
 //! The two scorers speak different units (summed squared RGB error vs. feature-space
 //! distance), so before they are added each map is standardised by statistics taken on
@@ -23,6 +23,10 @@ pub enum ScorerKind {
     Bank,
     /// MAEDAY plus the bank(s), standardised and summed with the bank's weights.
     Ensemble,
+    /// Few-shot MAEDAY (`maeday-norm`) plus the bank, standardised and summed with the
+    /// bank's weights (needs a bank enrolled with per-pixel MAEDAY statistics).
+    #[serde(rename = "ensemble-norm")]
+    EnsembleNorm,
     /// MAEDAY's map normalised per pixel by the enrollment's good frames
     /// ([`crate::detect::pixel_norm`]; needs a bank enrolled with the statistics).
     #[serde(rename = "maeday-norm")]
@@ -37,7 +41,10 @@ impl FromStr for ScorerKind {
             "bank" => ScorerKind::Bank,
             "ensemble" => ScorerKind::Ensemble,
             "maeday-norm" => ScorerKind::MaedayNorm,
-            _ => bail!("unknown scorer {s:?} (maeday, maeday-norm, bank or ensemble)"),
+            "ensemble-norm" => ScorerKind::EnsembleNorm,
+            _ => {
+                bail!("unknown scorer {s:?} (maeday, maeday-norm, bank, ensemble or ensemble-norm)")
+            }
         })
     }
 }
@@ -49,6 +56,7 @@ impl fmt::Display for ScorerKind {
             ScorerKind::Bank => "bank",
             ScorerKind::Ensemble => "ensemble",
             ScorerKind::MaedayNorm => "maeday-norm",
+            ScorerKind::EnsembleNorm => "ensemble-norm",
         })
     }
 }
@@ -98,9 +106,10 @@ impl Default for Weights {
 }
 
 impl Weights {
-    /// The weight of a named part: `maeday`, or any bank's name.
+    /// The weight of a named part: `maeday` or `maeday-norm` (MAEDAY's weight), or any
+    /// bank's name.
     pub fn of(&self, part: &str) -> f32 {
-        if part == MAEDAY_PART {
+        if part == MAEDAY_PART || part == MAEDAY_NORM_PART {
             self.maeday
         } else {
             self.bank

@@ -176,6 +176,8 @@ pub struct PixelScorer {
     pub norm: Arc<PixelNorm>,
     pub z_norm: Normalisation,
     pub thresholds: Thresholds,
+    /// The `ensemble-norm` scorer's (one bank; banks from before it have none).
+    pub ensemble_thresholds: Option<Thresholds>,
     /// The enrollment's probe of few-shot MAEDAY against the bank (fusion weights).
     pub probe: Option<ProbeWeights>,
     /// Held-out good views' image scores per scorer (fusion from good frames only).

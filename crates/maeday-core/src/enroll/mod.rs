@@ -8,7 +8,8 @@
 //!    not memorised: with K >= 2 frames each frame is scored against a bank of the others
 //!    (leave one out); with one frame, a 5% zoom of it is scored against the bank. MAEDAY's
 //!    maps of the same views give its statistics.
-//! 4. Thresholds for the bank alone and for the ensemble are calibrated on those maps.
+//! 4. Thresholds for the bank alone and for both ensembles (zero-shot or few-shot MAEDAY
+//!    plus the bank) are calibrated on those maps.
 //! 5. Few-shot MAEDAY's per-pixel statistics come from the good frames' MAEDAY maps
 //!    ([`pixel`]); a synthetic defect pasted into the held-out views measures how well it
 //!    and the bank find it ([`probe`]: the fusion weights).
@@ -141,13 +142,7 @@ pub fn enroll(
         "coreset fraction must be in (0, 1], got {}",
         s.coreset_fraction
     );
-    if detector
-        .extractor()
-        .map(|e| e.manifest.graph_sha256.clone())
-        != Some(extractor.manifest.graph_sha256.clone())
-    {
-        detector.set_extractor(extractor.clone())?;
-    }
+    use_extractor(detector, &extractor)?;
     let dim = extractor.manifest.feature_dim;
     let per_shot = shot_features(detector, shots, &s.augment, dim)?;
     let all = concat(&per_shot, dim);
@@ -158,7 +153,12 @@ pub fn enroll(
     let px = pixel::pixel_stats(detector, shots, &held_out.maps, leave_one_out, &s.rule)?;
     let mut pixel_meta = px.meta;
     let probes = probe::probe_views(detector, shots, &per_shot, &bank, dim, s.seed)?;
-    let stats = statistics(held_out.maps.clone(), s, extractor.manifest.image_score_top)?;
+    let (few_shot, top) = (
+        (&px.held_z[..], pixel_meta.z_norm),
+        extractor.manifest.image_score_top,
+    );
+    let stats = statistics(held_out.maps.clone(), few_shot, s, top)?;
+    pixel_meta.ensemble_thresholds = Some(stats.ensemble_norm);
     pixel_meta.probe = Some(probe::probe_weights(
         &probes,
         &px.own,
@@ -207,6 +207,15 @@ pub fn enroll(
         bank,
         pixel: Some(Arc::new(px.norm)),
     })
+}
+
+/// Give the detector `extractor` unless it already has it.
+fn use_extractor(detector: &mut Detector, extractor: &Arc<FeatureExtractor>) -> Result<()> {
+    let sha = &extractor.manifest.graph_sha256;
+    if detector.extractor().map(|e| &e.manifest.graph_sha256) != Some(sha) {
+        detector.set_extractor(extractor.clone())?;
+    }
+    Ok(())
 }
 
 /// Every view's window features, grouped per good frame.
@@ -288,13 +297,18 @@ struct Statistics {
     maeday_norm: Normalisation,
     bank_norm: Normalisation,
     thresholds: BankThresholds,
+    /// The `ensemble-norm` scorer's (few-shot MAEDAY + bank).
+    ensemble_norm: Thresholds,
 }
 
 /// Standardise MAEDAY's and the bank's held-out maps by their own pixels, then calibrate
-/// the bank alone (image score: the extractor's, `bank_top`) and the ensemble (the
-/// maximum) on maps fused exactly as serving fuses and scores them.
+/// the bank alone (image score: the extractor's, `bank_top`) and both ensembles (the
+/// maximum) on maps fused exactly as serving fuses and scores them. `few_shot` holds each
+/// held-out view's few-shot MAEDAY map (statistics that did not see it) and their
+/// standardisation.
 fn statistics(
     mut maps: Vec<Vec<AnomalyMap>>,
+    few_shot: (&[AnomalyMap], Normalisation),
     s: &EnrollSettings,
     bank_top: Option<f64>,
 ) -> Result<Statistics> {
@@ -305,22 +319,30 @@ fn statistics(
     };
     let maeday_norm = Normalisation::of(&pixels(0));
     let bank_norm = Normalisation::of(&pixels(1));
-    for raw in &mut maps {
+    let (held_z, z_norm) = few_shot;
+    ensure!(
+        held_z.len() == maps.len(),
+        "one few-shot map per held-out view"
+    );
+    for (raw, z) in maps.iter_mut().zip(held_z) {
         fuse::standardise(&mut raw[0].data, maeday_norm);
         fuse::standardise(&mut raw[1].data, bank_norm);
+        let mut z = z.clone();
+        fuse::standardise(&mut z.data, z_norm);
+        raw.push(z);
     }
     let w = s.weights;
-    let calibrated = |with_maeday: bool| -> Result<Thresholds> {
+    // `maeday`: the index of the MAEDAY map summed with the bank's (0 zero-shot, 2
+    // few-shot), or none for the bank alone.
+    let calibrated = |maeday: Option<usize>| -> Result<Thresholds> {
         let (mut scores, mut pixels) = (Vec::new(), Vec::new());
         for raw in &maps {
-            let maeday = (&raw[0].data[..], w.maeday);
             let bank = (&raw[1].data[..], w.bank);
-            let fused = if with_maeday {
-                fuse::weighted_sum([maeday, bank])
-            } else {
-                fuse::weighted_sum([bank])
+            let fused = match maeday {
+                Some(k) => fuse::weighted_sum([(&raw[k].data[..], w.maeday), bank]),
+                None => fuse::weighted_sum([bank]),
             };
-            let top = if with_maeday { None } else { bank_top };
+            let top = if maeday.is_some() { None } else { bank_top };
             scores.push(crate::bank::scoring::image_score(&fused, top));
             pixels.extend(fused);
         }
@@ -330,9 +352,10 @@ fn statistics(
         maeday_norm,
         bank_norm,
         thresholds: BankThresholds {
-            bank: calibrated(false)?,
-            ensemble: calibrated(true)?,
+            bank: calibrated(None)?,
+            ensemble: calibrated(Some(0))?,
         },
+        ensemble_norm: calibrated(Some(2))?,
     })
 }
 

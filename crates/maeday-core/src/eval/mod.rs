@@ -3,6 +3,7 @@
 
 pub mod combos;
 pub mod dataset;
+pub mod operating;
 pub mod roc;
 pub mod run;
 pub mod table;

@@ -24,6 +24,7 @@ use crate::detect::preprocess::load_image;
 use crate::enroll::{enroll, EnrollSettings};
 use crate::eval::combos::{combinations, Combination};
 use crate::eval::dataset::{Dataset, Sample};
+use crate::eval::operating::operating_points;
 use crate::eval::roc::{auroc, label_regions, pro_auc, quantile};
 use crate::model::manifest::Model;
 use crate::model::schedule::seeded_permutation;
@@ -456,6 +457,8 @@ impl Tallies {
             "probe": self.probe,
             "good": self.good,
             "scorers": self.scorers(),
+            // Each calibrated scorer at its enrollment's image threshold.
+            "operating_points": operating_points(detector.banks(), &self.combos, &self.labels),
             "fit": run.opts.fit.to_string(),
             "limit": run.eo.limit,
             "seed": run.eo.seed,
