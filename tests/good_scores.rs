@@ -67,6 +67,15 @@ fn enrollment_keeps_held_out_good_scores_and_refuses_tampered_ones() {
         ("views", 5),
         "{g1:?}"
     );
+    // Its thresholds are calibrated on all five views, not on the zoomed view alone (which
+    // gave thresholds most new good frames crossed): the bank's image threshold (its
+    // standardised units, the good scores' units) is at least the 4th of the five scores.
+    let stored = maeday_edge::bank::store::StoredBank::load(&one).unwrap();
+    assert_eq!(stored.meta.held_out, "zoomed-brightness-rotated-views");
+    let mut b = g1.bank.clone();
+    b.sort_by(f32::total_cmp);
+    let t = stored.meta.thresholds.bank.image;
+    assert!(t >= b[3] && t >= g1.bank[0], "threshold {t}, views {b:?}");
 
     // Drop one of the bank's scores: the counts differ, the bank is refused by the key.
     let toml_path = bank.join("bank.toml");

@@ -30,22 +30,57 @@ pub struct PartNorms {
     pub bank: Normalisation,
 }
 
+/// One held-out view of a single good frame: MAEDAY's and the bank's raw maps, and
+/// MAEDAY's map normalised by the frame's per-pixel statistics.
+pub struct ExtraView {
+    pub raw: Vec<AnomalyMap>,
+    pub z: AnomalyMap,
+}
+
+/// With one good frame, the views besides its zoomed one that a camera could plausibly
+/// see: the enrollment's brightness (x0.9, x1.1) and rotation (±5 degrees) views, scored
+/// against the bank and the statistics of the frame itself (`norm`). Empty with K >= 2
+/// frames (leave-one-out needs no extra views).
+pub fn one_frame_views(
+    detector: &mut Detector,
+    shots: &[Shot],
+    norm: &PixelNorm,
+    bank: &Arc<MemoryBank>,
+) -> Result<Vec<ExtraView>> {
+    let mut out = Vec::new();
+    if shots.len() >= 2 {
+        return Ok(out);
+    }
+    for shot in shots {
+        let rgb = shot.image.to_rgb8();
+        for a in [Augmentation::Brightness, Augmentation::Rotate] {
+            for v in augment::views(a, &rgb) {
+                let (raw, _, _) = detector.raw_maps(
+                    &DynamicImage::ImageRgb8(v),
+                    true,
+                    std::slice::from_ref(bank),
+                )?;
+                let mut z = raw[0].clone();
+                norm.apply(&mut z);
+                out.push(ExtraView { raw, z });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `held[i]` holds MAEDAY's and the bank's raw maps of shot `i`'s held-out view (the frame
 /// itself with K >= 2, else its zoomed view); `held_z` MAEDAY's map of each of those views
 /// normalised by statistics that did not see it ([`crate::enroll::pixel::PixelStats`]);
-/// `norm` the statistics of all frames; `bank` the enrolled bank.
+/// `extra` the further views of a single frame ([`one_frame_views`]).
 pub fn good_scores(
-    detector: &mut Detector,
-    shots: &[Shot],
     held: &[Vec<AnomalyMap>],
     held_z: &[AnomalyMap],
-    norm: &PixelNorm,
-    bank: &Arc<MemoryBank>,
+    extra: &[ExtraView],
     n: &PartNorms,
-) -> Result<GoodScores> {
-    let leave_one_out = shots.len() >= 2;
+) -> GoodScores {
     let mut g = GoodScores {
-        how: if leave_one_out {
+        how: if extra.is_empty() {
             "leave-one-out"
         } else {
             "views"
@@ -55,30 +90,14 @@ pub fn good_scores(
         maeday_norm: Vec::new(),
         bank: Vec::new(),
     };
-    let push = |g: &mut GoodScores, maeday: &AnomalyMap, z: &AnomalyMap, b: &AnomalyMap| {
-        g.maeday.push(n.maeday.apply(maeday.max()));
+    let views = held
+        .iter()
+        .zip(held_z)
+        .chain(extra.iter().map(|v| (&v.raw, &v.z)));
+    for (raw, z) in views {
+        g.maeday.push(n.maeday.apply(raw[0].max()));
         g.maeday_norm.push(n.maeday_norm.apply(z.max()));
-        g.bank.push(n.bank.apply(b.max()));
-    };
-    for (raw, z) in held.iter().zip(held_z) {
-        push(&mut g, &raw[0], z, &raw[1]);
+        g.bank.push(n.bank.apply(raw[1].max()));
     }
-    if !leave_one_out {
-        for shot in shots {
-            let rgb = shot.image.to_rgb8();
-            for a in [Augmentation::Brightness, Augmentation::Rotate] {
-                for v in augment::views(a, &rgb) {
-                    let (raw, _, _) = detector.raw_maps(
-                        &DynamicImage::ImageRgb8(v),
-                        true,
-                        std::slice::from_ref(bank),
-                    )?;
-                    let mut z = raw[0].clone();
-                    norm.apply(&mut z);
-                    push(&mut g, &raw[0], &z, &raw[1]);
-                }
-            }
-        }
-    }
-    Ok(g)
+    g
 }

@@ -6,8 +6,10 @@
 //! 2. Greedy coreset selection (seeded random projection) keeps a fraction of the rows.
 //! 3. Statistics for standardising the maps come from maps of good frames the bank has
 //!    not memorised: with K >= 2 frames each frame is scored against a bank of the others
-//!    (leave one out); with one frame, a 5% zoom of it is scored against the bank. MAEDAY's
-//!    maps of the same views give its statistics.
+//!    (leave one out); with one frame, a 5% zoom of it and its brightness (x0.9, x1.1) and
+//!    ±5 degree rotated views are scored against the bank (a single view made thresholds
+//!    that most new good frames crossed). MAEDAY's maps of the same views give its
+//!    statistics.
 //! 4. Thresholds for the bank alone and for both ensembles (zero-shot or few-shot MAEDAY
 //!    plus the bank) are calibrated on those maps.
 //! 5. Few-shot MAEDAY's per-pixel statistics come from the good frames' MAEDAY maps
@@ -153,11 +155,10 @@ pub fn enroll(
     let px = pixel::pixel_stats(detector, shots, &held_out.maps, leave_one_out, &s.rule)?;
     let mut pixel_meta = px.meta;
     let probes = probe::probe_views(detector, shots, &per_shot, &bank, dim, s.seed)?;
-    let (few_shot, top) = (
-        (&px.held_z[..], pixel_meta.z_norm),
-        extractor.manifest.image_score_top,
-    );
-    let stats = statistics(held_out.maps.clone(), few_shot, s, top)?;
+    let extra = good::one_frame_views(detector, shots, &px.norm, &bank)?;
+    let (maps, zs) = calibration_views(&held_out.maps, &px.held_z, &extra);
+    let top = extractor.manifest.image_score_top;
+    let stats = statistics(maps, (&zs, pixel_meta.z_norm), s, top)?;
     pixel_meta.ensemble_thresholds = Some(stats.ensemble_norm);
     pixel_meta.probe = Some(probe::probe_weights(
         &probes,
@@ -171,9 +172,7 @@ pub fn enroll(
         bank: stats.bank_norm,
     };
     let held = &held_out.maps;
-    pixel_meta.good = Some(good::good_scores(
-        detector, shots, held, &px.held_z, &px.norm, &bank, &norms,
-    )?);
+    pixel_meta.good = Some(good::good_scores(held, &px.held_z, &extra, &norms));
     let meta = BankMeta {
         format: BANK_FORMAT,
         created_unix_ms: unix_ms_now(),
@@ -188,7 +187,12 @@ pub fn enroll(
         projection_dim: s.projection_dim,
         augment: s.augment.clone(),
         fit: detector.fit().to_string(),
-        held_out: held_out.how.into(),
+        held_out: if extra.is_empty() {
+            held_out.how
+        } else {
+            ONE_FRAME_VIEWS
+        }
+        .into(),
         bank_norm: stats.bank_norm,
         weights: s.weights,
         maeday: MaedayStats {
@@ -290,6 +294,27 @@ fn held_out_maps(
         "zoomed-view"
     };
     Ok(HeldOut { maps, how })
+}
+
+/// `held_out` of a bank enrolled from one frame: its zoomed view, then its brightness and
+/// rotation views ([`good::one_frame_views`]).
+const ONE_FRAME_VIEWS: &str = "zoomed-brightness-rotated-views";
+
+/// The held-out views the standardisation and thresholds are calibrated on: every frame's
+/// (raw maps; few-shot MAEDAY map), then a single frame's extra views. One view of one
+/// frame gave thresholds that most new good frames crossed (`models/README.md`).
+fn calibration_views(
+    held: &[Vec<AnomalyMap>],
+    held_z: &[AnomalyMap],
+    extra: &[good::ExtraView],
+) -> (Vec<Vec<AnomalyMap>>, Vec<AnomalyMap>) {
+    let mut maps = held.to_vec();
+    let mut zs = held_z.to_vec();
+    for v in extra {
+        maps.push(v.raw.clone());
+        zs.push(v.z.clone());
+    }
+    (maps, zs)
 }
 
 /// What scoring needs from the held-out good maps.
