@@ -309,6 +309,23 @@ fn enroll_refuses_unusable_input_with_a_clear_error() {
     assert!(stderr(&o).contains("needs a memory bank"), "{}", stderr(&o));
 }
 
+/// `maeday-edge eval --dataset DATA --masks 2 --report REPORT EXTRA...`, which must succeed;
+/// its report.
+fn eval_report(data: &str, report: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["eval", "--dataset", data, "--masks", "2"];
+    args.extend_from_slice(&["--report", report.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let o = cli(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
+}
+
+/// One field of every scored image in an eval report, in the report's order.
+fn per_image(r: &Value, key: &str) -> Vec<Value> {
+    let images = r["images"].as_array().unwrap();
+    images.iter().map(|i| i[key].clone()).collect()
+}
+
 #[test]
 fn cli_enroll_then_score_and_eval_with_shots() {
     let tmp = tempfile::tempdir().unwrap();
@@ -363,23 +380,11 @@ fn cli_enroll_then_score_and_eval_with_shots() {
     // eval --shots: the shots come from the normal images and are not evaluated.
     let report = t("report.json");
     let data = t("data").display().to_string();
-    let o = cli(&[
-        "eval",
-        "--dataset",
+    let r = eval_report(
         &data,
-        "--shots",
-        "2",
-        "--shot-seed",
-        "1",
-        "--bank-seeds",
-        "0,1",
-        "--masks",
-        "2",
-        "--report",
-        report.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        &report,
+        &["--shots", "2", "--shot-seed", "1", "--bank-seeds", "0,1"],
+    );
     let shots: Vec<PathBuf> = r["shots"]
         .as_array()
         .unwrap()
@@ -387,16 +392,11 @@ fn cli_enroll_then_score_and_eval_with_shots() {
         .map(|s| PathBuf::from(s.as_str().unwrap()))
         .collect();
     assert_eq!(shots.len(), 2);
-    let evaluated: Vec<&str> = r["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["image"].as_str().unwrap())
-        .collect();
+    let evaluated = per_image(&r, "image");
     assert_eq!(evaluated.len(), 4 + 3);
     for s in &shots {
         assert!(
-            !evaluated.contains(&s.to_str().unwrap()),
+            !evaluated.contains(&Value::from(s.to_str().unwrap())),
             "shot {s:?} evaluated"
         );
     }
@@ -432,35 +432,26 @@ fn cli_enroll_then_score_and_eval_with_shots() {
 
     // One bank, served as `ensemble-norm`: per image its score is the `maeday-norm+bank0`
     // combination's; every calibrated scorer is reported at its enrollment's threshold.
-    let o = cli(&[
-        "eval",
-        "--dataset",
+    let r = eval_report(
         &data,
-        "--shots",
-        "2",
-        "--bank-seeds",
-        "0",
-        "--masks",
-        "2",
-        "--scorer",
-        "ensemble-norm",
-        "--compare-fusions",
-        "--report",
-        report.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let labels: Vec<bool> = r["images"]
-        .as_array()
-        .unwrap()
+        &report,
+        &[
+            "--shots",
+            "2",
+            "--bank-seeds",
+            "0",
+            "--scorer",
+            "ensemble-norm",
+            "--compare-fusions",
+        ],
+    );
+    let labels: Vec<bool> = per_image(&r, "anomalous")
         .iter()
-        .map(|i| i["anomalous"].as_bool().unwrap())
+        .map(|v| v.as_bool().unwrap())
         .collect();
-    let served: Vec<f64> = r["images"]
-        .as_array()
-        .unwrap()
+    let served: Vec<f64> = per_image(&r, "score")
         .iter()
-        .map(|i| i["score"].as_f64().unwrap())
+        .map(|v| v.as_f64().unwrap())
         .collect();
     let combo = |name: &str| -> Vec<f64> {
         r["scorers"][name]["scores"]

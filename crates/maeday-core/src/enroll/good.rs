@@ -69,18 +69,18 @@ pub fn one_frame_views(
     Ok(out)
 }
 
-/// `held[i]` holds MAEDAY's and the bank's raw maps of shot `i`'s held-out view (the frame
-/// itself with K >= 2, else its zoomed view); `held_z` MAEDAY's map of each of those views
-/// normalised by statistics that did not see it ([`crate::enroll::pixel::PixelStats`]);
-/// `extra` the further views of a single frame ([`one_frame_views`]).
+/// `held[i]` holds MAEDAY's and the bank's raw maps of held-out view `i` and `held_z[i]`
+/// MAEDAY's map of it normalised by statistics that did not see it: with K >= 2 frames
+/// (`leave_one_out`) each frame itself, with one frame its zoomed view and then its
+/// [`one_frame_views`] (the views calibration uses: `enroll::calibration_views`).
 pub fn good_scores(
     held: &[Vec<AnomalyMap>],
     held_z: &[AnomalyMap],
-    extra: &[ExtraView],
+    leave_one_out: bool,
     n: &PartNorms,
 ) -> GoodScores {
     let mut g = GoodScores {
-        how: if extra.is_empty() {
+        how: if leave_one_out {
             "leave-one-out"
         } else {
             "views"
@@ -90,11 +90,7 @@ pub fn good_scores(
         maeday_norm: Vec::new(),
         bank: Vec::new(),
     };
-    let views = held
-        .iter()
-        .zip(held_z)
-        .chain(extra.iter().map(|v| (&v.raw, &v.z)));
-    for (raw, z) in views {
+    for (raw, z) in held.iter().zip(held_z) {
         g.maeday.push(n.maeday.apply(raw[0].max()));
         g.maeday_norm.push(n.maeday_norm.apply(z.max()));
         g.bank.push(n.bank.apply(raw[1].max()));

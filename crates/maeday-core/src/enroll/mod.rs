@@ -156,9 +156,9 @@ pub fn enroll(
     let mut pixel_meta = px.meta;
     let probes = probe::probe_views(detector, shots, &per_shot, &bank, dim, s.seed)?;
     let extra = good::one_frame_views(detector, shots, &px.norm, &bank)?;
-    let (maps, zs) = calibration_views(&held_out.maps, &px.held_z, &extra);
+    let (maps, zs) = calibration_views(&held_out.maps, &px.held_z, extra);
     let top = extractor.manifest.image_score_top;
-    let stats = statistics(maps, (&zs, pixel_meta.z_norm), s, top)?;
+    let stats = statistics(maps.clone(), (&zs, pixel_meta.z_norm), s, top)?;
     pixel_meta.ensemble_thresholds = Some(stats.ensemble_norm);
     pixel_meta.probe = Some(probe::probe_weights(
         &probes,
@@ -171,8 +171,7 @@ pub fn enroll(
         maeday_norm: pixel_meta.z_norm,
         bank: stats.bank_norm,
     };
-    let held = &held_out.maps;
-    pixel_meta.good = Some(good::good_scores(held, &px.held_z, &extra, &norms));
+    pixel_meta.good = Some(good::good_scores(&maps, &zs, leave_one_out, &norms));
     let meta = BankMeta {
         format: BANK_FORMAT,
         created_unix_ms: unix_ms_now(),
@@ -187,7 +186,7 @@ pub fn enroll(
         projection_dim: s.projection_dim,
         augment: s.augment.clone(),
         fit: detector.fit().to_string(),
-        held_out: if extra.is_empty() {
+        held_out: if leave_one_out {
             held_out.how
         } else {
             ONE_FRAME_VIEWS
@@ -303,16 +302,17 @@ const ONE_FRAME_VIEWS: &str = "zoomed-brightness-rotated-views";
 /// The held-out views the standardisation and thresholds are calibrated on: every frame's
 /// (raw maps; few-shot MAEDAY map), then a single frame's extra views. One view of one
 /// frame gave thresholds that most new good frames crossed (`models/README.md`).
+/// The same views give the held-out good scores ([`good::good_scores`]).
 fn calibration_views(
     held: &[Vec<AnomalyMap>],
     held_z: &[AnomalyMap],
-    extra: &[good::ExtraView],
+    extra: Vec<good::ExtraView>,
 ) -> (Vec<Vec<AnomalyMap>>, Vec<AnomalyMap>) {
     let mut maps = held.to_vec();
     let mut zs = held_z.to_vec();
     for v in extra {
-        maps.push(v.raw.clone());
-        zs.push(v.z.clone());
+        maps.push(v.raw);
+        zs.push(v.z);
     }
     (maps, zs)
 }

@@ -25,9 +25,9 @@ fn calibrated(banks: &Banks) -> Vec<(String, Thresholds)> {
     }
     if let Some(p) = &banks.pixel {
         out.push((MAEDAY_NORM_PART.to_string(), p.thresholds));
-        if let Some(t) = p.ensemble_thresholds {
-            out.push((format!("{MAEDAY_NORM_PART}+{bank}"), t));
-        }
+    }
+    if let Some(t) = banks.ensemble_norm_thresholds() {
+        out.push((format!("{MAEDAY_NORM_PART}+{bank}"), t));
     }
     out
 }
