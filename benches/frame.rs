@@ -43,14 +43,13 @@ fn recon_model() -> Model {
 }
 
 /// The graphs compared: the shipped one, and the same weights exported without the exact
-/// speed rewrites (`MAEDAY_BENCH_PLAIN_MODEL`, `export --plain`) or with each attention as
-/// one ONNX opset-23 `Attention` node (`MAEDAY_BENCH_SDPA_MODEL`: an experiment, which
-/// tract runs as its fused SDPA op).
+/// speed rewrites (`MAEDAY_BENCH_PLAIN_MODEL`, `export --plain`) or with every rewrite but
+/// the fused `Attention` nodes (`MAEDAY_BENCH_UNFUSED_MODEL`, `export --unfused-attention`).
 fn graphs() -> Vec<(&'static str, Model)> {
     let mut g = vec![("default", recon_model())];
     for (name, var) in [
         ("plain", "MAEDAY_BENCH_PLAIN_MODEL"),
-        ("sdpa", "MAEDAY_BENCH_SDPA_MODEL"),
+        ("unfused", "MAEDAY_BENCH_UNFUSED_MODEL"),
     ] {
         if let Some(dir) = std::env::var_os(var) {
             g.push((name, Model::open(PathBuf::from(dir)).expect(var)));

@@ -223,6 +223,21 @@ fn bank_files_round_trip_and_refuse_corruption_and_other_extractors() {
     std::fs::write(&features, &original).unwrap();
     let meta = dir.join("bank.toml");
     let text = std::fs::read_to_string(&meta).unwrap();
+    // A threshold that is not a number would never flag: refused, naming it.
+    let threshold = format!("image = {}", bank.meta.thresholds.ensemble.image);
+    assert!(text.contains(&threshold), "{text}");
+    for bad in ["nan", "inf", "-inf"] {
+        std::fs::write(
+            &meta,
+            text.replacen(&threshold, &format!("image = {bad}"), 1),
+        )
+        .unwrap();
+        let e = format!("{:#}", StoredBank::load(&dir).unwrap_err());
+        assert!(
+            e.contains("thresholds.ensemble.image is not a finite number"),
+            "{e}"
+        );
+    }
     std::fs::write(
         &meta,
         text.replace(&bank.meta.extractor_sha256, &"0".repeat(64)),

@@ -366,3 +366,28 @@ fn rewritten_and_plain_graphs_optimise_to_the_recorded_ops_on_this_architecture(
     }
     assert!(max_abs_diff(&outputs[0], &outputs[1]) <= 1e-5);
 }
+
+/// The shipped graphs fuse each attention into one ONNX `Attention` node, which tract runs
+/// as its flash-attention op; left alone, that op spreads heads over every core (rayon's
+/// global pool), past the engine's `threads` and across the workers that already split the
+/// masks. The engine keeps it on the calling thread: the knob is set once it loads a model.
+#[test]
+fn fused_attention_runs_on_the_engine_threads_only() {
+    let model = Model::open(fixtures().join("fixture-recon")).unwrap();
+    let graph = std::fs::read(model.graph_path()).unwrap();
+    assert!(
+        graph.windows(b"Attention".len()).any(|w| w == b"Attention"),
+        "fixture-recon has no fused attention"
+    );
+    let schedule = model.manifest.schedule().unwrap();
+    let mut engine = TractEngine::new(&model, &schedule, &one_thread(Precision::F32)).unwrap();
+    let knob = tract_onnx::tract_core::knobs::all()
+        .into_iter()
+        .find(|k| k.name == "TRACT_FLASH_SDPA_ST")
+        .expect("tract's flash attention has a single-thread knob");
+    assert_eq!((knob.current)(), "true");
+    let mut out = Vec::new();
+    engine.run(&npy_f32("image.npy"), &mut out).unwrap();
+    let want = npy_f32("reconstruction.npy");
+    assert!(max_abs_diff(&out, &want) <= 1e-4);
+}

@@ -82,10 +82,12 @@ def test_official_vit_base_checkpoint_layout_loads():
 
 @pytest.mark.parametrize("output", ["reconstruction", "anomaly_map"])
 def test_speed_rewrites_are_exact(tmp_path, output):
-    """The export form (three Q/K/V MatMuls, a plain Gather, channel-major `decoder_pred`)
-    computes what the plain graph computes: onnxruntime outputs within 1e-6 (measured
-    bit-identical on the shipped default), torch within 1e-6, and the rewritten graph really
-    lost the ops it replaces."""
+    """The export form (three Q/K/V MatMuls, a plain Gather, channel-major `decoder_pred`,
+    one `Attention` node per block) computes what the plain graph computes: onnxruntime
+    outputs within 1e-6 of their scale (onnxruntime's fused attention sums in another
+    order: anomaly maps of ~5 move by 2e-6; reconstructions measured bit-identical),
+    torch within 1e-6,
+    and the rewritten graph really lost the ops it replaces."""
     import onnx
     import onnxruntime as ort
 
@@ -99,8 +101,10 @@ def test_speed_rewrites_are_exact(tmp_path, output):
     ops = {name: [n.op_type for n in onnx.load(str(d / "m.onnx")).graph.node]
            for name, d in (("plain", plain), ("fast", fast))}
     assert "GatherElements" in ops["plain"] and "GatherElements" not in ops["fast"]
-    # Two encoder + one decoder block: one QKV MatMul each becomes three.
-    assert ops["fast"].count("MatMul") == ops["plain"].count("MatMul") + 2 * 3
+    # Two encoder + one decoder block: one QKV MatMul each becomes three, and the two
+    # attention MatMuls, the scale and the Softmax of each become one Attention.
+    assert ops["fast"].count("Attention") == 3 and "Softmax" not in ops["fast"]
+    assert ops["fast"].count("MatMul") == ops["plain"].count("MatMul") + 2 * 3 - 2 * 3
     image = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
     sessions = [ort.InferenceSession(str(d / "m.onnx"), providers=["CPUExecutionProvider"])
                 for d in (plain, fast)]
@@ -109,7 +113,7 @@ def test_speed_rewrites_are_exact(tmp_path, output):
         keep = schedule("random", n, 49, 196, n)
         feeds = {"image": image, "keep": keep.astype(np.int64)}
         a, b = (s.run(None, feeds)[0] for s in sessions)
-        assert np.abs(a - b).max() <= 1e-6
+        assert np.abs(a - b).max() <= 1e-6 * max(1.0, float(np.abs(a).max()))
         with torch.no_grad():
             t_plain = MAEDAYGraph(mae, output, rewrites=False)(torch.from_numpy(image),
                                                                torch.from_numpy(keep))

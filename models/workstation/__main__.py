@@ -44,11 +44,12 @@ def load_checkpoint(mae: MAE, path: Path) -> None:
 def export_checked(mae: MAE, out: Path, name: str, output: str, masks: int, schedule_kind: str,
                    training: str, description: str,
                    standardise: tuple[float, float] | None = None,
-                   rewrites: bool = True) -> Path:
+                   rewrites: bool = True, fused_attention: bool = True) -> Path:
     """Export graph + manifest, then prove onnxruntime computes what torch computes."""
     out = export_model(mae, out, name, output=output, n_masks=masks,
                        schedule_kind=schedule_kind, training=training, description=description,
-                       standardise=standardise, rewrites=rewrites)
+                       standardise=standardise, rewrites=rewrites,
+                       fused_attention=fused_attention)
     onnx_path = out / f"{name}.onnx"
     image = np.random.default_rng(0).standard_normal((1, 3, mae.cfg.img_size, mae.cfg.img_size),
                                                      dtype=np.float32)
@@ -94,7 +95,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         mae = MAE(PRESETS[args.preset or "tiny"])
     standardise = checkpoint_standardise(Path(args.checkpoint)) if args.checkpoint else None
     export_checked(mae, Path(args.out), args.name, args.output, args.masks, args.schedule,
-                   training, args.description, standardise, rewrites=not args.plain)
+                   training, args.description, standardise, rewrites=not args.plain,
+                   fused_attention=not args.unfused_attention)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -373,6 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--description", default="")
     e.add_argument("--plain", action="store_true",
                    help="the graph without the exact speed rewrites (to measure them)")
+    e.add_argument("--unfused-attention", action="store_true",
+                   help="keep attention as MatMul-Softmax-MatMul (opset 17), the other "
+                        "rewrites on (to measure the fused `Attention` nodes alone)")
     e.set_defaults(fn=cmd_export)
     f = sub.add_parser("finetune", help="few-shot LoRA finetune + fold + export")
     f.add_argument("--checkpoint", required=True, help="pretrained checkpoint (.pth)")

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import torch
 
+from .attention import fuse_attention
 from .mae import MAE, MAEConfig, MAEDAYGraph
 from .masks import schedule
 
@@ -33,8 +34,11 @@ def contract_metadata(cfg: MAEConfig, keep_count: int, output: str) -> dict:
             "maeday.output": output}
 
 
-def export_onnx(graph: MAEDAYGraph, path: Path, keep_count: int) -> None:
-    """Write the graph with a symbolic mask count N (the runtime pins it at load time)."""
+def export_onnx(graph: MAEDAYGraph, path: Path, keep_count: int,
+                fused_attention: bool = True) -> None:
+    """Write the graph with a symbolic mask count N (the runtime pins it at load time).
+    With the speed rewrites and `fused_attention`, each attention is fused into one
+    `Attention` node (opset 23)."""
     cfg = graph.mae.cfg
     image = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size)
     keep = torch.from_numpy(schedule("random", 2, keep_count, cfg.num_patches, 0))
@@ -50,6 +54,10 @@ def export_onnx(graph: MAEDAYGraph, path: Path, keep_count: int) -> None:
                           output_names=[out_name], dynamic_axes=dynamic, opset_version=OPSET,
                           do_constant_folding=True, dynamo=False)
     model = onnx.load(str(path))
+    if graph.rewrites and fused_attention:
+        model, fused = fuse_attention(model)
+        blocks = graph.mae.cfg.depth + graph.mae.cfg.decoder_depth
+        assert fused == blocks, f"fused {fused} attentions, the model has {blocks} blocks"
     del model.graph.value_info[:]  # intermediate shapes: let the runtime infer its own
     model.producer_name = "maeday-edge workstation"
     # The contract, inside the graph: the runtime compares it with the manifest, since a
@@ -95,17 +103,18 @@ def export_model(mae: MAE, out_dir: Path, name: str, *, output: str = "reconstru
                  seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, training: str = "",
                  description: str = "",
                  standardise: tuple[float, float] | None = None,
-                 rewrites: bool = True) -> Path:
+                 rewrites: bool = True, fused_attention: bool = True) -> Path:
     """Export `mae` into `out_dir/<name>.onnx` + `out_dir/manifest.toml`; returns the dir.
     `standardise` = (mean, std) when the model was trained on contrast-standardised crops.
     `rewrites=False` writes the plain form of the graph (same maths, slower ops: see
-    `MAE.forward`), kept to measure and check the rewrites against."""
+    `MAE.forward`), kept to measure and check the rewrites against; `fused_attention=False`
+    keeps the other rewrites but not the `Attention` nodes."""
     cfg: MAEConfig = mae.cfg
     keep_count = round(cfg.num_patches * keep_ratio)
     out_dir.mkdir(parents=True, exist_ok=True)
     graph = MAEDAYGraph(mae, output=output, rewrites=rewrites)
     onnx_path = out_dir / f"{name}.onnx"
-    export_onnx(graph, onnx_path, keep_count)
+    export_onnx(graph, onnx_path, keep_count, fused_attention)
     manifest = {
         "format_version": MANIFEST_FORMAT,
         "name": name,

@@ -26,6 +26,26 @@ pub const BANK_FORMAT: u32 = 1;
 
 const FEATURES_FILE: &str = "features.f32";
 
+/// The dotted key of the first NaN or infinite float under `value`, if any.
+fn first_non_finite(value: &toml::Value, key: &str) -> Option<String> {
+    let child = |k: &str| {
+        if key.is_empty() {
+            k.to_string()
+        } else {
+            format!("{key}.{k}")
+        }
+    };
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => Some(key.to_string()),
+        toml::Value::Table(t) => t.iter().find_map(|(k, v)| first_non_finite(v, &child(k))),
+        toml::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_non_finite(v, &format!("{key}[{i}]"))),
+        _ => None,
+    }
+}
+
 /// One good frame.
 #[derive(Debug, Clone)]
 pub struct Shot {
@@ -143,6 +163,15 @@ impl StoredBank {
             .with_context(|| format!("cannot read memory bank {}", path.display()))?;
         let meta: BankMeta =
             toml::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        // Every number in bank.toml is a statistic, a weight or a threshold: a NaN
+        // threshold would never flag anything, silently.
+        let tree: toml::Value = toml::from_str(&text)?;
+        if let Some(key) = first_non_finite(&tree, "") {
+            bail!(
+                "{}: {key} is not a finite number: the bank is corrupt, enroll again",
+                path.display()
+            );
+        }
         ensure!(
             meta.format == BANK_FORMAT,
             "{}: bank format {} (this runtime reads {BANK_FORMAT})",

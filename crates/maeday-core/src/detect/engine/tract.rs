@@ -40,6 +40,7 @@ impl TractEngine {
         let size = m.input.size;
         // Before anything plans: tract fixes its kernel family at the first plan.
         let kernels = super::kernels::select(opts.cpu_kernels).context("model.cpu_kernels")?;
+        attention_on_the_calling_thread()?;
         let graph = Graph::load(model, schedule, opts)?;
 
         let threads = opts.threads.max(1);
@@ -76,6 +77,21 @@ impl TractEngine {
             .with_context(|| format!("graph {} fails on the manifest's shapes", path.display()))?;
         Ok(engine)
     }
+}
+
+/// tract runs a fused attention (an ONNX `Attention` node, see `models/workstation/
+/// attention.py`) one head per task on rayon's global pool, i.e. on every core. Our workers
+/// already split the masks across `threads` threads, which is also the user's CPU budget:
+/// each worker computes its heads itself. (Measured on 2 cores, 32 masks: 2 workers with
+/// rayon 338-343 ms a frame, on their own threads 291-295 ms.) Process-wide, like the
+/// kernel choice; fails if this tract no longer has the knob, rather than silently
+/// oversubscribing.
+fn attention_on_the_calling_thread() -> Result<()> {
+    ensure!(
+        tract_core::knobs::set_str("TRACT_FLASH_SDPA_ST", "true"),
+        "this tract has no TRACT_FLASH_SDPA_ST knob: cannot keep attention on our threads"
+    );
+    Ok(())
 }
 
 /// `workers_n` workers that split the schedule's masks as evenly as possible (at most two
