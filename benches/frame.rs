@@ -241,18 +241,90 @@ fn criterion_dir() -> PathBuf {
         })
 }
 
-/// GFLOP/s and the share of the cores' FMA peak (`MAEDAY_BENCH_PEAK_GFLOPS` per core;
-/// default 115, measured on the 2-core Zen 4 development machine).
+/// GFLOP/s and the share of the cores' FMA peak (`MAEDAY_BENCH_PEAK_GFLOPS` per core, or
+/// [`fma_peak_gflops`] measured at start).
 fn rate(ms: f64, n: usize, threads: usize) -> String {
-    let peak: f64 = std::env::var("MAEDAY_BENCH_PEAK_GFLOPS")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(115.0);
     let gflops = GFLOP_PER_MASK * n as f64 / (ms / 1e3);
-    format!(
-        "{gflops:5.1} GFLOP/s {:3.0}%",
-        100.0 * gflops / (peak * threads as f64)
-    )
+    match peak_gflops() {
+        Some(peak) => format!(
+            "{gflops:5.1} GFLOP/s {:3.0}%",
+            100.0 * gflops / (peak * threads as f64)
+        ),
+        None => format!("{gflops:5.1} GFLOP/s"),
+    }
+}
+
+/// One core's f32 FMA peak in GFLOP/s: `MAEDAY_BENCH_PEAK_GFLOPS`, else measured once.
+fn peak_gflops() -> Option<f64> {
+    static PEAK: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *PEAK.get_or_init(|| {
+        let peak = std::env::var("MAEDAY_BENCH_PEAK_GFLOPS")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .or_else(fma_peak_gflops);
+        match peak {
+            Some(p) => println!("FMA peak: {p:.0} GFLOP/s per core"),
+            None => println!("FMA peak: unknown on this CPU (set MAEDAY_BENCH_PEAK_GFLOPS)"),
+        }
+        peak
+    })
+}
+
+/// 12 independent chains of the widest f32 FMA this x86-64 core has (AVX-512, else AVX2),
+/// best of 5 runs of 20M FMAs: what a matmul kernel could reach at most.
+#[cfg(target_arch = "x86_64")]
+fn fma_peak_gflops() -> Option<f64> {
+    use std::arch::x86_64::*;
+    const ITERS: usize = 20_000_000 / 12;
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512() -> f32 {
+        let (m, a) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); 12];
+        for _ in 0..ITERS {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, m, a);
+            }
+        }
+        acc.iter().map(|x| _mm512_reduce_add_ps(*x)).sum()
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2() -> f32 {
+        let (m, a) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); 12];
+        for _ in 0..ITERS {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, m, a);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        acc.iter()
+            .map(|x| {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), *x);
+                lanes.iter().sum::<f32>()
+            })
+            .sum()
+    }
+    let (width, run): (usize, unsafe fn() -> f32) = if is_x86_feature_detected!("avx512f") {
+        (16, avx512)
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        (8, avx2)
+    } else {
+        return None;
+    };
+    let best = (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            // Safety: the CPU has the features `run` was compiled for (checked above).
+            std::hint::black_box(unsafe { run() });
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    Some((ITERS * 12 * width * 2) as f64 / best / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_peak_gflops() -> Option<f64> {
+    None
 }
 
 fn summary() {
@@ -394,6 +466,7 @@ fn interleaved() {
 fn main() {
     // First: tract fixes its kernel family at the first plan.
     tract_label();
+    peak_gflops();
     #[cfg(feature = "ort")]
     interleaved();
     let mut c = Criterion::default()
