@@ -596,3 +596,49 @@ fn under_the_journal_lines_carry_priorities_and_per_frame_lines_are_off() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains(" #1 "));
 }
+
+/// `export` writes opset 23 (one `Attention` node per attention), past the 18 tract is
+/// tested on: the default log stays quiet about it. An opset neither tract nor maeday-edge
+/// tests gets a warning naming it, and the graph still runs.
+#[test]
+fn only_opsets_nobody_tests_are_warned_about() {
+    use prost::Message;
+    let score = |model: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_maeday-edge"))
+            .args([
+                "score",
+                "--model",
+                s(model),
+                s(&samples().join("coins.png")),
+            ])
+            .env_remove("RUST_LOG")
+            .env_remove("MAEDAY_MODEL")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let shipped = fixture("fixture-recon");
+    let bytes = fs::read(shipped.join("fixture-recon.onnx")).unwrap();
+    let mut proto = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
+    let opset = proto
+        .opset_import
+        .iter_mut()
+        .find(|o| o.domain.is_empty())
+        .unwrap();
+    assert_eq!(opset.version, 23);
+    let err = score(&shipped);
+    assert!(
+        !err.contains("opset") && !err.contains("operator set"),
+        "{err}"
+    );
+
+    opset.version = 24;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_copy("fixture-recon", tmp.path());
+    let graph = model.join("fixture-recon.onnx");
+    fs::write(&graph, proto.encode_to_vec()).unwrap();
+    repin_graph_sha(&model, &graph);
+    let err = score(&model);
+    assert!(err.contains("uses ONNX opset 24"), "{err}");
+}

@@ -10,8 +10,10 @@ use std::io::Write;
 use crate::daemon::watchdog::stderr_is_journal;
 
 /// rumqttd logs routine broker traffic at ERROR level through `tracing`: quiet unless asked
-/// for (`RUST_LOG=rumqttd=info`).
-const DEFAULT_FILTER: &str = "info,rumqttd=off,tracing=off";
+/// for (`RUST_LOG=rumqttd=info`). tract_onnx's one warning says that a graph's opset is
+/// past 18, which every graph `export` writes is (23: fused attention); the engine warns
+/// itself about opsets neither tract nor we test (`detect::engine::graph`).
+const DEFAULT_FILTER: &str = "info,rumqttd=off,tracing=off,tract_onnx::model=error";
 
 /// Install the logger (once, at start).
 pub fn init() {

@@ -12,6 +12,25 @@ use super::api::{EngineOptions, Precision};
 use crate::model::manifest::{Model, OutputKind};
 use crate::model::schedule::MaskSchedule;
 
+/// ONNX opsets 9-18 are what tract is tested on, 23 is what `export` writes (one
+/// `Attention` node per attention, checked by `tests/reference.rs`): say so for any other,
+/// in place of tract's own warning, which also fires for 23 and is filtered out of the
+/// default log (`cli::logging`).
+fn warn_on_untested_opset(proto: &ModelProto, path: &std::path::Path) {
+    let opset = proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version);
+    if let Some(v) = opset.filter(|v| !(9..=18).contains(v) && *v != 23) {
+        log::warn!(
+            "graph {} uses ONNX opset {v}: tract is tested on opsets 9-18 and maeday-edge's \
+             exported graphs on 23; it may not load or run as exported",
+            path.display()
+        );
+    }
+}
+
 /// One parsed ONNX graph and where its inputs are: plans for several batch sizes are
 /// made from it.
 pub struct Graph<'a> {
@@ -44,6 +63,7 @@ impl<'a> Graph<'a> {
         let proto = onnx
             .proto_model_for_path(&path)
             .with_context(|| format!("cannot parse ONNX graph {}", path.display()))?;
+        warn_on_untested_opset(&proto, &path);
         let (image_ix, keep_ix) = check_contract(&proto, model, schedule.keep)
             .with_context(|| format!("graph {} does not match its manifest", path.display()))?;
         Ok(Graph {
