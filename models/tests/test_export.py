@@ -138,3 +138,21 @@ def test_shipped_default_is_its_checkpoint_exported(tmp_path):
                    check=True, cwd=shipped.parents[1], capture_output=True)
     assert sha256_file(tmp_path / "m" / meta["graph"]) == meta["graph_sha256"]
     assert (tmp_path / "m" / "manifest.toml").read_text() == (shipped / "manifest.toml").read_text()
+
+
+def test_attention_fusion_refuses_what_it_does_not_know(tmp_path):
+    """`fuse_attention` only rewrites the exact exported pattern: a Softmax over another axis
+    (not an attention, or one this code does not know) stops the export with the reason."""
+    import onnx
+
+    from models.workstation.attention import fuse_attention
+
+    torch.manual_seed(3)
+    fast = export_model(MAE(PRESETS["fixture"]), tmp_path / "fast", "m", fused_attention=False)
+    model = onnx.load(str(fast / "m.onnx"))
+    fused, n = fuse_attention(model)
+    assert n == 3 and sum(x.op_type == "Attention" for x in fused.graph.node) == 3
+    softmax = next(x for x in model.graph.node if x.op_type == "Softmax")
+    next(a for a in softmax.attribute if a.name == "axis").i = 2
+    with pytest.raises(ValueError, match="is over axis"):
+        fuse_attention(model)

@@ -30,6 +30,11 @@ def _constant_scalar(graph: onnx.GraphProto, name: str) -> float | None:
     return None
 
 
+def _require(ok: bool, why: str) -> None:
+    if not ok:
+        raise ValueError(f"cannot fuse attention: {why}")
+
+
 def _perm(node: onnx.NodeProto) -> list[int]:
     return [list(a.ints) for a in node.attribute if a.name == "perm"][0]
 
@@ -39,8 +44,8 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     signature changed since, e.g. ReduceMean's axes), then replace every MatMul ->
     Mul(scalar) -> Softmax(last axis) -> MatMul chain whose operands are the
     [N, T, H, d] -> [N, H, T, d] transposes of Q, K (as K^T) and V with one `Attention`
-    node. Returns the new model and how many were fused; raises if a Softmax does not sit
-    in that exact pattern (a graph this code does not know)."""
+    node. Returns the new model and how many were fused; raises ValueError if a Softmax
+    does not sit in that exact pattern (a graph this code does not know)."""
     model = version_converter.convert_version(model, ATTENTION_OPSET)
     g = model.graph
     producer = {out: node for node in g.node for out in node.output}
@@ -51,27 +56,29 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
     def only_consumer(name: str) -> onnx.NodeProto:
         users = consumers.get(name, [])
-        assert len(users) == 1, f"{name} feeds {len(users)} nodes, expected one"
+        _require(len(users) == 1, f"{name} feeds {len(users)} nodes, expected one")
         return users[0]
 
     replaced: dict[int, onnx.NodeProto] = {}
     dropped: set[int] = set()
     for softmax in [n for n in g.node if n.op_type == "Softmax"]:
         axis = [a.i for a in softmax.attribute if a.name == "axis"]
-        assert axis in ([-1], [3]), f"{softmax.name}: softmax over axis {axis}, not the last"
+        _require(axis in ([], [-1], [3]), f"{softmax.name} is over axis {axis}, not the last")
         mul = producer[softmax.input[0]]
-        assert mul.op_type == "Mul", f"{softmax.name}: fed by {mul.op_type}, not a scale"
+        _require(mul.op_type == "Mul", f"{softmax.name} is fed by {mul.op_type}, not a scale")
         scale = _constant_scalar(g, mul.input[1])
-        assert scale is not None, f"{mul.name}: scale is not a constant scalar"
+        _require(scale is not None, f"{mul.name}: the scale is not a constant scalar")
         qk = producer[mul.input[0]]
-        assert qk.op_type == "MatMul", f"{mul.name}: fed by {qk.op_type}, not Q K^T"
+        _require(qk.op_type == "MatMul", f"{mul.name} is fed by {qk.op_type}, not Q K^T")
         pv = only_consumer(softmax.output[0])
-        assert pv.op_type == "MatMul" and pv.input[0] == softmax.output[0], pv.name
+        _require(pv.op_type == "MatMul" and pv.input[0] == softmax.output[0],
+                 f"{softmax.name} feeds {pv.op_type}, not the product with V")
         only_consumer(qk.output[0])
         only_consumer(mul.output[0])
         q, kt, v = (producer[qk.input[0]], producer[qk.input[1]], producer[pv.input[1]])
         for node, perm in ((q, [0, 2, 1, 3]), (kt, [0, 2, 3, 1]), (v, [0, 2, 1, 3])):
-            assert node.op_type == "Transpose" and _perm(node) == perm, node.name
+            _require(node.op_type == "Transpose" and _perm(node) == perm,
+                     f"{node.name} is not the [N, T, H, d] transpose {perm}")
         # K^T [N, H, d, T] becomes K [N, H, T, d], the layout `Attention` takes.
         only_consumer(kt.output[0])
         next(a for a in kt.attribute if a.name == "perm").ints[:] = [0, 2, 1, 3]

@@ -57,7 +57,8 @@ def export_onnx(graph: MAEDAYGraph, path: Path, keep_count: int,
     if graph.rewrites and fused_attention:
         model, fused = fuse_attention(model)
         blocks = graph.mae.cfg.depth + graph.mae.cfg.decoder_depth
-        assert fused == blocks, f"fused {fused} attentions, the model has {blocks} blocks"
+        if fused != blocks:
+            raise ValueError(f"fused {fused} attentions, the model has {blocks} blocks")
     del model.graph.value_info[:]  # intermediate shapes: let the runtime infer its own
     model.producer_name = "maeday-edge workstation"
     # The contract, inside the graph: the runtime compares it with the manifest, since a
