@@ -161,8 +161,6 @@ fn summary() {
 }
 
 fn main() {
-    // As the daemon does (src/main.rs).
-    maeday_edge::cli::allocator::keep_freed_buffers();
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))

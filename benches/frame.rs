@@ -464,8 +464,6 @@ fn interleaved() {
 }
 
 fn main() {
-    // As the daemon does (src/main.rs).
-    maeday_edge::cli::allocator::keep_freed_buffers();
     // First: tract fixes its kernel family at the first plan.
     tract_label();
     peak_gflops();

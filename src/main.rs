@@ -10,7 +10,6 @@ use maeday_edge::cli::Cli;
 
 fn main() -> ExitCode {
     maeday_edge::cli::logging::init();
-    maeday_edge::cli::allocator::keep_freed_buffers();
     match Cli::parse().run() {
         Ok(code) => code,
         Err(e) => {

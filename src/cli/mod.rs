@@ -6,8 +6,7 @@
 //! - [`score`], [`eval`], [`enroll`], [`calibrate`]: the offline tools;
 //! - [`bundle_command`] (flags) and [`bundle`] (work): keys, packing, signing, sending;
 //! - [`model_args`]: the model/engine/scorer flags the offline tools share;
-//! - [`docs`]: shell completions and the man page; [`logging`]: terminal or journald lines;
-//!   [`allocator`]: glibc set up for the same large buffers frame after frame.
+//! - [`docs`]: shell completions and the man page; [`logging`]: terminal or journald lines.
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -16,7 +15,6 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-pub mod allocator;
 pub mod bundle;
 pub mod bundle_command;
 pub mod calibrate;
