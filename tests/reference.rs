@@ -309,7 +309,7 @@ fn inputs_are_fed_in_the_order_the_graph_declares() {
 }
 
 /// The speed rewrites of the export (three Q/K/V MatMuls, a plain Gather, channel-major
-/// `decoder_pred`) optimise the same way on every architecture: the optimised plans of the
+/// `decoder_pred`, one `Attention` node per attention) optimise the same way on every architecture: the optimised plans of the
 /// rewritten fixture and its plain twin (same weights, `export --plain`) have the op counts
 /// recorded per architecture in `tests/fixtures/plan-ops.json` (x86-64 here, aarch64 under
 /// qemu: `cross/qemu-test.sh` runs this suite there), and on every recorded architecture the

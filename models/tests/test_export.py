@@ -86,8 +86,7 @@ def test_speed_rewrites_are_exact(tmp_path, output):
     one `Attention` node per block) computes what the plain graph computes: onnxruntime
     outputs within 1e-6 of their scale (onnxruntime's fused attention sums in another
     order: anomaly maps of ~5 move by 2e-6; reconstructions measured bit-identical),
-    torch within 1e-6,
-    and the rewritten graph really lost the ops it replaces."""
+    torch within 1e-6, and the rewritten graph really lost the ops it replaces."""
     import onnx
     import onnxruntime as ort
 

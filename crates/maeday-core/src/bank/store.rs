@@ -161,17 +161,17 @@ impl StoredBank {
         let path = dir.join("bank.toml");
         let text = fs::read_to_string(&path)
             .with_context(|| format!("cannot read memory bank {}", path.display()))?;
-        let meta: BankMeta =
-            toml::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        let invalid = || format!("invalid {}", path.display());
+        let tree: toml::Value = toml::from_str(&text).with_context(invalid)?;
         // Every number in bank.toml is a statistic, a weight or a threshold: a NaN
         // threshold would never flag anything, silently.
-        let tree: toml::Value = toml::from_str(&text)?;
         if let Some(key) = first_non_finite(&tree, "") {
             bail!(
                 "{}: {key} is not a finite number: the bank is corrupt, enroll again",
                 path.display()
             );
         }
+        let meta: BankMeta = tree.try_into().with_context(invalid)?;
         ensure!(
             meta.format == BANK_FORMAT,
             "{}: bank format {} (this runtime reads {BANK_FORMAT})",
