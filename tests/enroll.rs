@@ -11,6 +11,7 @@ use maeday_edge::bank::features::open_extractor;
 use maeday_edge::bank::store::{Shot, StoredBank};
 use maeday_edge::detect::detector::{Detection, Detector, DetectorOptions};
 use maeday_edge::detect::fuse::ScorerKind;
+use maeday_edge::detect::pixel_norm::SceneModel;
 use maeday_edge::enroll::{enroll, EnrollSettings};
 use maeday_edge::model::manifest::Model;
 use serde_json::Value;
@@ -166,6 +167,49 @@ fn assert_sum_of(det: &Detection, a: usize, b: usize) {
         assert!((v - sum).abs() <= 1e-4 * sum.abs().max(1.0), "{v} vs {sum}");
     }
     assert_eq!(det.score, det.map.max());
+}
+
+/// Few-shot MAEDAY's statistics are per pixel for a camera that shakes by a few pixels and
+/// pooled for a scene that slides under it (coins passing by, 40 px a frame), as the
+/// enrollment's leave-one-out check decides; `bank.toml` records the evidence, and a bank
+/// whose recorded choice disagrees with its statistics is refused.
+#[test]
+fn the_scene_check_tells_a_fixed_scene_from_one_that_moves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, bank) = enrolled(0);
+    let pixel = bank.meta.maeday_pixel.as_ref().unwrap();
+    let check = pixel.scene.expect("four frames: the scene was checked");
+    assert_eq!(check.model, SceneModel::PerPixel, "{check:?}");
+    assert!(check.per_pixel_held_out_max <= check.pooled_held_out_max);
+    assert_eq!(pixel.params.model, SceneModel::PerPixel);
+
+    let sliding: Vec<Shot> = [0, 40, 80, 120]
+        .iter()
+        .map(|&x| Shot {
+            name: format!("coins@{x},30"),
+            image: DynamicImage::ImageRgb8(coins_at(x, 30)),
+        })
+        .collect();
+    let mut d = Detector::new(default_model(), &options()).unwrap();
+    let extractor = Arc::new(open_extractor(None).unwrap());
+    let mut moving = enroll(&mut d, extractor, &sliding, &EnrollSettings::default()).unwrap();
+    let pixel = moving.meta.maeday_pixel.as_ref().unwrap();
+    let check = pixel.scene.unwrap();
+    assert_eq!(check.model, SceneModel::Pooled, "{check:?}");
+    assert_eq!(pixel.params.model, SceneModel::Pooled);
+    assert!(check.pooled_held_out_max < check.per_pixel_held_out_max);
+
+    // Saved and loaded as is; a hand-edited choice that the statistics do not follow is not.
+    let dir = tmp.path().join("moving");
+    moving.save(&dir, &sliding).unwrap();
+    assert_eq!(StoredBank::load(&dir).unwrap().meta, moving.meta);
+    let meta = dir.join("bank.toml");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let edited = text.replacen("model = \"pooled\"", "model = \"per-pixel\"", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&meta, edited).unwrap();
+    let e = format!("{:#}", StoredBank::load(&dir).unwrap_err());
+    assert!(e.contains("maeday_pixel.scene chose"), "{e}");
 }
 
 #[test]

@@ -18,6 +18,19 @@ def test_one_good_map_leaves_its_pattern_out_in_units_of_its_spread():
     assert pixelnorm.top_k_mean(np.arange(200.0)) == 198.5  # top 2 of 200
 
 
+def test_the_scene_check_keeps_a_fixed_scene_per_pixel_and_pools_a_moving_one():
+    rng = np.random.default_rng(1)
+    tex = rng.gamma(2.0, 1.0, (30, 80))
+    fixed = [tex[:, :40] + rng.normal(0, 0.01, (30, 40)) for _ in range(4)]
+    moving = [tex[:, d:d + 40] for d in (0, 10, 20, 30)]
+    mu, sigma = pixelnorm.fit_pooled(moving)
+    assert np.allclose(mu, np.stack(moving).mean()) and np.allclose(sigma, np.stack(moving).std())
+    assert pixelnorm.scene_check(fixed)["model"] == "per-pixel"
+    check = pixelnorm.scene_check(moving)
+    assert check["model"] == "pooled"
+    assert check["pooled_held_out_max"] < check["per_pixel_held_out_max"]
+
+
 @pytest.mark.skipif(not devsets.CLIP.exists(), reason="needs ../shared/data")
 def test_synth_fod_is_seeded_and_masks_mark_the_pasted_objects(tmp_path):
     for run in ("a", "b"):

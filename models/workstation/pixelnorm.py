@@ -6,6 +6,11 @@ Gaussian (sigma 4, reflect padding; skipped on maps no wider than its radius); s
 standard deviation of every good pixel around their global mean; sigma = sqrt(var + (0.5 s)^2)
 (1 where that is 0). A map E becomes z = (E - mu) / sigma; its image score is the mean of its
 top ceil(1%) pixels.
+
+The pooled model (a scene that moves): mu = the global mean of every good pixel, sigma = s,
+for every pixel. The scene check: leave one out over the K >= 2 good maps, each normalised
+by either model fitted on the others; the model with the lower mean of the held-out maxima
+is chosen (ties: per pixel).
 """
 
 from __future__ import annotations
@@ -36,6 +41,24 @@ def fit(goods: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return mu, np.where(sigma > 1e-12, sigma, 1.0)
 
 
+def fit_pooled(goods: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    g = np.stack([x.astype(np.float64) for x in goods])
+    s = g.std()
+    return np.full(g.shape[1:], g.mean()), np.full(g.shape[1:], s if s > 1e-12 else 1.0)
+
+
+def scene_check(goods: list[np.ndarray]) -> dict:
+    held = {"per_pixel": [], "pooled": []}
+    for i, g in enumerate(goods):
+        others = goods[:i] + goods[i + 1:]
+        for name, f in (("per_pixel", fit), ("pooled", fit_pooled)):
+            mu, sigma = f(others)
+            held[name].append(float(((g.astype(np.float64) - mu) / sigma).max()))
+    pp, po = np.mean(held["per_pixel"]), np.mean(held["pooled"])
+    return {"model": "per-pixel" if pp <= po else "pooled",
+            "per_pixel_held_out_max": float(pp), "pooled_held_out_max": float(po)}
+
+
 def top_k_mean(z: np.ndarray, fraction: float = TOP_FRACTION) -> float:
     v = np.sort(z.ravel())[::-1]
     k = min(max(int(np.ceil(fraction * v.size)), 1), v.size)
@@ -58,7 +81,15 @@ def write_reference(ref: Path) -> Path:
         cases.append({"good": [g.ravel().tolist() for g in gs], "mean": mu.ravel().tolist(),
                       "sigma": sigma.ravel().tolist(), "z": z.ravel().tolist(),
                       "top": top_k_mean(z)})
+    # A scene that moves: the same texture shifted by a different amount in every frame.
+    tex = rng.gamma(2.0, 0.3, (h, w + 16))
+    moving = [(1.0 + tex[:, d:d + w]).astype(np.float32) for d in (0, 5, 11)]
+    mu, sigma = fit_pooled(goods)
+    pooled = {"mean": mu.ravel().tolist(), "sigma": sigma.ravel().tolist(),
+              "z": ((test.astype(np.float64) - mu) / sigma).ravel().tolist()}
+    checks = [{"good": [g.ravel().tolist() for g in gs], **scene_check(gs)}
+              for gs in (goods, moving)]
     out = ref / "pixel-norm.json"
     out.write_text(json.dumps({"width": w, "height": h, "test": test.ravel().tolist(),
-                               "cases": cases}))
+                               "cases": cases, "pooled": pooled, "scene_checks": checks}))
     return out

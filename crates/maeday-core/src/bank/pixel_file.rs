@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::fuse::{Normalisation, ProbeWeights};
 use crate::detect::good_stats::GoodScores;
-use crate::detect::pixel_norm::{PixelNorm, PixelNormParams};
+use crate::detect::pixel_norm::{PixelNorm, PixelNormParams, SceneCheck};
 use crate::model::manifest::Thresholds;
 
 pub const PIXEL_FILE: &str = "maeday-pixel.f32";
@@ -44,6 +44,10 @@ pub struct MaedayPixelMeta {
     /// Every scorer's image score of held-out good views (fusion from good frames only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub good: Option<GoodScores>,
+    /// Whether the statistics are per pixel or pooled, and the held-out evidence (K >= 2;
+    /// `params.model` is what is served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scene: Option<SceneCheck>,
 }
 
 /// The file's bytes: the means, then the spreads.
@@ -68,11 +72,20 @@ pub fn meta_for(n: &PixelNorm, z_norm: Normalisation, thresholds: Thresholds) ->
         ensemble_thresholds: None,
         probe: None,
         good: None,
+        scene: None,
     }
 }
 
 /// Read and check the statistics of the bank in `dir`.
 pub fn read(dir: &Path, meta: &MaedayPixelMeta) -> Result<PixelNorm> {
+    if let Some(c) = &meta.scene {
+        ensure!(
+            c.model == meta.params.model,
+            "bank.toml: maeday_pixel.scene chose {:?} but the statistics are {:?}",
+            c.model,
+            meta.params.model
+        );
+    }
     if let Some(g) = &meta.good {
         g.check()
             .map_err(|e| anyhow::anyhow!("bank.toml: maeday_pixel.{e}"))?;

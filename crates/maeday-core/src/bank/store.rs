@@ -297,6 +297,7 @@ impl StoredBank {
             ensemble_thresholds: meta.ensemble_thresholds,
             probe: meta.probe,
             good: meta.good.clone(),
+            scene: meta.scene,
         })
     }
 

@@ -17,7 +17,15 @@
 //!
 //! and [`PixelNorm::apply`] turns a map into `z = (E - mu) / sigma`. A map of another size
 //! (frames of another size, a squash vs a tile fit) gets the statistics resampled bilinearly.
-//! The image score of a normalised map is its maximum. [`top_k_mean`] (the mean of the top
+//! The image score of a normalised map is its maximum.
+//!
+//! Per-pixel statistics assume a scene that stays put. A belt or a floor that moves under
+//! the camera shows its specks at new places in every frame, and a speck where the good
+//! frames had none then looks like an anomaly. So with K >= 2 frames [`scene_check`] asks
+//! the good frames themselves: each frame's map is normalised by the statistics of the
+//! others twice, per pixel and [`SceneModel::Pooled`] (one global mean and spread for every
+//! pixel, which ranks frames as zero-shot MAEDAY does), and the model under which the
+//! held-out frames' maxima are lower on average is the one served. [`top_k_mean`] (the mean of the top
 //! 1% pixels), the robust alternative the issue proposed, is measured beside it by `eval
 //! --compare-fusions` and lost on the dev sets (synthetic FOD, 4 shots: 0.800 against 0.840
 //! image AUROC; models/README.md). `models/workstation/pixelnorm.py` is the numpy
@@ -41,9 +49,71 @@ pub const FLOOR: f32 = 0.5;
 /// `eval`'s robust image score: the mean of this fraction of a map's highest pixels.
 pub const TOP_FRACTION: f64 = 0.01;
 
+/// How the good frames' MAEDAY error is modelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SceneModel {
+    /// A mean and a spread per pixel: the scene stays put (banks from before the check).
+    #[default]
+    PerPixel,
+    /// The good pixels' global mean and pooled spread for every pixel: the scene moves.
+    Pooled,
+}
+
+/// What [`scene_check`] measured: the mean over held-out good frames of their map's max
+/// after each model (fitted on the other frames), and the model it chose.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SceneCheck {
+    pub model: SceneModel,
+    pub per_pixel_held_out_max: f32,
+    pub pooled_held_out_max: f32,
+}
+
+/// Leave one out over `maps` (at least two): which model keeps held-out good maps lowest.
+/// Ties go to the per-pixel model.
+pub fn scene_check(maps: &[&AnomalyMap]) -> Result<SceneCheck> {
+    ensure!(
+        maps.len() >= 2,
+        "the scene check needs at least two good maps, not {}",
+        maps.len()
+    );
+    let mut sums = [0f64; 2];
+    for (i, held) in maps.iter().enumerate() {
+        let others: Vec<&AnomalyMap> = maps
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, m)| *m)
+            .collect();
+        for (sum, model) in sums
+            .iter_mut()
+            .zip([SceneModel::PerPixel, SceneModel::Pooled])
+        {
+            let mut z = (*held).clone();
+            PixelNorm::fit_model(&others, model)?.apply(&mut z);
+            *sum += z.max() as f64;
+        }
+    }
+    let k = maps.len() as f64;
+    let (per_pixel, pooled) = ((sums[0] / k) as f32, (sums[1] / k) as f32);
+    Ok(SceneCheck {
+        model: if per_pixel <= pooled {
+            SceneModel::PerPixel
+        } else {
+            SceneModel::Pooled
+        },
+        per_pixel_held_out_max: per_pixel,
+        pooled_held_out_max: pooled,
+    })
+}
+
 /// What the normalisation was fitted with (recorded beside the statistics).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PixelNormParams {
+    /// Absent in banks from before the scene check: per pixel.
+    #[serde(default)]
+    pub model: SceneModel,
     pub smooth_sigma: f32,
     pub floor: f32,
     /// The pooled standard deviation `s` of the good maps.
@@ -62,8 +132,15 @@ pub struct PixelNorm {
 }
 
 impl PixelNorm {
-    /// Fit on good frames' maps (resampled to the first one's size where they differ).
+    /// Fit per pixel on good frames' maps (resampled to the first one's size where they
+    /// differ).
     pub fn fit(maps: &[&AnomalyMap]) -> Result<PixelNorm> {
+        PixelNorm::fit_model(maps, SceneModel::PerPixel)
+    }
+
+    /// Fit the given model: [`SceneModel::Pooled`] is the per-pixel formula with no
+    /// per-pixel variance, the global mean for `mu` and a floor of the whole pooled spread.
+    pub fn fit_model(maps: &[&AnomalyMap], model: SceneModel) -> Result<PixelNorm> {
         ensure!(!maps.is_empty(), "per-pixel statistics need a good map");
         let (w, h) = (maps[0].width, maps[0].height);
         ensure!(w > 0 && h > 0, "an empty map");
@@ -102,7 +179,15 @@ impl PixelNorm {
             .sum::<f64>()
             / total)
             .sqrt();
-        let floor2 = (FLOOR as f64 * pooled).powi(2);
+        let (floor, smooth) = match model {
+            SceneModel::PerPixel => (FLOOR, SMOOTH_SIGMA),
+            SceneModel::Pooled => {
+                mean.fill(global);
+                var.data.fill(0.0);
+                (1.0, 0.0)
+            }
+        };
+        let floor2 = (floor as f64 * pooled).powi(2);
         let sigma = var
             .data
             .iter()
@@ -121,8 +206,9 @@ impl PixelNorm {
             mean: mean.into_iter().map(|v| v as f32).collect(),
             sigma,
             params: PixelNormParams {
-                smooth_sigma: SMOOTH_SIGMA,
-                floor: FLOOR,
+                model,
+                smooth_sigma: smooth,
+                floor,
                 pooled_std: pooled as f32,
                 frames: maps.len(),
             },
@@ -182,6 +268,8 @@ pub struct PixelScorer {
     pub probe: Option<ProbeWeights>,
     /// Held-out good views' image scores per scorer (fusion from good frames only).
     pub good: Option<GoodScores>,
+    /// Why the statistics are per pixel or pooled (K >= 2 frames).
+    pub scene: Option<SceneCheck>,
 }
 
 impl PixelScorer {
@@ -288,6 +376,42 @@ mod tests {
             n.apply(&mut half);
             assert!(half.data.iter().all(|v| v.is_finite()));
         }
+        // The pooled model, fitted on the K = 3 case's maps.
+        let goods: Vec<AnomalyMap> = r["cases"][0]["good"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| map(w, h, g))
+            .collect();
+        let n =
+            PixelNorm::fit_model(&goods.iter().collect::<Vec<_>>(), SceneModel::Pooled).unwrap();
+        close(&n.mean, &r["pooled"]["mean"], "pooled mean");
+        close(&n.sigma, &r["pooled"]["sigma"], "pooled sigma");
+        let mut test = map(w, h, &r["test"]);
+        n.apply(&mut test);
+        close(&test.data, &r["pooled"]["z"], "pooled z");
+        // The scene check on a fixed scene (per pixel) and on one that moves (pooled).
+        let mut chosen = Vec::new();
+        for case in r["scene_checks"].as_array().unwrap() {
+            let goods: Vec<AnomalyMap> = case["good"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| map(w, h, g))
+                .collect();
+            let c = scene_check(&goods.iter().collect::<Vec<_>>()).unwrap();
+            let held = [c.per_pixel_held_out_max, c.pooled_held_out_max];
+            close(
+                &held,
+                &serde_json::json!([case["per_pixel_held_out_max"], case["pooled_held_out_max"]]),
+                "scene check",
+            );
+            let want: SceneModel = serde_json::from_value(case["model"].clone()).unwrap();
+            assert_eq!(c.model, want);
+            chosen.push(c.model);
+        }
+        assert_eq!(chosen, [SceneModel::PerPixel, SceneModel::Pooled]);
+        assert!(scene_check(&goods[..1].iter().collect::<Vec<_>>()).is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! from maps the statistics have not seen: with K >= 2 frames each frame's map normalised by
 //! the statistics of the others (leave one out); with one frame the map of its 5% zoomed view
 //! (the view the bank's statistics use), which a fixed camera never produces, so that one
-//! errs on the side of a higher threshold.
+//! errs on the side of a higher threshold. With K >= 2 frames the statistics are per pixel
+//! or pooled as [`scene_check`] decides from those held-out maps; one frame cannot tell
+//! whether the scene moves and keeps them per pixel.
 
 use anyhow::Result;
 
@@ -14,7 +16,7 @@ use crate::detect::calibration::{calibrate, CalibrationRule};
 use crate::detect::detector::Detector;
 use crate::detect::eq1::AnomalyMap;
 use crate::detect::fuse::Normalisation;
-use crate::detect::pixel_norm::PixelNorm;
+use crate::detect::pixel_norm::{scene_check, PixelNorm, SceneCheck, SceneModel};
 
 /// What enrollment learns of few-shot MAEDAY, and the maps it learned it from.
 pub struct PixelStats {
@@ -25,6 +27,8 @@ pub struct PixelStats {
     pub own: Vec<AnomalyMap>,
     /// Each held-out view's map normalised by statistics that did not see it.
     pub held_z: Vec<AnomalyMap>,
+    /// Per pixel or pooled, and why (K >= 2 frames).
+    pub scene: Option<SceneCheck>,
 }
 
 /// `held[i][0]` is MAEDAY's raw map of the held-out view of shot `i` (the frame itself when
@@ -45,7 +49,14 @@ pub fn pixel_stats(
         }
         out
     };
-    let norm = PixelNorm::fit(&own.iter().collect::<Vec<_>>())?;
+    let own_refs: Vec<&AnomalyMap> = own.iter().collect();
+    let scene = if leave_one_out {
+        Some(scene_check(&own_refs)?)
+    } else {
+        None
+    };
+    let model = scene.map_or(SceneModel::PerPixel, |c| c.model);
+    let norm = PixelNorm::fit_model(&own_refs, model)?;
     let mut z_maps = Vec::with_capacity(own.len());
     for (i, raw) in held.iter().enumerate() {
         let mut z = raw[0].clone();
@@ -56,7 +67,7 @@ pub fn pixel_stats(
                 .filter(|(j, _)| *j != i)
                 .map(|(_, m)| m)
                 .collect();
-            PixelNorm::fit(&others)?.apply(&mut z);
+            PixelNorm::fit_model(&others, model)?.apply(&mut z);
         } else {
             norm.apply(&mut z);
         }
@@ -66,11 +77,13 @@ pub fn pixel_stats(
     let z_norm = Normalisation::of(&pixels);
     let mut scores: Vec<f32> = z_maps.iter().map(AnomalyMap::max).collect();
     let thresholds = calibrate(&mut scores, &mut pixels, rule)?.thresholds;
-    let meta = meta_for(&norm, z_norm, thresholds);
+    let mut meta = meta_for(&norm, z_norm, thresholds);
+    meta.scene = scene;
     Ok(PixelStats {
         norm,
         meta,
         own,
         held_z: z_maps,
+        scene,
     })
 }

@@ -456,6 +456,7 @@ impl Tallies {
             "bank_rows": self.bank_rows,
             "probe": self.probe,
             "good": self.good,
+            "scene": run.detector.banks().and_then(|b| b.pixel.as_ref()).and_then(|p| p.scene),
             "scorers": self.scorers(),
             // Each calibrated scorer at its enrollment's image threshold.
             "operating_points": operating_points(detector.banks(), &self.combos, &self.labels),
