@@ -130,7 +130,8 @@ pub struct BankArgs {
     /// The fraction of patch features the coreset keeps [default: 0.25].
     #[arg(long)]
     coreset_fraction: Option<f64>,
-    /// Extra views of each good image (repeatable): hflip, vflip, rotate, brightness.
+    /// Extra views of each good image (repeatable): hflip, vflip, rotate, brightness,
+    /// dihedral (all 8 flips and quarter turns).
     #[arg(long)]
     augment: Vec<Augmentation>,
     /// Weight of MAEDAY's standardised map in the ensemble [default: 1].

@@ -89,7 +89,8 @@ pub struct EnrollConfig {
     /// The fraction of patch features the coreset keeps.
     #[serde(default = "default_coreset_fraction")]
     pub coreset_fraction: f64,
-    /// Extra views of each good frame: hflip, vflip, rotate, brightness.
+    /// Extra views of each good frame: hflip, vflip, rotate, brightness,
+    /// dihedral (all 8 flips and quarter turns).
     #[serde(default)]
     pub augment: Vec<String>,
     /// Weights of MAEDAY's and the bank's standardised maps in the ensemble.

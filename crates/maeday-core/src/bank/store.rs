@@ -55,7 +55,6 @@ pub struct Shot {
 }
 
 /// Extra views of each good frame added to the bank (recorded in its meta).
-/// Extra views of each good frame added to the bank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Augmentation {
@@ -67,6 +66,8 @@ pub enum Augmentation {
     Rotate,
     /// 10% darker and 10% brighter.
     Brightness,
+    /// The 7 other flips and quarter turns (a part or surface seen in any orientation).
+    Dihedral,
 }
 
 impl FromStr for Augmentation {
@@ -77,7 +78,8 @@ impl FromStr for Augmentation {
             "vflip" => Augmentation::Vflip,
             "rotate" => Augmentation::Rotate,
             "brightness" => Augmentation::Brightness,
-            _ => bail!("unknown augmentation {s:?} (hflip, vflip, rotate, brightness)"),
+            "dihedral" => Augmentation::Dihedral,
+            _ => bail!("unknown augmentation {s:?} (hflip, vflip, rotate, brightness, dihedral)"),
         })
     }
 }

@@ -14,6 +14,17 @@ pub fn views(a: Augmentation, img: &RgbImage) -> Vec<RgbImage> {
         Augmentation::Brightness => {
             vec![scale_brightness(img, 0.9), scale_brightness(img, 1.1)]
         }
+        Augmentation::Dihedral => {
+            let turned = image::imageops::rotate90(img);
+            let mut out = vec![turned.clone()];
+            for base in [img, &turned] {
+                let h = image::imageops::flip_horizontal(base);
+                out.push(image::imageops::flip_vertical(&h));
+                out.push(h);
+                out.push(image::imageops::flip_vertical(base));
+            }
+            out
+        }
     }
 }
 
@@ -91,5 +102,33 @@ mod tests {
         assert_eq!(rotate(&img, 0.0), img);
         assert_eq!(zoom(&img).dimensions(), (40, 30));
         assert!("mirror".parse::<Augmentation>().is_err());
+    }
+
+    #[test]
+    fn dihedral_gives_the_seven_other_flips_and_quarter_turns() {
+        // Every pixel distinct, so any two different transforms give different images.
+        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([(x * 10 + y) as u8, 0, 0]));
+        let v = views("dihedral".parse().unwrap(), &img);
+        assert_eq!(v.len(), 7);
+        let mut all = v.clone();
+        all.push(img.clone());
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // Each is a flip or turn: the same pixels, the corner (0, 0) lands on a corner.
+        let key = |m: &RgbImage| {
+            let mut p: Vec<u8> = m.pixels().map(|p| p.0[0]).collect();
+            p.sort();
+            p
+        };
+        for m in &v {
+            assert_eq!(key(m), key(&img));
+            let (w, h) = m.dimensions();
+            assert!((w, h) == (5, 3) || (w, h) == (3, 5));
+            let corners = [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)];
+            assert!(corners.iter().any(|&(x, y)| m.get_pixel(x, y).0[0] == 0));
+        }
     }
 }
