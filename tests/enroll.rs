@@ -451,6 +451,13 @@ fn cli_enroll_then_score_and_eval_with_shots() {
         .map(|s| PathBuf::from(s.as_str().unwrap()))
         .collect();
     assert_eq!(shots.len(), 2);
+    // Two shots: the scene check ran, and the report says what it chose.
+    let model = r["scene"]["model"].as_str().unwrap();
+    assert!(["per-pixel", "pooled"].contains(&model), "{}", r["scene"]);
+    assert!(r["scene"]["pooled_held_out_max"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
     let evaluated = per_image(&r, "image");
     assert_eq!(evaluated.len(), 4 + 3);
     for s in &shots {
