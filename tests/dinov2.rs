@@ -91,7 +91,7 @@ fn a_448_view_is_four_224_inputs_stitched() {
 #[test]
 fn extractors_open_by_short_name() {
     let d = open_extractor(Some(&"dinov2".into())).unwrap();
-    assert_eq!(d.manifest.name, "dinov2-vits14-224");
+    assert_eq!(d.manifest.name, "dinov2-vits14-b10-224");
     let l = open_extractor(Some(&"lite0".into())).unwrap();
     assert_eq!(l.manifest.name, "efficientnet-lite0-patches");
     assert!(open_extractor(Some(&"nosuch".into())).is_err());
@@ -158,7 +158,10 @@ fn a_dinov2_bank_finds_debris_and_is_refused_under_lite0() {
     // 3 frames x 32 x 32 patches, a quarter kept by the coreset.
     assert_eq!(r["rows"], 3 * 1024 / 4, "{r}");
     let meta = std::fs::read_to_string(t("bank/bank.toml")).unwrap();
-    assert!(meta.contains("extractor = \"dinov2-vits14-224\""), "{meta}");
+    assert!(
+        meta.contains("extractor = \"dinov2-vits14-b10-224\""),
+        "{meta}"
+    );
     assert!(meta.contains("dim = 384"), "{meta}");
 
     let (clean, dirty) = (
@@ -200,7 +203,7 @@ fn a_dinov2_bank_finds_debris_and_is_refused_under_lite0() {
     assert!(!o.status.success(), "a DINOv2 bank was served with Lite0");
     let e = stderr(&o);
     assert!(
-        e.contains("built with extractor dinov2-vits14-224") && e.contains("enroll again"),
+        e.contains("built with extractor dinov2-vits14-b10-224") && e.contains("enroll again"),
         "{e}"
     );
 }
