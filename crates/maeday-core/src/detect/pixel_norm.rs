@@ -71,14 +71,16 @@ pub struct SceneCheck {
 }
 
 /// Leave one out over `maps` (at least two): which model keeps held-out good maps lowest.
-/// Ties go to the per-pixel model.
-pub fn scene_check(maps: &[&AnomalyMap]) -> Result<SceneCheck> {
+/// Ties go to the per-pixel model. Also returns each map normalised by the chosen model
+/// fitted on the others (what enrollment calibrates on).
+pub fn scene_check(maps: &[&AnomalyMap]) -> Result<(SceneCheck, Vec<AnomalyMap>)> {
     ensure!(
         maps.len() >= 2,
         "the scene check needs at least two good maps, not {}",
         maps.len()
     );
     let mut sums = [0f64; 2];
+    let mut held_z: [Vec<AnomalyMap>; 2] = Default::default();
     for (i, held) in maps.iter().enumerate() {
         let others: Vec<&AnomalyMap> = maps
             .iter()
@@ -86,26 +88,30 @@ pub fn scene_check(maps: &[&AnomalyMap]) -> Result<SceneCheck> {
             .filter(|(j, _)| *j != i)
             .map(|(_, m)| *m)
             .collect();
-        for (sum, model) in sums
-            .iter_mut()
-            .zip([SceneModel::PerPixel, SceneModel::Pooled])
+        for (m, model) in [SceneModel::PerPixel, SceneModel::Pooled]
+            .into_iter()
+            .enumerate()
         {
             let mut z = (*held).clone();
             PixelNorm::fit_model(&others, model)?.apply(&mut z);
-            *sum += z.max() as f64;
+            sums[m] += z.max() as f64;
+            held_z[m].push(z);
         }
     }
     let k = maps.len() as f64;
     let (per_pixel, pooled) = ((sums[0] / k) as f32, (sums[1] / k) as f32);
-    Ok(SceneCheck {
-        model: if per_pixel <= pooled {
-            SceneModel::PerPixel
-        } else {
-            SceneModel::Pooled
-        },
+    let [per_pixel_z, pooled_z] = held_z;
+    let (model, z) = if per_pixel <= pooled {
+        (SceneModel::PerPixel, per_pixel_z)
+    } else {
+        (SceneModel::Pooled, pooled_z)
+    };
+    let check = SceneCheck {
+        model,
         per_pixel_held_out_max: per_pixel,
         pooled_held_out_max: pooled,
-    })
+    };
+    Ok((check, z))
 }
 
 /// What the normalisation was fitted with (recorded beside the statistics).
@@ -326,6 +332,10 @@ mod tests {
         }
     }
 
+    fn maps(w: usize, h: usize, v: &serde_json::Value) -> Vec<AnomalyMap> {
+        v.as_array().unwrap().iter().map(|g| map(w, h, g)).collect()
+    }
+
     fn close(a: &[f32], b: &serde_json::Value, what: &str) {
         let b = map(a.len(), 1, b).data;
         assert_eq!(a.len(), b.len(), "{what}");
@@ -352,12 +362,7 @@ mod tests {
             r["height"].as_u64().unwrap() as usize,
         );
         for case in r["cases"].as_array().unwrap() {
-            let goods: Vec<AnomalyMap> = case["good"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|g| map(w, h, g))
-                .collect();
+            let goods = maps(w, h, &case["good"]);
             let n = PixelNorm::fit(&goods.iter().collect::<Vec<_>>()).unwrap();
             let k = goods.len();
             close(&n.mean, &case["mean"], &format!("K={k} mean"));
@@ -377,12 +382,7 @@ mod tests {
             assert!(half.data.iter().all(|v| v.is_finite()));
         }
         // The pooled model, fitted on the K = 3 case's maps.
-        let goods: Vec<AnomalyMap> = r["cases"][0]["good"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| map(w, h, g))
-            .collect();
+        let goods = maps(w, h, &r["cases"][0]["good"]);
         let n =
             PixelNorm::fit_model(&goods.iter().collect::<Vec<_>>(), SceneModel::Pooled).unwrap();
         close(&n.mean, &r["pooled"]["mean"], "pooled mean");
@@ -393,13 +393,9 @@ mod tests {
         // The scene check on a fixed scene (per pixel) and on one that moves (pooled).
         let mut chosen = Vec::new();
         for case in r["scene_checks"].as_array().unwrap() {
-            let goods: Vec<AnomalyMap> = case["good"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|g| map(w, h, g))
-                .collect();
-            let c = scene_check(&goods.iter().collect::<Vec<_>>()).unwrap();
+            let goods = maps(w, h, &case["good"]);
+            let (c, z) = scene_check(&goods.iter().collect::<Vec<_>>()).unwrap();
+            assert_eq!(z.len(), goods.len());
             let held = [c.per_pixel_held_out_max, c.pooled_held_out_max];
             close(
                 &held,

@@ -16,7 +16,7 @@ use crate::detect::calibration::{calibrate, CalibrationRule};
 use crate::detect::detector::Detector;
 use crate::detect::eq1::AnomalyMap;
 use crate::detect::fuse::Normalisation;
-use crate::detect::pixel_norm::{scene_check, PixelNorm, SceneCheck, SceneModel};
+use crate::detect::pixel_norm::{scene_check, PixelNorm, SceneCheck};
 
 /// What enrollment learns of few-shot MAEDAY, and the maps it learned it from.
 pub struct PixelStats {
@@ -50,29 +50,24 @@ pub fn pixel_stats(
         out
     };
     let own_refs: Vec<&AnomalyMap> = own.iter().collect();
-    let scene = if leave_one_out {
-        Some(scene_check(&own_refs)?)
+    // Leave one out: each frame's map (`own` is `held[i][0]`) normalised by the others
+    // under the model the scene check chose; one frame: its zoomed view by its statistics.
+    let (scene, norm, z_maps) = if leave_one_out {
+        let (check, z_maps) = scene_check(&own_refs)?;
+        let norm = PixelNorm::fit_model(&own_refs, check.model)?;
+        (Some(check), norm, z_maps)
     } else {
-        None
+        let norm = PixelNorm::fit(&own_refs)?;
+        let z_maps: Vec<AnomalyMap> = held
+            .iter()
+            .map(|raw| {
+                let mut z = raw[0].clone();
+                norm.apply(&mut z);
+                z
+            })
+            .collect();
+        (None, norm, z_maps)
     };
-    let model = scene.map_or(SceneModel::PerPixel, |c| c.model);
-    let norm = PixelNorm::fit_model(&own_refs, model)?;
-    let mut z_maps = Vec::with_capacity(own.len());
-    for (i, raw) in held.iter().enumerate() {
-        let mut z = raw[0].clone();
-        if leave_one_out {
-            let others: Vec<&AnomalyMap> = own
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, m)| m)
-                .collect();
-            PixelNorm::fit_model(&others, model)?.apply(&mut z);
-        } else {
-            norm.apply(&mut z);
-        }
-        z_maps.push(z);
-    }
     let mut pixels: Vec<f32> = z_maps.iter().flat_map(|m| m.data.iter().copied()).collect();
     let z_norm = Normalisation::of(&pixels);
     let mut scores: Vec<f32> = z_maps.iter().map(AnomalyMap::max).collect();
