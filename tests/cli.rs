@@ -181,7 +181,7 @@ fn eval_reads_mvtec_magnetic_tile_and_image_level_layouts() {
     }
     // magnetic-tile layout.
     let mt = tmp.path().join("mt");
-    for d in ["MT_Free/Imgs", "MT_Blowhole/Imgs"] {
+    for d in ["MT_Free/Imgs", "MT_Blowhole/Imgs", "MT_Crack/Imgs"] {
         fs::create_dir_all(mt.join(d)).unwrap();
     }
     // image-level layout.
@@ -203,9 +203,10 @@ fn eval_reads_mvtec_magnetic_tile_and_image_level_layouts() {
         image::GrayImage::new(mask.width(), mask.height())
             .save(mt.join(format!("MT_Free/Imgs/f{i}.png")))
             .unwrap();
-        bad.save(mt.join(format!("MT_Blowhole/Imgs/b{i}.jpg")))
-            .unwrap();
-        mask.save(mt.join(format!("MT_Blowhole/Imgs/b{i}.png")))
+        // Two defect groups, two images each.
+        let group = if i < 2 { "MT_Blowhole" } else { "MT_Crack" };
+        bad.save(mt.join(format!("{group}/Imgs/b{i}.jpg"))).unwrap();
+        mask.save(mt.join(format!("{group}/Imgs/b{i}.png")))
             .unwrap();
         fs::copy(&src, lvl.join(format!("normal{i}.png"))).unwrap();
         bad.save(lvl.join(format!("debris{i}.png"))).unwrap();
@@ -251,7 +252,23 @@ fn eval_reads_mvtec_magnetic_tile_and_image_level_layouts() {
             assert!(p > 0.5, "{layout}: pixel AUROC {p}");
             let pro = r["pro_0_3"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&pro), "{layout}: PRO {pro}");
+            // Per group: its images and every normal image. The groups' defect pixels
+            // add up to all of them; with one group its pixels are every pixel.
+            let share: f64 = groups
+                .values()
+                .map(|g| g["defect_pixel_share"].as_f64().unwrap())
+                .sum();
+            assert!((share - 1.0).abs() < 1e-9, "{layout}: {groups:?}");
+            assert!(groups
+                .values()
+                .all(|g| g["defect_pixel_share"].as_f64() > Some(0.0)));
+            if groups.len() == 1 {
+                let g = groups.values().next().unwrap();
+                assert_eq!(g["pixel_auroc"].as_f64(), Some(p), "{layout}");
+                assert_eq!(g["pro_0_3"].as_f64(), Some(pro), "{layout}");
+            }
         } else {
+            assert!(groups.values().all(|g| g.get("pixel_auroc").is_none()));
             assert!(r["pixel_auroc"].is_null() && r["pro_0_3"].is_null());
         }
     }

@@ -494,6 +494,15 @@ fn cli_enroll_then_score_and_eval_with_shots() {
         r["image_auroc"],
         scorers["maeday+bank0+bank1"]["image_auroc"]
     );
+    // Each scorer reports its own per-group figures; the served one's are the report's.
+    assert_eq!(r["per_group"], scorers["maeday+bank0+bank1"]["per_group"]);
+    for b in ["bank0", "bank1"] {
+        let groups = scorers[b]["per_group"].as_object().unwrap();
+        assert!(!groups.is_empty());
+        assert!(groups
+            .values()
+            .all(|g| g["image_auroc"].as_f64() == Some(1.0)));
+    }
     assert_eq!(r["bank_rows"].as_array().unwrap().len(), 2);
 
     // One bank, served as `ensemble-norm`: per image its score is the `maeday-norm+bank0`

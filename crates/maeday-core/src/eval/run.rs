@@ -24,6 +24,7 @@ use crate::detect::preprocess::load_image;
 use crate::enroll::{enroll, EnrollSettings};
 use crate::eval::combos::{combinations, Combination};
 use crate::eval::dataset::{Dataset, Sample};
+use crate::eval::groups::{per_group, Images, Pixels};
 use crate::eval::operating::operating_points;
 use crate::eval::roc::{auroc, label_regions, pro_auc, quantile};
 use crate::model::manifest::Model;
@@ -262,6 +263,8 @@ struct Tallies {
     /// Per sampled pixel: its score and its ground-truth region (0 = normal pixel).
     pix_scores: Vec<f32>,
     pix_regions: Vec<u32>,
+    /// Per sampled pixel: the index of its image in `scores`.
+    pix_images: Vec<u32>,
     next_region: u32,
     latencies_ms: Vec<f64>,
     stages: StageSums,
@@ -308,6 +311,7 @@ impl Tallies {
             scored_paths: Vec::new(),
             pix_scores: Vec::new(),
             pix_regions: Vec::new(),
+            pix_images: Vec::new(),
             next_region: 1,
             latencies_ms: Vec::new(),
             stages: StageSums::default(),
@@ -348,11 +352,14 @@ impl Tallies {
         let (regions, next) = label_regions(truth, map.width, map.height, self.next_region);
         self.next_region = next;
         let stride = stride_for(map.data.len(), self.pixel_budget);
+        // `add` has pushed this image's score already.
+        let image = (self.scores.len() - 1) as u32;
         for y in (0..map.height).step_by(stride) {
             for x in (0..map.width).step_by(stride) {
                 let i = y * map.width + x;
                 self.pix_scores.push(map.data[i]);
                 self.pix_regions.push(regions[i]);
+                self.pix_images.push(image);
                 for (c, f) in self.combos.iter_mut().zip(fused) {
                     c.pixels.push(f[i]);
                 }
@@ -360,31 +367,18 @@ impl Tallies {
         }
     }
 
-    /// Image AUROC of each group that holds anomalous images: its images against all
-    /// normal images.
-    fn per_group(&self) -> serde_json::Map<String, Value> {
-        let mut out = serde_json::Map::new();
-        let mut names: Vec<&String> = self
-            .groups
-            .iter()
-            .zip(&self.labels)
-            .filter(|(_, l)| **l)
-            .map(|(g, _)| g)
-            .collect();
-        names.sort();
-        names.dedup();
-        for g in names {
-            let pick: Vec<usize> = (0..self.scores.len())
-                .filter(|&i| !self.labels[i] || &self.groups[i] == g)
-                .collect();
-            let count = self.groups.iter().filter(|x| *x == g).count();
-            let a = auroc(
-                &pick.iter().map(|&i| self.scores[i]).collect::<Vec<_>>(),
-                &pick.iter().map(|&i| self.labels[i]).collect::<Vec<_>>(),
-            );
-            out.insert(g.clone(), json!({"count": count, "image_auroc": a}));
-        }
-        out
+    /// [`per_group`] figures of some image and sampled pixel scores.
+    fn per_group(&self, scores: &[f32], pixel_scores: &[f32]) -> serde_json::Map<String, Value> {
+        let images = Images {
+            groups: &self.groups,
+            anomalous: &self.labels,
+        };
+        let pixels = Pixels {
+            regions: &self.pix_regions,
+            images: &self.pix_images,
+        };
+        let pixels = self.pixel_metrics.then_some(&pixels);
+        per_group(&images, scores, pixels, pixel_scores)
     }
 
     /// Pixel AUROC and PRO (up to 30% false positives) of some sampled pixel scores.
@@ -409,6 +403,7 @@ impl Tallies {
                     "image_auroc": auroc(&c.scores, &self.labels),
                     "image_auroc_top": auroc(&c.scores_top, &self.labels),
                     "pixel_auroc": pa, "pro_0_3": pro,
+                    "per_group": self.per_group(&c.scores, &c.pixels),
                     // Per image, in the order of `images` (bootstrap intervals offline).
                     "scores": c.scores, "scores_top": c.scores_top,
                 }),
@@ -475,7 +470,7 @@ impl Tallies {
             "image_auroc": auroc(&self.scores, &self.labels),
             "pixel_auroc": pixel_auroc,
             "pro_0_3": pro,
-            "per_group": self.per_group(),
+            "per_group": self.per_group(&self.scores, &self.pix_scores),
             "timings": self.timings(run.total),
             "failed": self.failed,
             // Every scored image: lets a later step prove which images were evaluated

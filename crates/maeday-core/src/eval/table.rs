@@ -45,10 +45,19 @@ pub fn eval_table(r: &serde_json::Value) -> String {
         s += "per group with anomalies (vs all normal images):\n";
         for (g, v) in groups {
             s += &format!(
-                "  {g:<28} {:>5} images  image AUROC {}\n",
+                "  {g:<28} {:>5} images  image AUROC {}",
                 v["count"].as_u64().unwrap_or(0),
                 f(&v["image_auroc"])
             );
+            if let Some(share) = v["defect_pixel_share"].as_f64() {
+                s += &format!(
+                    "  pixel AUROC {}  PRO {}  ({:.0}% of defect pixels)",
+                    f(&v["pixel_auroc"]),
+                    f(&v["pro_0_3"]),
+                    share * 100.0
+                );
+            }
+            s += "\n";
         }
     }
     if let Some(sc) = r["scorers"].as_object().filter(|m| !m.is_empty()) {
