@@ -151,14 +151,8 @@ impl EnrollConfig {
             "enroll: maeday_weight must be finite and >= 0, bank_weight finite and > 0"
         );
         let settings = e.settings()?;
-        for (i, a) in settings.augment.iter().enumerate() {
-            // Each augmentation multiplies the bank's rows: each at most once.
-            ensure!(
-                !settings.augment[..i].contains(a),
-                "enroll.augment[{i}]: {:?} is listed twice",
-                e.augment[i]
-            );
-        }
+        // Each augmentation multiplies the bank's rows: no view twice.
+        maeday_core::enroll::augment::check(&settings.augment).context("enroll.augment")?;
         Ok(())
     }
 

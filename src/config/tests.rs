@@ -122,7 +122,11 @@ fn values_that_would_panic_at_run_time_are_refused_naming_their_key() {
         ),
         (
             with("[enroll]\naugment = [\"hflip\", \"hflip\"]"),
-            "enroll.augment[1]",
+            "enroll.augment: \"hflip\" is listed twice",
+        ),
+        (
+            with("[enroll]\naugment = [\"dihedral\", \"vflip\"]"),
+            "\"vflip\" is part of \"dihedral\"",
         ),
         (with("[enroll]\nbank_weight = inf"), "bank_weight"),
     ] {

@@ -1,9 +1,29 @@
 //! Views of a good frame that the bank also memorises (`[enroll] augment`), and the zoomed
 //! view that stands in for a held-out frame when there is only one.
 
+use anyhow::{ensure, Result};
 use image::RgbImage;
 
 use crate::bank::store::Augmentation;
+
+/// Refuse a list of augmentations that would memorise the same view twice: one listed
+/// twice, or `dihedral` (which holds both mirror images) with `hflip` or `vflip`.
+pub fn check(list: &[Augmentation]) -> Result<()> {
+    let name = |a: &Augmentation| format!("{a:?}").to_lowercase();
+    for (i, a) in list.iter().enumerate() {
+        ensure!(!list[..i].contains(a), "{:?} is listed twice", name(a));
+    }
+    if list.contains(&Augmentation::Dihedral) {
+        for mirror in [Augmentation::Hflip, Augmentation::Vflip] {
+            ensure!(
+                !list.contains(&mirror),
+                "{:?} is part of \"dihedral\" (all 8 flips and quarter turns): list one of them",
+                name(&mirror)
+            );
+        }
+    }
+    Ok(())
+}
 
 /// The extra views one augmentation adds for a good frame.
 pub fn views(a: Augmentation, img: &RgbImage) -> Vec<RgbImage> {
@@ -129,6 +149,20 @@ mod tests {
             assert!((w, h) == (5, 3) || (w, h) == (3, 5));
             let corners = [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)];
             assert!(corners.iter().any(|&(x, y)| m.get_pixel(x, y).0[0] == 0));
+        }
+    }
+
+    #[test]
+    fn no_view_is_memorised_twice() {
+        use Augmentation::*;
+        assert!(check(&[]).is_ok());
+        assert!(check(&[Hflip, Vflip, Rotate, Brightness]).is_ok());
+        assert!(check(&[Dihedral, Rotate, Brightness]).is_ok());
+        let e = check(&[Hflip, Rotate, Hflip]).unwrap_err().to_string();
+        assert_eq!(e, r#""hflip" is listed twice"#);
+        for mirror in [Hflip, Vflip] {
+            let e = check(&[Dihedral, mirror]).unwrap_err().to_string();
+            assert!(e.contains("is part of \"dihedral\""), "{e}");
         }
     }
 }

@@ -144,6 +144,7 @@ pub fn enroll(
         "coreset fraction must be in (0, 1], got {}",
         s.coreset_fraction
     );
+    augment::check(&s.augment)?;
     use_extractor(detector, &extractor)?;
     let dim = extractor.manifest.feature_dim;
     let per_shot = shot_features(detector, shots, &s.augment, dim)?;
