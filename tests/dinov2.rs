@@ -163,6 +163,8 @@ fn a_dinov2_bank_finds_debris_and_is_refused_under_lite0() {
         "{meta}"
     );
     assert!(meta.contains("dim = 384"), "{meta}");
+    // The image score rule its thresholds hold for.
+    assert!(meta.contains("image_score = \"max\""), "{meta}");
 
     let (clean, dirty) = (
         t("test/clean.png").display().to_string(),
@@ -206,4 +208,23 @@ fn a_dinov2_bank_finds_debris_and_is_refused_under_lite0() {
         e.contains("built with extractor dinov2-vits14-b10-224") && e.contains("enroll again"),
         "{e}"
     );
+
+    // A bank calibrated under another image score rule, or one that does not say (a
+    // DINOv2 bank from before the rule was recorded), is refused.
+    let toml = t("bank/bank.toml");
+    for (edit, says) in [
+        (
+            "image_score = \"top 0.01\"\n",
+            "calibrated with image score \"top 0.01\"",
+        ),
+        ("", "calibrated with image score \"not recorded\""),
+    ] {
+        std::fs::write(&toml, meta.replace("image_score = \"max\"\n", edit)).unwrap();
+        let o = score(&[]);
+        assert!(!o.status.success(), "served a bank with {edit:?}");
+        let e = stderr(&o);
+        assert!(e.contains(says) && e.contains("enroll again"), "{e}");
+    }
+    std::fs::write(&toml, &meta).unwrap();
+    assert!(score(&[]).status.success());
 }

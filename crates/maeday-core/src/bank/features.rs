@@ -7,8 +7,8 @@
 //! DINOv2 a 32 x 32 grid of 384-d patch tokens from the window's region sampled at 448 px
 //! (AnomalyDINO's resolution; [`crate::bank::view`]) and run as 2 x 2 tiles of 224 whose
 //! 16 x 16 grids are stitched (a whole 448 view scored worse), rows scaled to unit length so the
-//! bank's distance is the cosine distance, and the bank's image score is the mean of the
-//! top 1% of its map (both set by `extractor.toml`).
+//! bank's distance is the cosine distance (set by `extractor.toml`, as is the image score:
+//! the map's maximum, or the mean of its top fraction; banks record which).
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +47,14 @@ pub struct ExtractorManifest {
 }
 
 impl ExtractorManifest {
+    /// The bank scorer's image score rule as `bank.toml` records it: `max` or `top F`.
+    pub fn image_score_rule(&self) -> String {
+        match self.image_score_top {
+            Some(top) => format!("top {top}"),
+            None => "max".into(),
+        }
+    }
+
     /// The side of a window's view, in pixels.
     pub fn view_size(&self) -> usize {
         self.view_size.unwrap_or(self.input_size)

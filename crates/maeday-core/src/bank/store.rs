@@ -14,7 +14,7 @@ use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::bank::features::FeatureExtractor;
+use crate::bank::features::{Distance, FeatureExtractor};
 use crate::bank::memory::{Features, MemoryBank};
 use crate::bank::pixel_file::{self, MaedayPixelMeta};
 use crate::bank::scoring::{BankScorer, BankThresholds};
@@ -117,6 +117,11 @@ pub struct BankMeta {
     pub created_unix_ms: u64,
     pub extractor: String,
     pub extractor_sha256: String,
+    /// The image score rule its thresholds were calibrated under (the extractor's
+    /// [`crate::bank::features::ExtractorManifest::image_score_rule`]); banks from before
+    /// it was recorded have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_score: Option<String>,
     pub dim: usize,
     pub rows: usize,
     /// Patch rows before the coreset.
@@ -284,6 +289,22 @@ impl StoredBank {
             self.dir.display(),
             self.meta.extractor,
             self.meta.extractor_sha256,
+            extractor.manifest.name
+        );
+        // The thresholds hold only under the image score rule they were calibrated with.
+        // Banks from before the rule was recorded: euclidean extractors (Lite0) have only
+        // ever used the maximum; a cosine one (DINOv2) used the top 1% until 2026-12-02.
+        let rule = extractor.manifest.image_score_rule();
+        let was = match &self.meta.image_score {
+            Some(was) => was.clone(),
+            None if extractor.manifest.distance == Distance::Euclidean => "max".into(),
+            None => "not recorded".into(),
+        };
+        ensure!(
+            was == rule,
+            "memory bank {} was calibrated with image score {was:?}, extractor {} scores \
+             images by {rule:?}: enroll again",
+            self.dir.display(),
             extractor.manifest.name
         );
         Ok(())

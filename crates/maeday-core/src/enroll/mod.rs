@@ -123,6 +123,15 @@ pub fn check_shots(shots: &[Shot], expect: Option<(u32, u32)>) -> Result<()> {
     Ok(())
 }
 
+fn check_settings(s: &EnrollSettings) -> Result<()> {
+    ensure!(
+        s.coreset_fraction > 0.0 && s.coreset_fraction <= 1.0,
+        "coreset fraction must be in (0, 1], got {}",
+        s.coreset_fraction
+    );
+    augment::check(&s.augment)
+}
+
 fn concat(parts: &[Features], dim: usize) -> Features {
     Features {
         dim,
@@ -139,12 +148,7 @@ pub fn enroll(
     s: &EnrollSettings,
 ) -> Result<StoredBank> {
     check_shots(shots, None)?;
-    ensure!(
-        s.coreset_fraction > 0.0 && s.coreset_fraction <= 1.0,
-        "coreset fraction must be in (0, 1], got {}",
-        s.coreset_fraction
-    );
-    augment::check(&s.augment)?;
+    check_settings(s)?;
     use_extractor(detector, &extractor)?;
     let dim = extractor.manifest.feature_dim;
     let per_shot = shot_features(detector, shots, &s.augment, dim)?;
@@ -178,6 +182,7 @@ pub fn enroll(
         created_unix_ms: unix_ms_now(),
         extractor: extractor.manifest.name.clone(),
         extractor_sha256: extractor.manifest.graph_sha256.clone(),
+        image_score: Some(extractor.manifest.image_score_rule()),
         dim,
         rows: bank.len(),
         rows_before_coreset: all.rows(),
