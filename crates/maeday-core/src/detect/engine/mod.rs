@@ -7,6 +7,7 @@
 //! behind the same trait: [`build`] picks one.
 
 mod api;
+mod attention;
 mod graph;
 mod kernels;
 #[cfg(feature = "ort")]

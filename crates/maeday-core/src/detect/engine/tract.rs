@@ -132,12 +132,24 @@ fn build_workers(
 
 /// The optimised CPU plan for a batch of `masks` masks.
 fn plan(graph: &Graph, masks: usize) -> Result<Plan> {
-    let typed = graph
+    let typed = optimised(graph, masks)?;
+    graph.check_output(&typed, masks)?;
+    typed.into_runnable()
+}
+
+/// tract's optimised model with our attention op in place of its flash attention (see
+/// [`super::attention`]). `MAEDAY_TRACT_FLASH_ATTENTION=1` keeps tract's own op: a switch
+/// for side-by-side benchmarks (`benches/before-after.sh`), not a setting.
+fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
+    let mut typed = graph
         .typed(masks)?
         .into_optimized()
         .context("optimisation failed")?;
-    graph.check_output(&typed, masks)?;
-    typed.into_runnable()
+    if std::env::var_os("MAEDAY_TRACT_FLASH_ATTENTION").is_none_or(|v| v != "1") {
+        let n = super::attention::use_head_attention(&mut typed)?;
+        log::debug!("{n} flash-attention nodes now run as our head attention");
+    }
+    Ok(typed)
 }
 
 /// How many nodes of each op the optimised CPU plan for the schedule's batch has (e.g.
@@ -149,10 +161,7 @@ pub fn plan_op_counts(
     opts: &EngineOptions,
 ) -> Result<std::collections::BTreeMap<String, usize>> {
     let graph = Graph::load(model, schedule, opts)?;
-    let typed = graph
-        .typed(schedule.masks)?
-        .into_optimized()
-        .context("optimisation failed")?;
+    let typed = optimised(&graph, schedule.masks)?;
     let mut counts = std::collections::BTreeMap::new();
     for node in typed.nodes() {
         *counts.entry(node.op().name().into_owned()).or_insert(0) += 1;
