@@ -2,6 +2,7 @@
 //! - tract vs ONNX Runtime (feature `ort`) on the same graph, same thread count, at 1 and
 //!   all threads, N = 8 and 32, with the share of the FMA peak each reaches; on the shipped
 //!   graph and (`MAEDAY_BENCH_PLAIN_MODEL`) the same weights without the export rewrites;
+//!   `flash`: the shipped graph with tract's own flash attention instead of ours;
 //! - tract's kernel family is one per process (`MAEDAY_BENCH_CPU_KERNELS`, default `auto`):
 //!   `benches/run.sh` runs one pass with tract's own choice and one with `auto`;
 //! - the two output kinds (reconstruction + Rust scoring vs anomaly map in the graph);
@@ -44,9 +45,10 @@ fn recon_model() -> Model {
 
 /// The graphs compared: the shipped one, and the same weights exported without the exact
 /// speed rewrites (`MAEDAY_BENCH_PLAIN_MODEL`, `export --plain`) or with every rewrite but
-/// the fused `Attention` nodes (`MAEDAY_BENCH_UNFUSED_MODEL`, `export --unfused-attention`).
+/// the fused `Attention` nodes (`MAEDAY_BENCH_UNFUSED_MODEL`, `export --unfused-attention`);
+/// and `flash`, the shipped graph run with tract's flash-attention op (see [`tract_engine`]).
 fn graphs() -> Vec<(&'static str, Model)> {
-    let mut g = vec![("default", recon_model())];
+    let mut g = vec![("default", recon_model()), ("flash", recon_model())];
     for (name, var) in [
         ("plain", "MAEDAY_BENCH_PLAIN_MODEL"),
         ("unfused", "MAEDAY_BENCH_UNFUSED_MODEL"),
@@ -96,6 +98,20 @@ fn tract_label() -> &'static str {
     })
 }
 
+/// The tract engine for graph `g`: for `flash`, planned with tract's own flash-attention
+/// op (`MAEDAY_TRACT_FLASH_ATTENTION=1` while it plans), else with ours.
+fn tract_engine(g: &str, model: &Model, s: &MaskSchedule, opts: &EngineOptions) -> TractEngine {
+    let flash = g == "flash";
+    if flash {
+        std::env::set_var("MAEDAY_TRACT_FLASH_ATTENTION", "1");
+    }
+    let engine = TractEngine::new(model, s, opts).unwrap();
+    if flash {
+        std::env::remove_var("MAEDAY_TRACT_FLASH_ATTENTION");
+    }
+    engine
+}
+
 fn frame() -> image::DynamicImage {
     load_image(&repo().join("models/samples/coffee.png")).unwrap()
 }
@@ -135,14 +151,15 @@ fn engines(c: &mut Criterion) {
                 let image = input_tensor(&model);
                 let s = schedule(&model, n);
                 let mut out = Vec::new();
-                let mut tract = TractEngine::new(&model, &s, &opts).unwrap();
+                let mut tract = tract_engine(g, &model, &s, &opts);
                 group.bench_function(
                     BenchmarkId::new(format!("{g}_{}-t{t}", tract_label()), n),
                     |b| b.iter(|| tract.run(&image, &mut out).unwrap()),
                 );
                 drop(tract);
+                // `flash` is the shipped graph: ONNX Runtime runs it under `default`.
                 #[cfg(feature = "ort")]
-                {
+                if g != "flash" {
                     let mut ort = maeday_edge::detect::engine::OrtEngine::new(
                         &model,
                         &s,
@@ -423,7 +440,7 @@ fn interleaved() {
             for (g, model) in graphs() {
                 let image = input_tensor(&model);
                 let s = schedule(&model, n);
-                let mut tract = TractEngine::new(&model, &s, &opts).unwrap();
+                let mut tract = tract_engine(g, &model, &s, &opts);
                 let mut ort = maeday_edge::detect::engine::OrtEngine::new(
                     &model,
                     &s,

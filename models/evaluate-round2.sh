@@ -14,6 +14,8 @@
 # SCHEDULE (balanced) schedule. Needs ../shared/data, the workstation venv and the release
 # binary (built here if missing). Prints the AUROC table, then each calibrated scorer at its
 # enrollment's threshold (`operating-table`: false alarms and detections).
+# EXTRACTOR (lite0, the default, or dinov2) picks the bank's extractor; SETS (floor conveyor
+# synth mt) picks a part, e.g. to run two in parallel into the same out-dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-eval-runs/round2}
@@ -23,35 +25,51 @@ SCHEDULE=${SCHEDULE:-balanced}
 PY=${PYTHON:-$HOME/.cache/maeday-ci/venv/bin/python}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/maeday-edge}
 THREADS=${THREADS:+--threads $THREADS}  # e.g. THREADS=1 on a shared machine
+# The table compares fusions with the bank at its better image score: Lite0 the top 1%,
+# DINOv2 the maximum (its own rule).
+TABLE=()
+[ "${EXTRACTOR:-}" = dinov2 ] && TABLE=(--bank-score max --bank-label DINOv2)
+EXTRACTOR=${EXTRACTOR:+--extractor $EXTRACTOR}
+SETS=" ${SETS:-floor conveyor synth mt} "
 [ -x "$BIN" ] || cargo build --release
-SETS=$OUT/sets
+has() { [[ $SETS == *" $1 "* ]]; }
+DIRS=$OUT/sets
 SCENES="woodenFloor pavingStone greyTile"
 mkdir -p "$OUT"
-[ -d "$SETS/synth" ] || "$PY" -m models.workstation synth-fod --seed 0 --out "$SETS/synth"
-[ -d "$SETS/conveyor" ] || "$PY" -m models.workstation conveyor-set --out "$SETS/conveyor"
+[ -d "$DIRS/synth" ] || "$PY" -m models.workstation synth-fod --seed 0 --out "$DIRS/synth"
+[ -d "$DIRS/conveyor" ] || "$PY" -m models.workstation conveyor-set --out "$DIRS/conveyor"
 
 ev() { # ev <report-name> <dataset> [eval options...]
   local name=$1 data=$2; shift 2
   if [ -s "$OUT/$name.json" ]; then echo "have $OUT/$name.json"; return; fi
   echo "== $name"
   "$BIN" eval --report "$OUT/$name.json" --dataset "$data" --masks "$MASKS" \
-    --schedule "$SCHEDULE" --bank-seeds 0 --compare-fusions --pixel-budget 16384 $THREADS "$@" | grep -E "AUROC" || true
+    --schedule "$SCHEDULE" --bank-seeds 0 --compare-fusions --pixel-budget 16384 $THREADS \
+    $EXTRACTOR "$@" | grep -E "AUROC" || true
 }
 
 for shots in 1 4; do
   for s in 0 1 2; do
-    ev "floor-${shots}shot-s$s" "$DATA/floor-hazards" --shots "$shots" --shot-seed "$s"
-    ev "conveyor-${shots}shot-s$s" "$SETS/conveyor" --shots "$shots" --shot-seed "$s"
+    if has floor; then
+      ev "floor-${shots}shot-s$s" "$DATA/floor-hazards" --shots "$shots" --shot-seed "$s"
+    fi
+    if has conveyor; then
+      ev "conveyor-${shots}shot-s$s" "$DIRS/conveyor" --shots "$shots" --shot-seed "$s"
+    fi
     for scene in $SCENES; do
-      ev "synth-$scene-${shots}shot-s$s" "$SETS/synth/$scene" --shots "$shots" --shot-seed "$s"
+      if has synth; then
+        ev "synth-$scene-${shots}shot-s$s" "$DIRS/synth/$scene" --shots "$shots" --shot-seed "$s"
+      fi
     done
   done
 done
 for shots in 1 4; do
   for s in 0 1 2; do
-    ev "mt-${shots}shot-s$s" "$DATA/magnetic-tile" --limit 100 --seed 0 --shots "$shots" --shot-seed "$s"
+    if has mt; then
+      ev "mt-${shots}shot-s$s" "$DATA/magnetic-tile" --limit 100 --seed 0 --shots "$shots" --shot-seed "$s"
+    fi
   done
 done
 
-"$PY" -m models.workstation round2-table "$OUT" | tee "$OUT/table.md"
+"$PY" -m models.workstation round2-table "$OUT" "${TABLE[@]}" | tee "$OUT/table.md"
 "$PY" -m models.workstation operating-table "$OUT" | tee "$OUT/operating.md"

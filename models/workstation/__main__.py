@@ -441,7 +441,11 @@ def main(argv: list[str] | None = None) -> None:
     devsets.add_parsers(sub)  # synth-fod, conveyor-set
     r2 = sub.add_parser("round2-table", help="the round-2 quality table (evaluate-round2.sh)")
     r2.add_argument("folder")
-    r2.set_defaults(fn=lambda a: print(round2.table(Path(a.folder))))
+    r2.add_argument("--bank-score", choices=["top", "max"], default="top",
+                    help="the bank's image score the fusions are compared with (Lite0: top, "
+                         "DINOv2: max)")
+    r2.add_argument("--bank-label", default="Lite0", help="the bank's extractor, for row names")
+    r2.set_defaults(fn=lambda a: print(round2.table(Path(a.folder), a.bank_score, a.bank_label)))
     ot = sub.add_parser("operating-table",
                         help="scorers at their calibrated thresholds (evaluate-round2.sh)")
     ot.add_argument("folder")

@@ -39,23 +39,29 @@ ROWS = [("MAEDAY zero-shot (max)", "maeday", "max"),
         ("reliability-weighted: MAEDAY norm., bank (top 1%)", "rel(maeday-norm,bank0)", "top"),
         ("reliability-weighted: all three (max)", "rel(maeday,maeday-norm,bank0)", "max")]
 # fusion (key, image score) -> its members (key, image score): each member at its own best
-# image score on these sets (bank: top 1%, few-shot MAEDAY: max, MAEDAY: max)
-MEMBERS = {("maeday+bank0", "max"): [("maeday", "max"), ("bank0", "top")],
-           ("maeday-norm+bank0", "max"): [("maeday-norm", "max"), ("bank0", "top")],
-           ("maeday-norm+bank0", "top"): [("maeday-norm", "max"), ("bank0", "top")],
-           ("max(maeday-norm,bank0)", "max"): [("maeday-norm", "max"), ("bank0", "top")],
-           ("max(maeday-norm,bank0)", "top"): [("maeday-norm", "max"), ("bank0", "top")],
-           ("probe(maeday-norm,bank0)", "max"): [("maeday-norm", "max"), ("bank0", "top")],
-           ("probe(maeday-norm,bank0)", "top"): [("maeday-norm", "max"), ("bank0", "top")],
-           ("pick(maeday-norm,bank0)", "max"): [("maeday-norm", "max"), ("bank0", "top")],
-           ("zsum(maeday-norm,bank0)", "max"): [("maeday-norm", "max"), ("bank0", "top")],
-           ("zmax(maeday-norm,bank0)", "max"): [("maeday-norm", "max"), ("bank0", "top")],
-           ("rel(maeday-norm,bank0)", "max"): [("maeday-norm", "max"), ("bank0", "top")],
-           ("rel(maeday-norm,bank0)", "top"): [("maeday-norm", "max"), ("bank0", "top")]}
-THREE = [("maeday", "max"), ("maeday-norm", "max"), ("bank0", "top")]
-for _key in ("zsum(maeday,maeday-norm,bank0)", "zmax(maeday,maeday-norm,bank0)",
-             "rel(maeday,maeday-norm,bank0)"):
-    MEMBERS[(_key, "max")] = THREE
+# image score on these sets (MAEDAY and few-shot MAEDAY: max; the bank: `bank_score`, the top
+# 1% for Lite0, the maximum for DINOv2)
+PAIR_FUSIONS = [("maeday-norm+bank0", "max"), ("maeday-norm+bank0", "top"),
+                ("max(maeday-norm,bank0)", "max"), ("max(maeday-norm,bank0)", "top"),
+                ("probe(maeday-norm,bank0)", "max"), ("probe(maeday-norm,bank0)", "top"),
+                ("pick(maeday-norm,bank0)", "max"), ("zsum(maeday-norm,bank0)", "max"),
+                ("zmax(maeday-norm,bank0)", "max"), ("rel(maeday-norm,bank0)", "max"),
+                ("rel(maeday-norm,bank0)", "top")]
+THREE_FUSIONS = ["zsum(maeday,maeday-norm,bank0)", "zmax(maeday,maeday-norm,bank0)",
+                 "rel(maeday,maeday-norm,bank0)"]
+
+
+def members_of(bank_score: str = "top") -> dict:
+    bank = ("bank0", bank_score)
+    members = {("maeday+bank0", "max"): [("maeday", "max"), bank]}
+    for fused in PAIR_FUSIONS:
+        members[fused] = [("maeday-norm", "max"), bank]
+    for key in THREE_FUSIONS:
+        members[(key, "max")] = [("maeday", "max"), ("maeday-norm", "max"), bank]
+    return members
+
+
+MEMBERS = members_of()
 RESAMPLES = 1000
 
 
@@ -97,13 +103,17 @@ def cell(vals, digits: int = 3) -> str:
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
-def table(out: Path) -> str:
+def table(out: Path, bank_score: str = "top", bank_label: str = "Lite0") -> str:
+    """`bank_score`: the bank's image score its fusions are compared with; `bank_label`:
+    its extractor, for the row names."""
+    members_all = members_of(bank_score)
     lines = []
     worst: dict[str, float] = {}
     for label, names in SETS:
         head = ["scorer", "1 shot image", "1 shot pixel", "4 shots image", "4 shots pixel"]
         lines += [f"\n**{label}**\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row, key, score in ROWS:
+            row = row.replace("Lite0", bank_label)
             cells = [cell(per_seed(out, names, k, key, score, w))
                      for k in (1, 4) for w in ("image", "pixel")]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
@@ -111,7 +121,7 @@ def table(out: Path) -> str:
               "| fusion | " + " | ".join(f"{lab.split(' (')[0]} {k} shot" for lab, _ in SETS
                                          for k in (1, 4)) + " | worst |",
               "|" + "---|" * (2 + 2 * len(SETS))]
-    for (fused, score), members in MEMBERS.items():
+    for (fused, score), members in members_all.items():
         cells, worst = [], None
         for _, names in SETS:
             for k in (1, 4):
@@ -128,7 +138,7 @@ def table(out: Path) -> str:
                 cells.append(" / ".join(parts))
         tail = "n/a" if worst is None else f"{worst:+.3f}"
         lines.append(f"| {fused} ({score}) | " + " | ".join(cells) + f" | {tail} |")
-    return "\n".join(lines + bootstrap_table(out)) + "\n"
+    return "\n".join(lines + bootstrap_table(out, members_all)) + "\n"
 
 
 def auroc_pairs(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -184,14 +194,14 @@ def bootstrap_gap(out: Path, names: list[str], k: int, fused: str, score: str, m
     return point, float(lo), float(hi)
 
 
-def bootstrap_table(out: Path) -> list[str]:
+def bootstrap_table(out: Path, members_all: dict = MEMBERS) -> list[str]:
     lines = [f"\n**fusion minus its best member, image AUROC, 95% paired bootstrap interval** "
              f"({RESAMPLES} resamples of the test images, seed 0; * = the whole interval is "
              "below -0.01)\n",
              "| fusion | " + " | ".join(f"{lab.split(' (')[0]} {k} shot" for lab, _ in SETS
                                          for k in (1, 4)) + " |",
              "|" + "---|" * (1 + 2 * len(SETS))]
-    for (fused, score), members in MEMBERS.items():
+    for (fused, score), members in members_all.items():
         cells = []
         for _, names in SETS:
             for k in (1, 4):
