@@ -14,6 +14,7 @@ mod kernels;
 mod onnxruntime;
 #[cfg(feature = "ort")]
 mod ort_graph;
+mod row_norm;
 mod tract;
 #[cfg(any(feature = "tract-cuda", feature = "tract-cuda-12"))]
 mod tract_cuda;

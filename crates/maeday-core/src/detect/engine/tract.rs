@@ -138,7 +138,8 @@ fn plan(graph: &Graph, masks: usize) -> Result<Plan> {
 }
 
 /// tract's optimised model with our attention op in place of its flash attention (see
-/// [`super::attention`]). `MAEDAY_TRACT_FLASH_ATTENTION=1` keeps tract's own op: a switch
+/// [`super::attention`]) and our row normalisation in place of its `RmsNorm` (see
+/// [`super::row_norm`]). `MAEDAY_TRACT_FLASH_ATTENTION=1` keeps tract's own op: a switch
 /// for side-by-side benchmarks (`benches/before-after.sh`), not a setting.
 fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
     let mut typed = graph
@@ -149,6 +150,8 @@ fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
         let n = super::attention::use_head_attention(&mut typed)?;
         log::debug!("{n} flash-attention nodes now run as our head attention");
     }
+    let n = super::row_norm::use_row_rms(&mut typed)?;
+    log::debug!("{n} RmsNorm nodes now run as our row normalisation");
     Ok(typed)
 }
 

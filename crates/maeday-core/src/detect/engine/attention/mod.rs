@@ -102,10 +102,13 @@ impl EvalOp for HeadAttention {
             shape[axis] = [b, h, tq, d][a];
         }
         let scale = self.scale.unwrap_or(1.0 / (d as f32).sqrt());
+        // SAFETY: `attend` writes every element (the output's view covers the whole tensor).
         let mut out = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-        let strides = |t: &Tensor, layout| strided(t.shape(), layout);
-        let views = [strides(&q, self.layouts[0])?, strides(&k, self.layouts[1])?];
-        let views = [views[0], views[1], strides(&v, self.layouts[2])?];
+        let views = [
+            strided(q.shape(), self.layouts[0])?,
+            strided(k.shape(), self.layouts[1])?,
+            strided(v.shape(), self.layouts[2])?,
+        ];
         let out_view = strided(&shape, self.layouts[3])?;
         ensure!(views[1].sizes == [b, h, tk, d] && views[2].sizes == [b, h, tk, d]);
         {
