@@ -3,7 +3,14 @@
 
 use tract_core::internal::*;
 
-use super::Layout;
+/// Where each of the logical axes `[batch, heads, tokens, dim]` sits in a tensor the op
+/// reads or writes. The graph moves the heads axis before attention (`[b, t, h, d]` ->
+/// `[b, h, t, d]`) and back after it: our op reads and writes those layouts directly, so
+/// the four copies per attention go.
+pub type Layout = [usize; 4];
+
+/// The logical order itself.
+pub const PLAIN: Layout = [0, 1, 2, 3];
 
 /// A contiguous tensor seen through its logical axes: sizes and element strides of
 /// `[batch, heads, tokens, dim]`.
@@ -201,7 +208,6 @@ pub(super) fn noise(len: usize, seed: u64, amp: f32) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::PLAIN;
     use super::*;
 
     #[test]

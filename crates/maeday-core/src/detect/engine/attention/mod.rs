@@ -21,15 +21,7 @@ use tract_core::ops::change_axes::AxisOp;
 use tract_transformers::ops::flash_sdpa::FlashSdpaOp;
 
 use self::heads::{attend, strided};
-
-/// Where each of the logical axes `[batch, heads, tokens, dim]` sits in a tensor the op
-/// reads or writes. The graph moves the heads axis before attention (`[b, t, h, d]` ->
-/// `[b, h, t, d]`) and back after it: our op reads and writes those layouts directly, so
-/// the four copies per attention go.
-pub type Layout = [usize; 4];
-
-/// The logical order itself.
-pub const PLAIN: Layout = [0, 1, 2, 3];
+pub use self::heads::{Layout, PLAIN};
 
 /// Attention over Q, K, V of logical shape `[batch, heads, tokens, head_dim]` (the same
 /// number of heads in all three), no mask, not causal. `scale`: the flash op's, `None` =
