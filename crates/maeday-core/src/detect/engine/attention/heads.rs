@@ -34,12 +34,12 @@ pub fn strided(shape: &[usize], layout: Layout) -> TractResult<View> {
 }
 
 impl View {
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.sizes.iter().product()
     }
 
     /// Offset of head `(b, h)`'s first element.
-    fn head(&self, b: usize, h: usize) -> isize {
+    pub(super) fn head(&self, b: usize, h: usize) -> isize {
         b as isize * self.strides[0] + h as isize * self.strides[1]
     }
 }
@@ -126,37 +126,44 @@ unsafe fn softmax_rows_avx2(s: &mut [f32], cols: usize) {
 const LANES: usize = 16;
 
 #[inline(always)]
-fn softmax_rows_generic(s: &mut [f32], cols: usize) {
+pub(super) fn softmax_rows_generic(s: &mut [f32], cols: usize) {
     for row in s.chunks_exact_mut(cols) {
-        let split = cols - cols % LANES;
-        let (body, tail) = row.split_at_mut(split);
-        let mut lanes = [f32::NEG_INFINITY; LANES];
-        for chunk in body.chunks_exact(LANES) {
-            for (m, &x) in lanes.iter_mut().zip(chunk) {
-                *m = m.max(x);
-            }
-        }
-        let max = tail
-            .iter()
-            .chain(&lanes)
-            .fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-        let mut sums = [0f32; LANES];
-        for chunk in body.chunks_exact_mut(LANES) {
-            for (acc, x) in sums.iter_mut().zip(chunk) {
-                *x = exp(*x - max);
-                *acc += *x;
-            }
-        }
-        let mut sum: f32 = sums.iter().sum();
-        for x in tail.iter_mut() {
-            *x = exp(*x - max);
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / exp_shifted(row);
         for x in row.iter_mut() {
             *x *= inv;
         }
     }
+}
+
+/// Each `x` of `row` becomes `e^(x - max(row))`; returns their sum (the softmax's
+/// denominator: dividing by it is left to the caller).
+#[inline(always)]
+pub(super) fn exp_shifted(row: &mut [f32]) -> f32 {
+    let split = row.len() - row.len() % LANES;
+    let (body, tail) = row.split_at_mut(split);
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for chunk in body.chunks_exact(LANES) {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(x);
+        }
+    }
+    let max = tail
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    let mut sums = [0f32; LANES];
+    for chunk in body.chunks_exact_mut(LANES) {
+        for (acc, x) in sums.iter_mut().zip(chunk) {
+            *x = exp(*x - max);
+            *acc += *x;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for x in tail.iter_mut() {
+        *x = exp(*x - max);
+        sum += *x;
+    }
+    sum
 }
 
 /// `e^x` for `x <= 0` (scores minus their row's maximum), within 2 ulp of `f32::exp` down
@@ -207,6 +214,44 @@ pub(super) fn noise(len: usize, seed: u64, amp: f32) -> Vec<f32> {
 }
 
 #[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    pub heads: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+}
+
+/// The straightforward definition in f64, per head (plain `[heads, tokens, dim]` layout).
+#[cfg(test)]
+pub(super) fn naive(q: &[f32], k: &[f32], v: &[f32], n: Dims, scale: f32) -> Vec<f64> {
+    let mut out = vec![0f64; n.heads * n.tq * n.d];
+    for h in 0..n.heads {
+        for i in 0..n.tq {
+            let s: Vec<f64> = (0..n.tk)
+                .map(|j| {
+                    (0..n.d)
+                        .map(|c| {
+                            q[(h * n.tq + i) * n.d + c] as f64 * k[(h * n.tk + j) * n.d + c] as f64
+                        })
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for c in 0..n.d {
+                out[(h * n.tq + i) * n.d + c] = (0..n.tk)
+                    .map(|j| e[j] / z * v[(h * n.tk + j) * n.d + c] as f64)
+                    .sum();
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -221,43 +266,6 @@ mod tests {
             x += 0.000_731;
         }
         assert!(worst <= 2.0, "worst {worst} ulp");
-    }
-
-    #[derive(Debug, Clone, Copy)]
-    struct Dims {
-        heads: usize,
-        tq: usize,
-        tk: usize,
-        d: usize,
-    }
-
-    /// The straightforward definition in f64, per head.
-    fn naive(q: &[f32], k: &[f32], v: &[f32], n: Dims, scale: f32) -> Vec<f64> {
-        let mut out = vec![0f64; n.heads * n.tq * n.d];
-        for h in 0..n.heads {
-            for i in 0..n.tq {
-                let s: Vec<f64> = (0..n.tk)
-                    .map(|j| {
-                        (0..n.d)
-                            .map(|c| {
-                                q[(h * n.tq + i) * n.d + c] as f64
-                                    * k[(h * n.tk + j) * n.d + c] as f64
-                            })
-                            .sum::<f64>()
-                            * scale as f64
-                    })
-                    .collect();
-                let m = s.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for c in 0..n.d {
-                    out[(h * n.tq + i) * n.d + c] = (0..n.tk)
-                        .map(|j| e[j] / z * v[(h * n.tk + j) * n.d + c] as f64)
-                        .sum();
-                }
-            }
-        }
-        out
     }
 
     #[test]

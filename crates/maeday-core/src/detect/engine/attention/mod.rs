@@ -4,23 +4,26 @@
 //! its flash-attention op, written for long sequences: it walks 32 x 32 blocks with an online
 //! softmax, allocates on every block, and computes `exp` one scalar at a time. Our heads are
 //! short (50 tokens in the encoder, 197 in the decoder), so a head's whole score matrix fits
-//! in L2 (197 x 197 x 4 bytes = 155 KB). [`HeadAttention`] computes it with one sgemm,
-//! normalises its rows with a vectorised `exp` ([`heads::softmax_rows`]), and multiplies by V with a
-//! second sgemm, in one scratch buffer reused for every head. Same maths, another summation
-//! order: it agrees with the flash op to a few 1e-7 (`tests/reference.rs` checks the whole
-//! graph against torch).
+//! in L2 (197 x 197 x 4 bytes = 155 KB), and a few of its rows fit in L1. [`HeadAttention`]
+//! computes six query rows at a time from register tiles ([`tiles`]: scores, their softmax
+//! with a vectorised `exp` ([`heads::exp_shifted`]), then P V), with AVX2 + FMA on x86-64
+//! and NEON on aarch64; elsewhere, or for shapes the tiles do not take, one sgemm per head
+//! for the scores and one for P V ([`heads::attend`]). Same maths, another summation order:
+//! it agrees with the flash op to a few 1e-7 (`tests/reference.rs` checks the whole graph
+//! against torch).
 //!
 //! [`use_head_attention`] swaps it in for every non-causal, unmasked flash-attention node of
 //! an optimised plan. Like the flash op it computes in f32 whatever its inputs (f16 plans on
 //! ARMv8.2 cast in and out), on the calling thread (our workers already split the masks).
 
 mod heads;
+mod tiles;
 
 use tract_core::internal::*;
 use tract_core::ops::change_axes::AxisOp;
 use tract_transformers::ops::flash_sdpa::FlashSdpaOp;
 
-use self::heads::{attend, strided};
+use self::heads::{strided, View};
 pub use self::heads::{Layout, PLAIN};
 
 /// Attention over Q, K, V of logical shape `[batch, heads, tokens, head_dim]` (the same
@@ -205,6 +208,16 @@ pub fn use_head_attention(model: &mut TypedModel) -> TractResult<usize> {
     }
     model.compact()?;
     Ok(swapped)
+}
+
+/// `out[b, h] = softmax(q[b, h] k[b, h]^T * scale) v[b, h]`: register tiles
+/// ([`tiles`]) where the layout and the CPU allow, else two sgemms per head ([`heads`]).
+fn attend(inputs: [&[f32]; 3], views: [View; 3], out: &mut [f32], ov: View, scale: f32) {
+    if tiles::applicable(views, ov) && tiles::fast_on_this_cpu() {
+        tiles::attend(inputs, views, out, ov, scale)
+    } else {
+        heads::attend(inputs, views, out, ov, scale)
+    }
 }
 
 #[cfg(test)]
