@@ -4,7 +4,8 @@
 #   bash benches/footprint.sh target/release/maeday-edge target/edge/maeday-edge
 # Each binary runs the real daemon: the bundled sample photos replayed as fast as scored,
 # the default model at N = 8 and N = 32, the embedded broker, QoS 1, 12 frames; peak RSS
-# from GNU time, per-frame inference p50 from the daemon's own summary.
+# from GNU time, per-frame inference p50 from the daemon's own summary. FOOTPRINT_MODEL adds
+# lines to `[model]`, e.g. FOOTPRINT_MODEL='keep_freed_buffers = false'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || { echo "usage: benches/footprint.sh BINARY..." >&2; exit 2; }
@@ -21,6 +22,7 @@ device_id = "footprint"
 console = false
 [model]
 masks = $n
+${FOOTPRINT_MODEL:-}
 [[camera]]
 name = "samples"
 source = { kind = "replay", path = "$PWD/models/samples", loop = true }

@@ -62,6 +62,7 @@ fn detector_options(config: &Config, model_dir: &Path) -> DetectorOptions {
         precision: config.model.precision,
         backend: config.model.backend(),
         cpu_kernels: config.model.cpu_kernels,
+        keep_freed_buffers: config.model.keep_freed_buffers.unwrap_or(true),
         ..Default::default()
     };
     if let Some(t) = config.model.threads {

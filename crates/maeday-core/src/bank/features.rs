@@ -121,7 +121,6 @@ impl FeatureExtractor {
             "{}: view_size {v} must be 1 to 4 times input_size {s}",
             path.display()
         );
-        crate::detect::engine::keep_freed_buffers();
         let plan = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
             .with_context(|| format!("cannot parse {}", graph.display()))?

@@ -228,6 +228,10 @@ pub struct EngineOptions {
     pub backend: Backend,
     /// tract's matmul kernel family (`model.cpu_kernels`), chosen once per process.
     pub cpu_kernels: super::kernels::CpuKernels,
+    /// tract: keep freed activation buffers in the heap between frames
+    /// (`model.keep_freed_buffers`, see [`super::heap`]): faster, more resident memory.
+    /// Process-wide and one-way: the first tract engine built with it sets it.
+    pub keep_freed_buffers: bool,
 }
 
 impl Default for EngineOptions {
@@ -240,6 +244,7 @@ impl Default for EngineOptions {
             f32_norms: true,
             backend: Backend::Tract,
             cpu_kernels: Default::default(),
+            keep_freed_buffers: true,
         }
     }
 }

@@ -9,9 +9,11 @@
 //! faults a frame (68 MB), 6.6% of a frame's time under perf.
 //!
 //! [`keep_freed_buffers`] raises both thresholds once per process, so the second frame
-//! onwards reuses the first frame's memory. The peak footprint is unchanged (each frame
-//! reaches it anyway); what changes is that glibc does not hand the pages back between
-//! frames. Measured with `benches/before-after.sh` (16 magnetic tiles x 3 rounds, N = 32,
+//! onwards reuses the first frame's memory. The cost is resident memory: glibc keeps each
+//! thread's arena at its high-water mark, fragmented, instead of handing pages back, so
+//! the daemon's peak RSS grows (`benches/footprint.sh`, default model, 2 threads: 144.6 ->
+//! 156.5 MB at N = 8, 239.9 -> 371.0 MB at N = 32). Engines call it unless
+//! `model.keep_freed_buffers = false`. Measured with `benches/before-after.sh` (16 magnetic tiles x 3 rounds, N = 32,
 //! interleaved, 2-core Zen 4): inference 511.4 -> 481.0 ms a frame at 1 thread (0.941),
 //! 259.4 -> 238.0 ms at 2 (0.918), scores bit-identical; minor faults for 8 frames
 //! 184,719 -> 45,718.
@@ -21,7 +23,7 @@
 
 use std::sync::OnceLock;
 
-/// What [`keep_freed_buffers`] did, for the log and `status`.
+/// What [`keep_freed_buffers`] did, for the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeapTuning {
     /// glibc's thresholds were raised to these byte counts.
@@ -56,7 +58,8 @@ impl std::fmt::Display for HeapTuning {
 const TRIM_THRESHOLD: usize = 256 << 20;
 
 /// Raise glibc's mmap and trim thresholds, once per process (later calls return the first
-/// call's result). Engines call it before they plan.
+/// call's result). tract engines call it before they plan, unless told not to
+/// ([`super::EngineOptions::keep_freed_buffers`]).
 pub fn keep_freed_buffers() -> HeapTuning {
     static DONE: OnceLock<HeapTuning> = OnceLock::new();
     *DONE.get_or_init(|| {

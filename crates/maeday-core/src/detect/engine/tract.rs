@@ -41,7 +41,9 @@ impl TractEngine {
         // Before anything plans: tract fixes its kernel family at the first plan.
         let kernels = super::kernels::select(opts.cpu_kernels).context("model.cpu_kernels")?;
         attention_on_the_calling_thread()?;
-        super::heap::keep_freed_buffers();
+        if opts.keep_freed_buffers {
+            super::heap::keep_freed_buffers();
+        }
         let graph = Graph::load(model, schedule, opts)?;
 
         let threads = opts.threads.max(1);
