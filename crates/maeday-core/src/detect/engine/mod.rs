@@ -15,6 +15,7 @@ mod kernels;
 mod onnxruntime;
 #[cfg(feature = "ort")]
 mod ort_graph;
+mod permute;
 mod row_norm;
 mod tract;
 #[cfg(any(feature = "tract-cuda", feature = "tract-cuda-12"))]

@@ -141,8 +141,9 @@ fn plan(graph: &Graph, masks: usize) -> Result<Plan> {
 }
 
 /// tract's optimised model with our attention op in place of its flash attention (see
-/// [`super::attention`]) and our row normalisation in place of its `RmsNorm` (see
-/// [`super::row_norm`]). `MAEDAY_TRACT_FLASH_ATTENTION=1` keeps tract's own op: a switch
+/// [`super::attention`]), our row normalisation in place of its `RmsNorm` and the mean
+/// subtraction before it (see [`super::row_norm`]), and one copy for each pair of axis
+/// moves (see [`super::permute`]). `MAEDAY_TRACT_FLASH_ATTENTION=1` keeps tract's own op: a switch
 /// for side-by-side benchmarks (`benches/before-after.sh`), not a setting.
 fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
     let mut typed = graph
@@ -155,6 +156,8 @@ fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
     }
     let n = super::row_norm::use_row_rms(&mut typed)?;
     log::debug!("{n} RmsNorm nodes now run as our row normalisation");
+    let n = super::permute::fuse_moves(&mut typed)?;
+    log::debug!("{n} pairs of axis moves now run as one permutation");
     Ok(typed)
 }
 
