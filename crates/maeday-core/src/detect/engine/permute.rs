@@ -53,16 +53,12 @@ impl EvalOp for Permute {
         let shape: TVec<usize> = self.perm.iter().map(|&a| input.shape()[a]).collect();
         // SAFETY: `permute` writes every byte (the output is a permutation of the input).
         let mut out = unsafe { Tensor::uninitialized_dt(dt, &shape)? };
-        let from = input.try_as_plain_ram()?;
-        let mut to = out.try_as_plain_ram_mut()?;
-        permute(
-            from.as_bytes(),
-            input.shape(),
-            &self.perm,
-            dt.size_of(),
-            to.as_bytes_mut(),
-        );
-        drop(to);
+        {
+            let from = input.try_as_plain_ram()?;
+            let mut to = out.try_as_plain_ram_mut()?;
+            let (shape, size) = (input.shape(), dt.size_of());
+            permute(from.as_bytes(), shape, &self.perm, size, to.as_bytes_mut());
+        }
         Ok(tvec!(out.into_tvalue()))
     }
 }
