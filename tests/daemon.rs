@@ -143,8 +143,11 @@ fn broker_process(port: u16) -> Child {
 
 /// A TCP relay in front of the broker that the test can close: it lets the test's
 /// subscriber reach a restarted broker before the daemon does, so the check does not race.
-fn gate(listen: u16, target: u16, open: Arc<AtomicBool>) {
-    let listener = TcpListener::bind(("127.0.0.1", listen)).unwrap();
+/// Listens on a port the system picks, returned (a port from `free_port` could be taken by
+/// another test between that call and this bind: CI saw `AddrInUse` here once).
+fn gate(target: u16, open: Arc<AtomicBool>) -> u16 {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(client) = conn else { continue };
@@ -176,14 +179,15 @@ fn gate(listen: u16, target: u16, open: Arc<AtomicBool>) {
             }
         }
     });
+    port
 }
 
 #[test]
 fn broker_stopped_mid_run_and_restarted_loses_nothing_and_keeps_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let (broker_port, gate_port) = (free_port(), free_port());
+    let broker_port = free_port();
     let open = Arc::new(AtomicBool::new(true));
-    gate(gate_port, broker_port, open.clone());
+    let gate_port = gate(broker_port, open.clone());
     let mut broker = broker_process(broker_port);
     let device = "outage";
     let filter = format!("maeday/{device}/#");
