@@ -62,11 +62,13 @@ fn detector_options(config: &Config, model_dir: &Path) -> DetectorOptions {
         precision: config.model.precision,
         backend: config.model.backend(),
         cpu_kernels: config.model.cpu_kernels,
-        keep_freed_buffers: config.model.keep_freed_buffers.unwrap_or(true),
         ..Default::default()
     };
     if let Some(t) = config.model.threads {
         engine.threads = t;
+    }
+    if let Some(keep) = config.model.keep_freed_buffers {
+        engine.keep_freed_buffers = keep;
     }
     DetectorOptions {
         fit: config.cameras[0].fit(),

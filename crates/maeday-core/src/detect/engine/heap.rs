@@ -105,9 +105,9 @@ fn tune() -> HeapTuning {
 mod tests {
     use super::*;
 
-    /// After tuning, a freed 24 MiB buffer comes back at the same address (it stayed in the
-    /// heap); glibc's default serves it from a fresh mmap each time (checked through the
-    /// kernel's count of this process's minor page faults, which the second allocation
+    /// After tuning, a freed 24 MiB buffer stays in the heap, so allocating it again touches
+    /// no fresh pages; glibc's default serves it from a fresh mmap each time (checked through
+    /// the kernel's count of this thread's minor page faults, which the second allocation
     /// must not raise by the buffer's 6,000 pages).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]

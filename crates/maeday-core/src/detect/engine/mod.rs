@@ -27,7 +27,6 @@ pub use self::api::{
     native_f16, Backend, Engine, EngineKind, EngineOptions, GpuSettings, OrtSettings, Precision,
     Provider,
 };
-pub use self::heap::{keep_freed_buffers, HeapTuning};
 pub use self::kernels::{CpuKernels, Family, KernelChoice};
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;

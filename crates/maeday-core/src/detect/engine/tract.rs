@@ -143,8 +143,9 @@ fn plan(graph: &Graph, masks: usize) -> Result<Plan> {
 /// tract's optimised model with our attention op in place of its flash attention (see
 /// [`super::attention`]), our row normalisation in place of its `RmsNorm` and the mean
 /// subtraction before it (see [`super::row_norm`]), and one copy for each pair of axis
-/// moves (see [`super::permute`]). `MAEDAY_TRACT_FLASH_ATTENTION=1` keeps tract's own op: a switch
-/// for side-by-side benchmarks (`benches/before-after.sh`), not a setting.
+/// moves (see [`super::permute`]). `MAEDAY_TRACT_FLASH_ATTENTION=1` keeps tract's own
+/// attention: a switch for side-by-side benchmarks (`benches/before-after.sh`), not a
+/// setting.
 fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
     let mut typed = graph
         .typed(masks)?

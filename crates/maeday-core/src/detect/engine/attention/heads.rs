@@ -34,7 +34,7 @@ pub fn strided(shape: &[usize], layout: Layout) -> TractResult<View> {
 }
 
 impl View {
-    pub(super) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.sizes.iter().product()
     }
 
@@ -44,9 +44,15 @@ impl View {
     }
 }
 
-/// `out[b, h] = softmax(q[b, h] k[b, h]^T * scale) v[b, h]` for every batch item and head,
-/// each tensor read or written through its view.
-pub fn attend(inputs: [&[f32]; 3], views: [View; 3], out: &mut [f32], ov: View, scale: f32) {
+/// `[batch, heads, tq, tk, d]` of an attention over these views, once every slice is
+/// checked to be as long as its view and the shapes to agree: the unsafe offsets of both
+/// paths ([`attend`], `super::tiles`) rely on it.
+pub(super) fn checked_sizes(
+    inputs: [&[f32]; 3],
+    views: [View; 3],
+    out: &[f32],
+    ov: View,
+) -> [usize; 5] {
     let [q, k, v] = inputs;
     let [qv, kv, vv] = views;
     let [batch, heads, tq, d] = qv.sizes;
@@ -54,6 +60,15 @@ pub fn attend(inputs: [&[f32]; 3], views: [View; 3], out: &mut [f32], ov: View, 
     assert!(q.len() == qv.len() && k.len() == kv.len() && v.len() == vv.len());
     assert!(out.len() == ov.len() && ov.sizes == qv.sizes);
     assert!(kv.sizes == [batch, heads, tk, d] && vv.sizes == kv.sizes);
+    [batch, heads, tq, tk, d]
+}
+
+/// `out[b, h] = softmax(q[b, h] k[b, h]^T * scale) v[b, h]` for every batch item and head,
+/// each tensor read or written through its view.
+pub fn attend(inputs: [&[f32]; 3], views: [View; 3], out: &mut [f32], ov: View, scale: f32) {
+    let [batch, heads, tq, tk, d] = checked_sizes(inputs, views, out, ov);
+    let [q, k, v] = inputs;
+    let [qv, kv, vv] = views;
     let mut scores = vec![0f32; tq * tk];
     for b in 0..batch {
         for h in 0..heads {
@@ -126,7 +141,7 @@ unsafe fn softmax_rows_avx2(s: &mut [f32], cols: usize) {
 const LANES: usize = 16;
 
 #[inline(always)]
-pub(super) fn softmax_rows_generic(s: &mut [f32], cols: usize) {
+fn softmax_rows_generic(s: &mut [f32], cols: usize) {
     for row in s.chunks_exact_mut(cols) {
         let inv = 1.0 / exp_shifted(row);
         for x in row.iter_mut() {

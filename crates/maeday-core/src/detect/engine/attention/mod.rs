@@ -213,9 +213,7 @@ pub fn use_head_attention(model: &mut TypedModel) -> TractResult<usize> {
 /// `out[b, h] = softmax(q[b, h] k[b, h]^T * scale) v[b, h]`: register tiles
 /// ([`tiles`]) where the layout and the CPU allow, else two sgemms per head ([`heads`]).
 fn attend(inputs: [&[f32]; 3], views: [View; 3], out: &mut [f32], ov: View, scale: f32) {
-    if tiles::applicable(views, ov) && tiles::fast_on_this_cpu() {
-        tiles::attend(inputs, views, out, ov, scale)
-    } else {
+    if !tiles::attend(inputs, views, out, ov, scale) {
         heads::attend(inputs, views, out, ov, scale)
     }
 }

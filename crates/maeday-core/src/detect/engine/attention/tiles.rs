@@ -15,15 +15,15 @@
 //! tract's plans want it as `[b, t, d, h]`); otherwise, or on an x86-64 CPU without AVX2,
 //! the op takes [`super::heads::attend`]'s two sgemms per head.
 
-use super::heads::{exp_shifted, View};
+use super::heads::{checked_sizes, exp_shifted, View};
 
 /// Lanes of one vector (one AVX2 register, two NEON registers).
 const W: usize = 8;
 /// Query rows per tile.
 const R: usize = 6;
 
-/// Whether [`attend`] can run these views (else the caller takes the sgemm path).
-pub fn applicable(views: [View; 3], out: View) -> bool {
+/// Whether the tiles can run these views.
+fn applicable(views: [View; 3], out: View) -> bool {
     let [q, _, v] = views;
     let d = q.sizes[3];
     d % W == 0 && d > 0 && q.strides[3] == 1 && v.strides[3] == 1 && out.strides[3] > 0
@@ -31,7 +31,7 @@ pub fn applicable(views: [View; 3], out: View) -> bool {
 
 /// Whether this build has a tile kernel for this CPU: AVX2 + FMA on x86-64, NEON (always
 /// there) on aarch64.
-pub fn fast_on_this_cpu() -> bool {
+fn fast_on_this_cpu() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
@@ -42,12 +42,21 @@ pub fn fast_on_this_cpu() -> bool {
     }
 }
 
-/// `out[b, h] = softmax(q[b, h] k[b, h]^T * scale) v[b, h]`, as `super::heads::attend`.
-/// The caller checked [`applicable`] and [`fast_on_this_cpu`].
-pub fn attend(inputs: [&[f32]; 3], views: [View; 3], out: &mut [f32], ov: View, scale: f32) {
-    assert!(applicable(views, ov) && fast_on_this_cpu());
+/// `out[b, h] = softmax(q[b, h] k[b, h]^T * scale) v[b, h]`, as `super::heads::attend`,
+/// when the layout and this CPU allow ([`applicable`], [`fast_on_this_cpu`]); returns
+/// whether it ran (if not, `out` is untouched).
+pub fn attend(
+    inputs: [&[f32]; 3],
+    views: [View; 3],
+    out: &mut [f32],
+    ov: View,
+    scale: f32,
+) -> bool {
+    if !(applicable(views, ov) && fast_on_this_cpu()) {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU has AVX2 and FMA (asserted above).
+    // SAFETY: the CPU has AVX2 and FMA (checked above).
     unsafe {
         attend_avx2(inputs, views, out, ov, scale)
     }
@@ -56,8 +65,7 @@ pub fn attend(inputs: [&[f32]; 3], views: [View; 3], out: &mut [f32], ov: View, 
     unsafe {
         attend_with::<simd::Neon>(inputs, views, out, ov, scale)
     }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    unreachable!("fast_on_this_cpu is false here")
+    cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -76,13 +84,9 @@ unsafe fn attend_with<V: simd::Vector>(
     ov: View,
     scale: f32,
 ) {
+    let [batch, heads, tq, tk, d] = checked_sizes(inputs, views, out, ov);
     let [q, k, v] = inputs;
     let [qv, kv, vv] = views;
-    let [batch, heads, tq, d] = qv.sizes;
-    let tk = kv.sizes[2];
-    assert!(q.len() == qv.len() && k.len() == kv.len() && v.len() == vv.len());
-    assert!(out.len() == ov.len() && ov.sizes == qv.sizes);
-    assert!(kv.sizes == [batch, heads, tk, d] && vv.sizes == kv.sizes);
     let pad = tk.div_ceil(W) * W;
     let mut kt = vec![0f32; d * pad];
     let mut scores = vec![0f32; R * pad];
@@ -344,8 +348,8 @@ mod tests {
     use super::super::heads::{naive, noise, strided, Dims, View, PLAIN};
     use super::*;
 
-    /// The tiles against the f64 definition: the decoder's and the encoder's shapes, and tails of every loop (rows
-    /// not a multiple of 4, keys not a multiple of 8 or 16, d = 8).
+    /// The tiles against the f64 definition: the decoder's and the encoder's shapes, and
+    /// tails of every loop (rows not a multiple of 6, keys not a multiple of 8 or 16, d = 8).
     #[test]
     fn tiles_match_the_definition() {
         for (heads, tq, tk, d) in [
@@ -360,11 +364,10 @@ mod tests {
             let scale = 1.0 / (d as f32).sqrt();
             let view = |t| strided(&[1, heads, t, d], PLAIN).unwrap();
             let views = [view(tq), view(tk), view(tk)];
-            assert!(applicable(views, view(tq)));
             let n = Dims { heads, tq, tk, d };
             let want = naive(&q, &k, &v, n, scale);
             let mut out = vec![0f32; q.len()];
-            attend([&q, &k, &v], views, &mut out, view(tq), scale);
+            assert!(attend([&q, &k, &v], views, &mut out, view(tq), scale));
             let err = out.iter().zip(&want).map(|(&g, w)| (g as f64 - w).abs());
             let worst = err.fold(0f64, f64::max);
             assert!(worst < 1e-5, "{n:?}: {worst}");
@@ -381,9 +384,8 @@ mod tests {
         let v = noise(q.len(), 6, 2.0);
         let mv = strided(&[b, t, heads, d], [0, 2, 1, 3]).unwrap();
         let ov = strided(&[b, t, d, heads], [0, 3, 1, 2]).unwrap();
-        assert!(applicable([mv; 3], ov));
         let mut out = vec![0f32; q.len()];
-        attend([&q, &k, &v], [mv; 3], &mut out, ov, 0.25);
+        assert!(attend([&q, &k, &v], [mv; 3], &mut out, ov, 0.25));
         // Element (b, h, t, d) of a tensor through its view, laid out plainly.
         let plain = |x: &[f32], view: View| {
             let mut p = Vec::with_capacity(x.len());
