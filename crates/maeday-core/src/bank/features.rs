@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use crate::bank::memory::Features;
+use crate::detect::engine::use_depthwise;
 
 /// `extractor.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -121,10 +122,15 @@ impl FeatureExtractor {
             "{}: view_size {v} must be 1 to 4 times input_size {s}",
             path.display()
         );
-        let plan = tract_onnx::onnx()
+        let mut typed = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
             .with_context(|| format!("cannot parse {}", graph.display()))?
             .with_input_fact(0, f32::fact([1, 3, s, s]).into())?
+            .into_typed()?
+            .into_decluttered()?;
+        let n = use_depthwise(&mut typed)?;
+        log::debug!("{n} depthwise convolutions of the extractor run as ours");
+        let plan = typed
             .into_optimized()
             .context("optimisation failed")?
             .into_runnable()?;

@@ -8,6 +8,7 @@
 
 mod api;
 mod attention;
+mod depthwise;
 mod graph;
 mod heap;
 mod kernels;
@@ -17,6 +18,7 @@ mod onnxruntime;
 mod ort_graph;
 mod permute;
 mod row_norm;
+mod simd;
 mod tract;
 #[cfg(any(feature = "tract-cuda", feature = "tract-cuda-12"))]
 mod tract_cuda;
@@ -27,6 +29,7 @@ pub use self::api::{
     native_f16, Backend, Engine, EngineKind, EngineOptions, GpuSettings, OrtSettings, Precision,
     Provider,
 };
+pub use self::depthwise::use_depthwise;
 pub use self::kernels::{CpuKernels, Family, KernelChoice};
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;

@@ -9,16 +9,15 @@
 //!   of `R x 16` (or `R x 8`) accumulators, the rows' softmax runs while they sit in L1,
 //!   and `O = P V` from the same tiles over V's rows.
 //!
-//! The tiles are written once over 8-lane vectors ([`simd::Vector`]): one AVX2 register
+//! The tiles are written once over 8-lane vectors ([`simd::Vector`], shared with our other ops): one AVX2 register
 //! with FMA on x86-64, two NEON registers on aarch64. They need unit strides along `d` in
 //! Q and V and `d` a multiple of 8 (true of every graph we ship; the output may be strided:
 //! tract's plans want it as `[b, t, d, h]`); otherwise, or on an x86-64 CPU without AVX2,
 //! the op takes [`super::heads::attend`]'s two sgemms per head.
 
+use super::super::simd::{self, W};
 use super::heads::{checked_sizes, exp_shifted, View};
 
-/// Lanes of one vector (one AVX2 register, two NEON registers).
-const W: usize = 8;
 /// Query rows per tile.
 const R: usize = 6;
 
@@ -29,21 +28,8 @@ fn applicable(views: [View; 3], out: View) -> bool {
     d % W == 0 && d > 0 && q.strides[3] == 1 && v.strides[3] == 1 && out.strides[3] > 0
 }
 
-/// Whether this build has a tile kernel for this CPU: AVX2 + FMA on x86-64, NEON (always
-/// there) on aarch64.
-fn fast_on_this_cpu() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        cfg!(target_arch = "aarch64")
-    }
-}
-
 /// `out[b, h] = softmax(q[b, h] k[b, h]^T * scale) v[b, h]`, as `super::heads::attend`,
-/// when the layout and this CPU allow ([`applicable`], [`fast_on_this_cpu`]); returns
+/// when the layout and this CPU allow ([`applicable`], [`simd::fast_on_this_cpu`]); returns
 /// whether it ran (if not, `out` is untouched).
 pub fn attend(
     inputs: [&[f32]; 3],
@@ -52,7 +38,7 @@ pub fn attend(
     ov: View,
     scale: f32,
 ) -> bool {
-    if !(applicable(views, ov) && fast_on_this_cpu()) {
+    if !(applicable(views, ov) && simd::fast_on_this_cpu()) {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
@@ -247,97 +233,6 @@ unsafe fn tile<V: simd::Vector, const M: usize, const N: usize>(
                 for (l, &y) in lanes.iter().enumerate() {
                     *at.add(l * c.col) = y;
                 }
-            }
-        }
-    }
-}
-
-/// Eight f32 lanes on each architecture's vectors, just what the tiles need.
-mod simd {
-    /// # Safety
-    /// Every method runs instructions the CPU must have (the caller checks); loads and
-    /// stores touch 8 floats from the pointer.
-    pub trait Vector: Copy {
-        unsafe fn zero() -> Self;
-        unsafe fn splat(x: f32) -> Self;
-        unsafe fn load(at: *const f32) -> Self;
-        unsafe fn store(self, at: *mut f32);
-        /// `self + x * y`, fused.
-        unsafe fn mul_add(self, x: Self, y: Self) -> Self;
-        unsafe fn mul(self, x: Self) -> Self;
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    pub use self::x86::Avx2;
-    #[cfg(target_arch = "x86_64")]
-    mod x86 {
-        use std::arch::x86_64::*;
-
-        #[derive(Clone, Copy)]
-        pub struct Avx2(__m256);
-
-        impl super::Vector for Avx2 {
-            #[inline(always)]
-            unsafe fn zero() -> Self {
-                Avx2(_mm256_setzero_ps())
-            }
-            #[inline(always)]
-            unsafe fn splat(x: f32) -> Self {
-                Avx2(_mm256_set1_ps(x))
-            }
-            #[inline(always)]
-            unsafe fn load(at: *const f32) -> Self {
-                Avx2(_mm256_loadu_ps(at))
-            }
-            #[inline(always)]
-            unsafe fn store(self, at: *mut f32) {
-                _mm256_storeu_ps(at, self.0)
-            }
-            #[inline(always)]
-            unsafe fn mul_add(self, x: Self, y: Self) -> Self {
-                Avx2(_mm256_fmadd_ps(x.0, y.0, self.0))
-            }
-            #[inline(always)]
-            unsafe fn mul(self, x: Self) -> Self {
-                Avx2(_mm256_mul_ps(self.0, x.0))
-            }
-        }
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    pub use self::arm::Neon;
-    #[cfg(target_arch = "aarch64")]
-    mod arm {
-        use std::arch::aarch64::*;
-
-        #[derive(Clone, Copy)]
-        pub struct Neon(float32x4_t, float32x4_t);
-
-        impl super::Vector for Neon {
-            #[inline(always)]
-            unsafe fn zero() -> Self {
-                Neon(vdupq_n_f32(0.0), vdupq_n_f32(0.0))
-            }
-            #[inline(always)]
-            unsafe fn splat(x: f32) -> Self {
-                Neon(vdupq_n_f32(x), vdupq_n_f32(x))
-            }
-            #[inline(always)]
-            unsafe fn load(at: *const f32) -> Self {
-                Neon(vld1q_f32(at), vld1q_f32(at.add(4)))
-            }
-            #[inline(always)]
-            unsafe fn store(self, at: *mut f32) {
-                vst1q_f32(at, self.0);
-                vst1q_f32(at.add(4), self.1)
-            }
-            #[inline(always)]
-            unsafe fn mul_add(self, x: Self, y: Self) -> Self {
-                Neon(vfmaq_f32(self.0, x.0, y.0), vfmaq_f32(self.1, x.1, y.1))
-            }
-            #[inline(always)]
-            unsafe fn mul(self, x: Self) -> Self {
-                Neon(vmulq_f32(self.0, x.0), vmulq_f32(self.1, x.1))
             }
         }
     }

@@ -1,0 +1,154 @@
+//! The op in a plan: tract's own depthwise convolutions against ours, on the shipped
+//! extractor and on a convolution tract leaves alone.
+
+use tract_core::internal::*;
+use tract_onnx::prelude::InferenceModelExt;
+
+use super::*;
+use crate::model::bundled::default_extractor_dir;
+
+/// Deterministic values in [-scale, scale).
+pub(super) fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn extractor(rewrite: bool) -> (TypedModel, usize) {
+    let dir = default_extractor_dir();
+    let graph = dir.join("efficientnet-lite0-patches.onnx");
+    let mut typed = tract_onnx::onnx()
+        .model_for_path(graph)
+        .unwrap()
+        .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())
+        .unwrap()
+        .into_typed()
+        .unwrap()
+        .into_decluttered()
+        .unwrap();
+    let n = if rewrite {
+        use_depthwise(&mut typed).unwrap()
+    } else {
+        0
+    };
+    (typed.into_optimized().unwrap(), n)
+}
+
+fn ops(model: &TypedModel, name: &str) -> usize {
+    model
+        .nodes()
+        .iter()
+        .filter(|n| n.op().name() == name)
+        .count()
+}
+
+fn run(model: TypedModel, input: &Tensor) -> Tensor {
+    let plan = model.into_runnable().unwrap();
+    let out = plan.run(tvec!(input.clone().into_tvalue())).unwrap();
+    out[0].clone().into_tensor()
+}
+
+/// Every depthwise layer of EfficientNet-Lite0 and its ReLU6 become one op; the features
+/// stay those of tract's own plan.
+#[test]
+fn the_extractor_runs_our_depthwise_with_the_same_features() {
+    let (theirs, _) = extractor(false);
+    let (ours, n) = extractor(true);
+    assert_eq!(n, 11);
+    assert_eq!(ops(&theirs, "DepthWiseConv"), 11);
+    assert_eq!(ops(&ours, "DepthWiseConv"), 0);
+    assert_eq!(ops(&ours, "MaedayDepthwise"), 11);
+    // Each ReLU6 after a depthwise layer was a Max + Min chain of its own.
+    let chains = |m: &TypedModel| ops(m, "OptBinChain(Max+Min)");
+    assert_eq!(chains(&theirs) - chains(&ours), 11);
+    let pixels: Vec<f32> = noise(3 * 224 * 224, 7, 0.5)
+        .iter()
+        .map(|v| v + 0.5)
+        .collect();
+    let input = Tensor::from_shape(&[1, 3, 224, 224], &pixels).unwrap();
+    let (want, got) = (run(theirs, &input), run(ours, &input));
+    let (want, got) = (
+        want.to_plain_array_view::<f32>().unwrap(),
+        got.to_plain_array_view::<f32>().unwrap(),
+    );
+    assert_eq!(want.shape(), got.shape());
+    let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = want
+        .iter()
+        .zip(got.iter())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        peak > 0.1 && worst <= 1e-5 * peak.max(1.0),
+        "{worst} (peak {peak})"
+    );
+}
+
+/// A clamp that is also read elsewhere, or a convolution with groups of two channels,
+/// stays tract's.
+#[test]
+fn only_private_clamps_and_true_depthwise_convolutions_are_taken() {
+    use tract_core::ops::cnn::PoolSpec;
+    use tract_core::ops::math::max;
+    let build = |group: usize, shared: bool| {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 4, 9, 9])).unwrap();
+        let k = m
+            .add_const(
+                "k",
+                Tensor::from_shape(&[4, 4 / group, 3, 3], &noise(36 * 4 / group, 1, 1.0)).unwrap(),
+            )
+            .unwrap();
+        let b = m
+            .add_const("b", Tensor::from_shape(&[4], &noise(4, 2, 1.0)).unwrap())
+            .unwrap();
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![3, 3],
+                padding: PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+                dilations: None,
+                strides: None,
+                input_channels: 4,
+                output_channels: 4,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group,
+            q_params: None,
+        };
+        let y = m.wire_node("conv", conv, &[x, k, b]).unwrap()[0];
+        let zero = m.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
+        let relu = m.wire_node("relu", max(), &[y, zero]).unwrap()[0];
+        let mut outs = vec![relu];
+        if shared {
+            outs.push(y);
+        }
+        m.select_output_outlets(&outs).unwrap();
+        m
+    };
+    let mut depthwise = build(4, false);
+    assert_eq!(use_depthwise(&mut depthwise).unwrap(), 1);
+    let op = depthwise
+        .nodes()
+        .iter()
+        .find_map(|n| n.op_as::<Depthwise>())
+        .unwrap();
+    assert_eq!(op.clamp, Some((0.0, f32::INFINITY)));
+    assert_eq!(ops(&depthwise, "Max"), 0);
+    // The convolution's own output is read by the graph too: the clamp stays outside.
+    let mut shared = build(4, true);
+    assert_eq!(use_depthwise(&mut shared).unwrap(), 1);
+    let op = shared
+        .nodes()
+        .iter()
+        .find_map(|n| n.op_as::<Depthwise>())
+        .unwrap();
+    assert_eq!(op.clamp, None);
+    let mut grouped = build(2, false);
+    assert_eq!(use_depthwise(&mut grouped).unwrap(), 0);
+}
