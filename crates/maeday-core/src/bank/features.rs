@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use crate::bank::memory::Features;
-use crate::detect::engine::use_depthwise;
+use crate::detect::engine::{use_box_sum, use_depthwise, use_resample};
 
 /// `extractor.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -128,8 +128,12 @@ impl FeatureExtractor {
             .with_input_fact(0, f32::fact([1, 3, s, s]).into())?
             .into_typed()?
             .into_decluttered()?;
-        let n = use_depthwise(&mut typed)?;
-        log::debug!("{n} depthwise convolutions of the extractor run as ours");
+        let n = [
+            use_depthwise(&mut typed)?,
+            use_box_sum(&mut typed)?,
+            use_resample(&mut typed)?,
+        ];
+        log::debug!("the extractor's depthwise convolutions, box sums, resizes run as ours: {n:?}");
         let plan = typed
             .into_optimized()
             .context("optimisation failed")?

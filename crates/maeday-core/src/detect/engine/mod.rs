@@ -8,6 +8,7 @@
 
 mod api;
 mod attention;
+mod box_sum;
 mod depthwise;
 mod graph;
 mod heap;
@@ -17,6 +18,7 @@ mod onnxruntime;
 #[cfg(feature = "ort")]
 mod ort_graph;
 mod permute;
+mod resize;
 mod row_norm;
 mod simd;
 mod tract;
@@ -29,12 +31,14 @@ pub use self::api::{
     native_f16, Backend, Engine, EngineKind, EngineOptions, GpuSettings, OrtSettings, Precision,
     Provider,
 };
+pub use self::box_sum::use_box_sum;
 pub use self::depthwise::use_depthwise;
 pub use self::kernels::{CpuKernels, Family, KernelChoice};
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;
 #[cfg(feature = "ort")]
 pub use self::ort_graph::OrtGraph;
+pub use self::resize::use_resample;
 pub use self::tract::{plan_op_counts, TractEngine};
 
 /// Choose tract's matmul kernel family for this process (see [`kernels`]); engines call it
