@@ -65,11 +65,14 @@ fn run(model: TypedModel, input: &Tensor) -> Tensor {
 fn the_extractor_runs_our_ops_with_the_same_features() {
     let (theirs, _) = extractor(false);
     let (ours, n) = extractor(true);
-    assert_eq!(n, [11, 2, 1]);
+    // On aarch64 tract declutters all but the first to channels-last (it has a kernel for
+    // that layout there); those stay tract's.
+    let depthwise = if cfg!(target_arch = "x86_64") { 11 } else { 1 };
+    assert_eq!(n, [depthwise, 2, 1]);
     assert_eq!(ops(&ours, "OptSumPool") + ops(&ours, "Resize"), 0);
     assert_eq!(ops(&theirs, "DepthWiseConv"), 11);
-    assert_eq!(ops(&ours, "DepthWiseConv"), 0);
-    assert_eq!(ops(&ours, "MaedayDepthwise"), 11);
+    assert_eq!(ops(&ours, "DepthWiseConv"), 11 - depthwise);
+    assert_eq!(ops(&ours, "MaedayDepthwise"), depthwise);
     // The ReLU6 after each is taken in: no max or min reads a depthwise output (tract's
     // form of them differs by architecture: a chain of both, or one op each).
     for node in ours.nodes().iter().filter(|n| n.op_is::<Depthwise>()) {
