@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use crate::bank::memory::Features;
-use crate::detect::engine::{use_box_sum, use_depthwise, use_resample};
+use crate::detect::engine::{use_box_sum, use_direct_conv, use_resample};
 
 /// `extractor.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -129,11 +129,11 @@ impl FeatureExtractor {
             .into_typed()?
             .into_decluttered()?;
         let n = [
-            use_depthwise(&mut typed)?,
+            use_direct_conv(&mut typed)?,
             use_box_sum(&mut typed)?,
             use_resample(&mut typed)?,
         ];
-        log::debug!("the extractor's depthwise convolutions, box sums, resizes run as ours: {n:?}");
+        log::debug!("the extractor's convolutions, box sums, resizes run as ours: {n:?}");
         let plan = typed
             .into_optimized()
             .context("optimisation failed")?

@@ -9,7 +9,7 @@
 mod api;
 mod attention;
 mod box_sum;
-mod depthwise;
+mod direct_conv;
 mod graph;
 mod heap;
 mod kernels;
@@ -32,7 +32,7 @@ pub use self::api::{
     Provider,
 };
 pub use self::box_sum::use_box_sum;
-pub use self::depthwise::use_depthwise;
+pub use self::direct_conv::use_direct_conv;
 pub use self::kernels::{CpuKernels, Family, KernelChoice};
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;

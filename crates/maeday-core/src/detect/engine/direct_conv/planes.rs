@@ -1,7 +1,8 @@
-//! The depthwise convolution's arithmetic: each channel's plane convolved with its own
-//! small kernel, plus its bias, optionally clamped.
+//! The direct convolution's arithmetic: each output plane is its input planes (one for a
+//! depthwise convolution, all of its group's otherwise) convolved with its own small
+//! kernels, plus its bias, optionally clamped.
 //!
-//! For each plane the input is first copied into a zero-padded scratch, split by column
+//! For each group the input planes are first copied into a zero-padded scratch, split by column
 //! phase when the horizontal stride is above 1 (phase `p` holds the padded columns
 //! `p, p + s, p + 2s, ...`). Every tap's contribution to an output row is then one
 //! contiguous run of a scratch row: `out[y][x] += k[i][j] * phase[j % s][y * sy + i][x + j / s]`.
@@ -11,7 +12,7 @@
 
 use super::super::simd::{self, Vector, W};
 
-/// Geometry of one channel's convolution.
+/// Geometry of one plane's convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     /// Kernel rows and columns.
@@ -38,38 +39,47 @@ impl Window {
     }
 }
 
-/// What each plane is convolved with: `taps[c]` is channel `c`'s kernel (`kernel[0] *
-/// kernel[1]` values, row-major), then `bias[c]` is added, then the result is clamped to
-/// `[clamp.0, clamp.1]` when `clamp` is set.
+/// What the planes are convolved with: the channels fall into `groups` groups, and output
+/// channel `o` (of `bias.len()`) reads the input channels of its group. `taps[o]` are its
+/// kernels (`[inputs per group, kernel rows, kernel columns]`, row-major), then `bias[o]`
+/// is added, then the result is clamped to `[clamp.0, clamp.1]` when `clamp` is set.
 pub struct Filters<'a> {
     pub taps: &'a [f32],
     pub bias: &'a [f32],
+    pub groups: usize,
     pub clamp: Option<(f32, f32)>,
 }
 
-/// Convolve each of `input`'s planes (`[planes, rows, cols]`, channel `p % bias.len()`)
-/// into `out` (`[planes, output rows, output columns]`). The caller checks the sizes
-/// ([`Window::output`], one kernel and bias per channel, `planes` a multiple of the
-/// channels); wrong sizes panic.
-pub fn convolve(input: &[f32], hw: [usize; 2], window: Window, f: &Filters, out: &mut [f32]) {
+/// Convolve `input` (`[batch, inputs, rows, cols]`) into `out` (`[batch, outputs, output
+/// rows, output columns]`). The caller checks the sizes ([`Window::output`], the channels
+/// divide into the groups, one kernel per output and input of its group); wrong sizes
+/// panic.
+pub fn convolve(
+    input: &[f32],
+    inputs: usize,
+    hw: [usize; 2],
+    window: Window,
+    f: &Filters,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if simd::fast_on_this_cpu() {
             // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { convolve_avx2(input, hw, window, f, out) };
+            unsafe { convolve_avx2(input, inputs, hw, window, f, out) };
             return;
         }
     }
     #[cfg(target_arch = "aarch64")]
     {
         // SAFETY: NEON is part of the aarch64 baseline.
-        unsafe { convolve_with::<simd::Neon>(input, hw, window, f, out) };
+        unsafe { convolve_with::<simd::Neon>(input, inputs, hw, window, f, out) };
         return;
     }
     #[allow(unreachable_code)]
     // SAFETY: plain Rust arithmetic.
     unsafe {
-        convolve_with::<simd::Portable>(input, hw, window, f, out)
+        convolve_with::<simd::Portable>(input, inputs, hw, window, f, out)
     }
 }
 
@@ -77,40 +87,47 @@ pub fn convolve(input: &[f32], hw: [usize; 2], window: Window, f: &Filters, out:
 #[target_feature(enable = "avx2,fma")]
 unsafe fn convolve_avx2(
     input: &[f32],
+    inputs: usize,
     hw: [usize; 2],
     window: Window,
     f: &Filters,
     out: &mut [f32],
 ) {
-    convolve_with::<simd::Avx2>(input, hw, window, f, out)
+    convolve_with::<simd::Avx2>(input, inputs, hw, window, f, out)
 }
 
-/// The scratch of one plane: `phases` column phases of `rows` padded rows, `width`
-/// floats each (a whole number of vectors of output, plus the widest tap offset).
+/// The scratch of a group's input planes: per plane, `stride` column phases of `rows`
+/// padded rows, `width` floats each (a whole number of vectors of output, plus the
+/// widest tap offset).
 struct Scratch {
     data: Vec<f32>,
     rows: usize,
     width: usize,
+    /// Floats per input plane.
+    plane: usize,
 }
 
 impl Scratch {
-    fn new(out: [usize; 2], w: Window) -> Scratch {
+    fn new(out: [usize; 2], w: Window, planes: usize) -> Scratch {
         let [kh, kw] = w.kernel;
         let rows = (out[0] - 1) * w.stride[0] + kh;
         let width = out[1].div_ceil(W) * W + (kw - 1) / w.stride[1];
+        let plane = w.stride[1] * rows * width;
         Scratch {
-            data: vec![0f32; w.stride[1] * rows * width],
+            data: vec![0f32; planes * plane],
             rows,
             width,
+            plane,
         }
     }
 
-    /// Copy `plane` (`hw`) into the interior; positions outside the input keep their zeros.
+    /// Copy `plane` (`hw`) into the interior of scratch plane `q`; positions outside the
+    /// input keep their zeros.
     ///
     /// # Safety
     /// The CPU runs `V`'s instructions.
     #[inline(always)]
-    unsafe fn fill<V: Vector>(&mut self, plane: &[f32], hw: [usize; 2], w: Window) {
+    unsafe fn fill<V: Vector>(&mut self, q: usize, plane: &[f32], hw: [usize; 2], w: Window) {
         let [h, cols] = hw;
         let (s, left) = (w.stride[1], w.pad_before[1]);
         for r in 0..self.rows {
@@ -119,11 +136,11 @@ impl Scratch {
             };
             let src = &plane[iy * cols..][..cols];
             if s == 2 {
-                self.fill_pairs::<V>(src, r, left);
+                self.fill_pairs::<V>(q, src, r, left);
                 continue;
             }
             for phase in 0..s {
-                let at = (phase * self.rows + r) * self.width;
+                let at = q * self.plane + (phase * self.rows + r) * self.width;
                 let dst = &mut self.data[at..at + self.width];
                 // Phase column k holds padded column k * s + phase, i.e. input column
                 // k * s + phase - left: the input columns from the first of this phase,
@@ -148,8 +165,8 @@ impl Scratch {
     /// `2m` lands in phase `left % 2` at `left / 2 + m`, column `2m + 1` in the other
     /// phase at `(left + 1) / 2 + m`; sixteen columns at a time through [`Vector::load_pairs`].
     #[inline(always)]
-    unsafe fn fill_pairs<V: Vector>(&mut self, src: &[f32], r: usize, left: usize) {
-        let row = |phase: usize| (phase * self.rows + r) * self.width;
+    unsafe fn fill_pairs<V: Vector>(&mut self, q: usize, src: &[f32], r: usize, left: usize) {
+        let row = |phase: usize| q * self.plane + (phase * self.rows + r) * self.width;
         let even_at = row(left % 2) + left / 2;
         let odd_at = row((left + 1) % 2) + left.div_ceil(2);
         let (even_end, odd_end) = (row(left % 2) + self.width, row((left + 1) % 2) + self.width);
@@ -171,14 +188,17 @@ impl Scratch {
         }
     }
 
-    /// Where each tap's run of a row starts, relative to the output row's first run:
-    /// tap `(i, j)` reads phase `j % s`, padded row `i` down, column `j / s` across.
-    fn offsets(&self, w: Window) -> Vec<usize> {
+    /// Where each tap's run of a row starts, relative to the output row's first run, for
+    /// `planes` input planes: tap `(q, i, j)` reads plane `q`, phase `j % s`, padded row
+    /// `i` down, column `j / s` across.
+    fn offsets(&self, w: Window, planes: usize) -> Vec<usize> {
         let [kh, kw] = w.kernel;
         let s = w.stride[1];
-        (0..kh)
-            .flat_map(|i| (0..kw).map(move |j| (i, j)))
-            .map(|(i, j)| ((j % s) * self.rows + i) * self.width + j / s)
+        let taps = (0..kh).flat_map(|i| (0..kw).map(move |j| (i, j)));
+        let taps: Vec<_> = taps.collect();
+        (0..planes)
+            .flat_map(|q| taps.iter().map(move |&(i, j)| (q, i, j)))
+            .map(|(q, i, j)| q * self.plane + ((j % s) * self.rows + i) * self.width + j / s)
             .collect()
     }
 }
@@ -188,36 +208,41 @@ impl Scratch {
 #[inline(always)]
 unsafe fn convolve_with<V: Vector>(
     input: &[f32],
+    inputs: usize,
     hw: [usize; 2],
     window: Window,
     f: &Filters,
     out: &mut [f32],
 ) {
-    let channels = f.bias.len();
-    let taps = window.kernel[0] * window.kernel[1];
+    let (outputs, groups) = (f.bias.len(), f.groups);
+    assert!(groups > 0 && outputs > 0);
+    assert!(inputs.is_multiple_of(groups) && outputs.is_multiple_of(groups));
+    let (per_in, per_out) = (inputs / groups, outputs / groups);
+    let taps = per_in * window.kernel[0] * window.kernel[1];
     let o = window.output(hw).expect("a kernel that fits");
     let (in_len, out_len) = (hw[0] * hw[1], o[0] * o[1]);
-    assert!(channels > 0 && f.taps.len() == channels * taps);
-    assert!(in_len > 0 && input.len().is_multiple_of(in_len * channels));
-    assert_eq!(input.len() / in_len, out.len() / out_len);
-    let mut scratch = Scratch::new(o, window);
-    let offsets = scratch.offsets(window);
-    for (p, (plane, dst)) in input
-        .chunks_exact(in_len)
-        .zip(out.chunks_exact_mut(out_len))
-        .enumerate()
-    {
-        let c = p % channels;
-        scratch.fill::<V>(plane, hw, window);
-        let k = &f.taps[c * taps..][..taps];
-        let run = Run {
-            offsets: &offsets,
-            taps: k,
-            bias: f.bias[c],
-            clamp: f.clamp,
-            row_step: window.stride[0] * scratch.width,
-        };
-        output_plane::<V>(&scratch, &run, o, dst);
+    assert!(f.taps.len() == outputs * taps && in_len > 0);
+    assert!(input.len().is_multiple_of(in_len * inputs));
+    let batch = input.len() / (in_len * inputs);
+    assert_eq!(out.len(), batch * outputs * out_len);
+    let mut scratch = Scratch::new(o, window, per_in);
+    let offsets = scratch.offsets(window, per_in);
+    for (b, g) in (0..batch).flat_map(|b| (0..groups).map(move |g| (b, g))) {
+        for q in 0..per_in {
+            let c = b * inputs + g * per_in + q;
+            scratch.fill::<V>(q, &input[c * in_len..][..in_len], hw, window);
+        }
+        for oc in g * per_out..(g + 1) * per_out {
+            let run = Run {
+                offsets: &offsets,
+                taps: &f.taps[oc * taps..][..taps],
+                bias: f.bias[oc],
+                clamp: f.clamp,
+                row_step: window.stride[0] * scratch.width,
+            };
+            let dst = &mut out[(b * outputs + oc) * out_len..][..out_len];
+            output_plane::<V>(&scratch, &run, o, dst);
+        }
     }
 }
 
@@ -316,32 +341,33 @@ mod tests {
     use super::*;
 
     /// The definition, in f64, one output at a time.
-    fn naive(input: &[f32], hw: [usize; 2], w: Window, f: &Filters) -> Vec<f64> {
+    fn naive(input: &[f32], inputs: usize, hw: [usize; 2], w: Window, f: &Filters) -> Vec<f64> {
         let o = w.output(hw).unwrap();
-        let (c, taps) = (f.bias.len(), w.kernel[0] * w.kernel[1]);
-        let planes = input.len() / (hw[0] * hw[1]);
+        let outputs = f.bias.len();
+        let (per_in, per_out) = (inputs / f.groups, outputs / f.groups);
+        let taps = per_in * w.kernel[0] * w.kernel[1];
+        let batch = input.len() / (inputs * hw[0] * hw[1]);
         let mut out = Vec::new();
-        for p in 0..planes {
-            for y in 0..o[0] {
-                for x in 0..o[1] {
-                    let mut v = f.bias[p % c] as f64;
-                    for i in 0..w.kernel[0] {
-                        for j in 0..w.kernel[1] {
-                            let iy = (y * w.stride[0] + i) as isize - w.pad_before[0] as isize;
-                            let ix = (x * w.stride[1] + j) as isize - w.pad_before[1] as isize;
-                            if iy < 0 || ix < 0 || iy >= hw[0] as isize || ix >= hw[1] as isize {
-                                continue;
-                            }
-                            let at = (p * hw[0] + iy as usize) * hw[1] + ix as usize;
-                            let k = f.taps[(p % c) * taps + i * w.kernel[1] + j];
-                            v += k as f64 * input[at] as f64;
-                        }
+        for (b, oc) in (0..batch).flat_map(|b| (0..outputs).map(move |oc| (b, oc))) {
+            for (y, x) in (0..o[0]).flat_map(|y| (0..o[1]).map(move |x| (y, x))) {
+                let mut v = f.bias[oc] as f64;
+                for (q, i, j) in (0..per_in).flat_map(|q| {
+                    (0..w.kernel[0]).flat_map(move |i| (0..w.kernel[1]).map(move |j| (q, i, j)))
+                }) {
+                    let iy = (y * w.stride[0] + i) as isize - w.pad_before[0] as isize;
+                    let ix = (x * w.stride[1] + j) as isize - w.pad_before[1] as isize;
+                    if iy < 0 || ix < 0 || iy >= hw[0] as isize || ix >= hw[1] as isize {
+                        continue;
                     }
-                    if let Some((lo, hi)) = f.clamp {
-                        v = v.clamp(lo as f64, hi as f64);
-                    }
-                    out.push(v);
+                    let c = b * inputs + (oc / per_out) * per_in + q;
+                    let at = (c * hw[0] + iy as usize) * hw[1] + ix as usize;
+                    let k = f.taps[oc * taps + (q * w.kernel[0] + i) * w.kernel[1] + j];
+                    v += k as f64 * input[at] as f64;
                 }
+                if let Some((lo, hi)) = f.clamp {
+                    v = v.clamp(lo as f64, hi as f64);
+                }
+                out.push(v);
             }
         }
         out
@@ -357,7 +383,9 @@ mod tests {
 
     /// The extractor's geometries (3x3 and 5x5, strides 1 and 2, TensorFlow's asymmetric
     /// "same" padding) and odd ones (tails of every loop, 1-wide planes, stride 3, a 1x1
-    /// kernel), with and without the clamp, against the definition.
+    /// kernel), with and without the clamp, against the definition; each as a depthwise
+    /// convolution (3 channels), a dense one (3 inputs to 4 outputs, as the extractor's
+    /// stem) and a grouped one (4 inputs to 6 outputs in 2 groups).
     #[test]
     fn planes_match_the_definition() {
         let cases = [
@@ -377,29 +405,36 @@ mod tests {
                 pad_before: before,
                 pad_after: after,
             };
-            let (channels, batch) = (3, 2);
+            let batch = 2;
             let seed = seed as u64 * 10;
-            let input = noise(batch * channels * hw[0] * hw[1], seed, 4.0);
-            let taps = noise(channels * kernel[0] * kernel[1], seed + 1, 1.0);
-            let bias = noise(channels, seed + 2, 1.0);
             let o = w.output(hw).unwrap();
-            for clamp in [None, Some((0.0, 6.0))] {
-                let f = Filters {
-                    taps: &taps,
-                    bias: &bias,
-                    clamp,
-                };
-                let want = naive(&input, hw, w, &f);
-                let mut got = vec![f32::NAN; batch * channels * o[0] * o[1]];
-                convolve(&input, hw, w, &f, &mut got);
-                let e = worst(&got, &want);
-                assert!(e < 1e-4, "{w:?} on {hw:?}, clamp {clamp:?}: {e}");
-                // The portable lanes (x86-64 CPUs without AVX2) give the same.
-                let mut portable = vec![f32::NAN; got.len()];
-                // SAFETY: plain Rust arithmetic.
-                unsafe { convolve_with::<simd::Portable>(&input, hw, w, &f, &mut portable) };
-                let e = worst(&portable, &want);
-                assert!(e < 1e-4, "portable, {w:?} on {hw:?}: {e}");
+            for (inputs, outputs, groups) in [(3, 3, 3), (3, 4, 1), (4, 6, 2)] {
+                let input = noise(batch * inputs * hw[0] * hw[1], seed, 4.0);
+                let per_in = inputs / groups;
+                let taps = noise(outputs * per_in * kernel[0] * kernel[1], seed + 1, 1.0);
+                let bias = noise(outputs, seed + 2, 1.0);
+                for clamp in [None, Some((0.0, 6.0))] {
+                    let f = Filters {
+                        taps: &taps,
+                        bias: &bias,
+                        groups,
+                        clamp,
+                    };
+                    let want = naive(&input, inputs, hw, w, &f);
+                    let mut got = vec![f32::NAN; batch * outputs * o[0] * o[1]];
+                    convolve(&input, inputs, hw, w, &f, &mut got);
+                    let e = worst(&got, &want);
+                    let case = format!("{w:?} on {hw:?}, {inputs} -> {outputs} / {groups}");
+                    assert!(e < 1e-4, "{case}, clamp {clamp:?}: {e}");
+                    // The portable lanes (x86-64 CPUs without AVX2) give the same.
+                    let mut portable = vec![f32::NAN; got.len()];
+                    // SAFETY: plain Rust arithmetic.
+                    unsafe {
+                        convolve_with::<simd::Portable>(&input, inputs, hw, w, &f, &mut portable)
+                    };
+                    let e = worst(&portable, &want);
+                    assert!(e < 1e-4, "portable, {case}: {e}");
+                }
             }
         }
     }

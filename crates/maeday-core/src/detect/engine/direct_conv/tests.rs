@@ -1,5 +1,5 @@
-//! The op in a plan: tract's own depthwise convolutions against ours, on the shipped
-//! extractor and on a convolution tract leaves alone.
+//! The op in a plan: tract's own convolutions against ours, on the shipped extractor and
+//! on small graphs.
 
 use tract_core::internal::*;
 use tract_onnx::prelude::InferenceModelExt;
@@ -20,8 +20,8 @@ pub(super) fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// The shipped extractor's optimised plan: tract's own, or with our depthwise
-/// convolutions, box sums and resizes (how many of each were swapped in).
+/// The shipped extractor's optimised plan: tract's own, or with our direct convolutions,
+/// box sums and resizes (how many of each were swapped in).
 fn extractor(rewrite: bool) -> (TypedModel, [usize; 3]) {
     let dir = default_extractor_dir();
     let graph = dir.join("efficientnet-lite0-patches.onnx");
@@ -37,7 +37,7 @@ fn extractor(rewrite: bool) -> (TypedModel, [usize; 3]) {
     let mut n = [0; 3];
     if rewrite {
         n = [
-            use_depthwise(&mut typed).unwrap(),
+            use_direct_conv(&mut typed).unwrap(),
             super::super::box_sum::use_box_sum(&mut typed).unwrap(),
             super::super::resize::use_resample(&mut typed).unwrap(),
         ];
@@ -59,23 +59,25 @@ fn run(model: TypedModel, input: &Tensor) -> Tensor {
     out[0].clone().into_tensor()
 }
 
-/// Every depthwise layer of EfficientNet-Lite0 and its ReLU6 become one op, its two 3x3
-/// means and its upsampling ours too; the features stay those of tract's own plan.
+/// EfficientNet-Lite0's stem and every depthwise layer, each with its ReLU6, become one op,
+/// its two 3x3 means and its upsampling ours too; the features stay those of tract's plan.
 #[test]
 fn the_extractor_runs_our_ops_with_the_same_features() {
     let (theirs, _) = extractor(false);
     let (ours, n) = extractor(true);
-    // On aarch64 tract declutters all but the first to channels-last (it has a kernel for
-    // that layout there); those stay tract's.
+    // On aarch64 tract declutters all depthwise layers but the first to channels-last (it
+    // has a kernel for that layout there); those stay tract's.
     let depthwise = if cfg!(target_arch = "x86_64") { 11 } else { 1 };
-    assert_eq!(n, [depthwise, 2, 1]);
+    assert_eq!(n, [1 + depthwise, 2, 1]);
     assert_eq!(ops(&ours, "OptSumPool") + ops(&ours, "Resize"), 0);
     assert_eq!(ops(&theirs, "DepthWiseConv"), 11);
     assert_eq!(ops(&ours, "DepthWiseConv"), 11 - depthwise);
-    assert_eq!(ops(&ours, "MaedayDepthwise"), depthwise);
-    // The ReLU6 after each is taken in: no max or min reads a depthwise output (tract's
+    assert_eq!(ops(&ours, "MaedayDirectConv"), 1 + depthwise);
+    // The stem's im2col and its padding copy are gone with it.
+    assert_eq!(ops(&ours, "LazyIm2col") + ops(&ours, "Pad"), 0);
+    // The ReLU6 after each is taken in: no max or min reads a convolution's output (tract's
     // form of them differs by architecture: a chain of both, or one op each).
-    for node in ours.nodes().iter().filter(|n| n.op_is::<Depthwise>()) {
+    for node in ours.nodes().iter().filter(|n| n.op_is::<DirectConv>()) {
         for next in ours.outlet_successors(OutletId::new(node.id, 0)) {
             let name = ours.node(next.node).op().name();
             assert!(
@@ -107,10 +109,11 @@ fn the_extractor_runs_our_ops_with_the_same_features() {
     );
 }
 
-/// A clamp that is also read elsewhere, or a convolution with groups of two channels,
-/// stays tract's.
+/// A clamp that is also read elsewhere stays tract's; so does a dense convolution with
+/// more taps per output than [`MAX_DENSE_TAPS`] (4 inputs x 3 x 3). Groups of two channels
+/// (18 taps) are taken, with tract's output.
 #[test]
-fn only_private_clamps_and_true_depthwise_convolutions_are_taken() {
+fn only_private_clamps_and_small_convolutions_are_taken() {
     use tract_core::ops::cnn::PoolSpec;
     use tract_core::ops::math::max;
     let build = |group: usize, shared: bool| {
@@ -150,23 +153,40 @@ fn only_private_clamps_and_true_depthwise_convolutions_are_taken() {
         m
     };
     let mut depthwise = build(4, false);
-    assert_eq!(use_depthwise(&mut depthwise).unwrap(), 1);
+    assert_eq!(use_direct_conv(&mut depthwise).unwrap(), 1);
     let op = depthwise
         .nodes()
         .iter()
-        .find_map(|n| n.op_as::<Depthwise>())
+        .find_map(|n| n.op_as::<DirectConv>())
         .unwrap();
     assert_eq!(op.clamp, Some((0.0, f32::INFINITY)));
     assert_eq!(ops(&depthwise, "Max"), 0);
     // The convolution's own output is read by the graph too: the clamp stays outside.
     let mut shared = build(4, true);
-    assert_eq!(use_depthwise(&mut shared).unwrap(), 1);
+    assert_eq!(use_direct_conv(&mut shared).unwrap(), 1);
     let op = shared
         .nodes()
         .iter()
-        .find_map(|n| n.op_as::<Depthwise>())
+        .find_map(|n| n.op_as::<DirectConv>())
         .unwrap();
     assert_eq!(op.clamp, None);
-    let mut grouped = build(2, false);
-    assert_eq!(use_depthwise(&mut grouped).unwrap(), 0);
+    let mut dense = build(1, false);
+    assert_eq!(use_direct_conv(&mut dense).unwrap(), 0);
+    let theirs = build(2, false);
+    let mut ours = theirs.clone();
+    assert_eq!(use_direct_conv(&mut ours).unwrap(), 1);
+    let input = Tensor::from_shape(&[1, 4, 9, 9], &noise(4 * 81, 3, 2.0)).unwrap();
+    let (theirs, ours) = (
+        run(theirs.into_optimized().unwrap(), &input),
+        run(ours.into_optimized().unwrap(), &input),
+    );
+    let (want, got) = (
+        theirs.to_plain_array_view::<f32>().unwrap(),
+        ours.to_plain_array_view::<f32>().unwrap(),
+    );
+    let worst = want
+        .iter()
+        .zip(got.iter())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst < 1e-5, "{worst}");
 }
