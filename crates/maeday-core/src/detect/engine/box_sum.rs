@@ -11,6 +11,8 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{PaddingSpec, SumPool};
 use tract_core::ops::nn::DataFormat;
 
+use super::simd;
+
 /// Sums over a `kernel`-sized window, stride 1, over the last two axes of `[.., H, W]`
 /// (f32), with `pad` zero rows / columns before and after; `normalize` divides by the
 /// window's size, or with `!count_include_pad` by its taps inside the input.
@@ -81,7 +83,7 @@ impl EvalOp for BoxSum {
                 let planes = from.chunks_exact(hw[0] * hw[1]);
                 let divisors = self.divisors(hw, o);
                 for (plane, dst) in planes.zip(to.chunks_exact_mut(o[0] * o[1])) {
-                    self.plane(plane, hw, o, divisors.as_deref(), dst);
+                    simd::vectorised(|| self.plane(plane, hw, o, divisors.as_deref(), dst));
                 }
             }
         }
@@ -125,6 +127,7 @@ impl BoxSum {
 
     /// One plane: each row's window sums (the row copied between zero pads, then the
     /// kernel's shifted copies added), then the columns' sums of those, then the divisors.
+    #[inline(always)]
     fn plane(
         &self,
         plane: &[f32],

@@ -16,6 +16,8 @@ use tract_core::internal::*;
 use tract_core::ops::nn::resize::AxisPlan;
 use tract_core::ops::nn::Resize;
 
+use super::simd;
+
 /// Resampling of the last two axes of `[.., H, W]` (f32) by tract's plans for each.
 #[derive(Clone, Debug)]
 pub struct Resample {
@@ -55,6 +57,7 @@ impl Resample {
 
     /// One plane `[H, W]` into `[H', W']`: rows, then columns; a tap of weight 0 is
     /// skipped and an extrapolated output is 0, as in tract.
+    #[inline(always)]
     fn plane(&self, plane: &[f32], rows: &mut [f32], dst: &mut [f32]) {
         let ([h_out, w_out], w) = (self.output(), self.input[1]);
         let (p, q) = (&self.plans[0], &self.plans[1]);
@@ -127,7 +130,7 @@ impl EvalOp for Resample {
             let mut rows = vec![0f32; ho * w];
             let planes = from.as_slice::<f32>()?.chunks_exact(h * w);
             for (plane, dst) in planes.zip(to.as_slice_mut::<f32>()?.chunks_exact_mut(ho * wo)) {
-                self.plane(plane, &mut rows, dst);
+                simd::vectorised(|| self.plane(plane, &mut rows, dst));
             }
         }
         Ok(tvec!(out.into_tvalue()))

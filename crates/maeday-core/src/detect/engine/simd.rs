@@ -36,6 +36,25 @@ pub fn fast_on_this_cpu() -> bool {
     }
 }
 
+/// Run `f` compiled for AVX2 where the CPU has it (x86-64): plain loops inlined into it
+/// are vectorised 8 lanes wide instead of SSE2's 4. The arithmetic is the same (Rust never
+/// fuses a multiply and an add on its own), so results do not depend on the CPU.
+#[inline(always)]
+pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 /// Eight lanes in a plain array: any CPU, as fast as the compiler makes it.
 #[derive(Clone, Copy)]
 pub struct Portable([f32; W]);

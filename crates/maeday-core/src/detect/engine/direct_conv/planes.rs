@@ -172,9 +172,17 @@ impl Scratch {
         let (even_end, odd_end) = (row(left % 2) + self.width, row((left + 1) % 2) + self.width);
         let data = self.data.as_mut_ptr();
         let mut m = 0;
-        while 2 * m + 2 * W <= src.len() && even_at + m + W <= even_end && odd_at + m + W <= odd_end
-        {
-            let (even, odd) = V::load_pairs(src.as_ptr().add(2 * m));
+        while 2 * m < src.len() && even_at + m + W <= even_end && odd_at + m + W <= odd_end {
+            let rest = src.len() - 2 * m;
+            let (even, odd) = if rest >= 2 * W {
+                V::load_pairs(src.as_ptr().add(2 * m))
+            } else {
+                // The row's last columns, then zeros: past the input, each phase holds the
+                // right padding's zeros anyway.
+                let mut last = [0f32; 2 * W];
+                last[..rest].copy_from_slice(&src[2 * m..]);
+                V::load_pairs(last.as_ptr())
+            };
             even.store(data.add(even_at + m));
             odd.store(data.add(odd_at + m));
             m += W;
@@ -259,20 +267,26 @@ struct Run<'a> {
 }
 
 /// One output plane (`o` = rows, columns) in runs of 4 rows x 16 columns (8 independent
-/// sums: enough to keep the FMA units busy), then narrower and shorter runs at the edges;
+/// sums: enough to keep the FMA units busy), then narrower and shorter runs (2 rows, then 1)
+/// at the edges;
 /// the last columns of a row that are not a whole vector go through a buffer.
 #[inline(always)]
 unsafe fn output_plane<V: Vector>(s: &Scratch, run: &Run, o: [usize; 2], dst: &mut [f32]) {
     let [ho, wo] = o;
     let mut y = 0;
     while y < ho {
-        let rows = if ho - y >= 4 { 4 } else { 1 };
+        let rows = match ho - y {
+            4.. => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
         let base = s.data.as_ptr().add(y * run.row_step);
         let out = dst.as_mut_ptr().add(y * wo);
         let mut x = 0;
         while x + 2 * W <= wo {
             match rows {
                 4 => tile::<V, 4, 2>(base.add(x), run, out.add(x), wo),
+                2 => tile::<V, 2, 2>(base.add(x), run, out.add(x), wo),
                 _ => tile::<V, 1, 2>(base.add(x), run, out.add(x), wo),
             }
             x += 2 * W;
@@ -280,6 +294,7 @@ unsafe fn output_plane<V: Vector>(s: &Scratch, run: &Run, o: [usize; 2], dst: &m
         while x + W <= wo {
             match rows {
                 4 => tile::<V, 4, 1>(base.add(x), run, out.add(x), wo),
+                2 => tile::<V, 2, 1>(base.add(x), run, out.add(x), wo),
                 _ => tile::<V, 1, 1>(base.add(x), run, out.add(x), wo),
             }
             x += W;
@@ -288,6 +303,7 @@ unsafe fn output_plane<V: Vector>(s: &Scratch, run: &Run, o: [usize; 2], dst: &m
             let mut tail = [0f32; 4 * W];
             match rows {
                 4 => tile::<V, 4, 1>(base.add(x), run, tail.as_mut_ptr(), W),
+                2 => tile::<V, 2, 1>(base.add(x), run, tail.as_mut_ptr(), W),
                 _ => tile::<V, 1, 1>(base.add(x), run, tail.as_mut_ptr(), W),
             }
             for r in 0..rows {
