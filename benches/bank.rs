@@ -5,10 +5,11 @@
 //! - the same search as a plain double loop, on the smaller banks, for the speed-up of
 //!   the vectorised form;
 //! - the extractor (EfficientNet-Lite0), which every bank size pays once: tract against
-//!   ONNX Runtime (feature `ort`) on the same graph, same threads, at 1 and 2 threads.
+//!   ONNX Runtime (feature `ort`) on the same graph, same threads, at 1 and 2 threads, and
+//!   tract with its own convolution, pooling and resize ops instead of ours.
 //!
 //! `cargo bench --bench bank`; the summary prints ms per frame and ratios to the smallest
-//! bank from this one run.
+//! bank from this one run, then (feature `ort`) the extractor interleaved with ONNX Runtime.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use tract_onnx::tract_core::prelude::multithread;
 
 use maeday_edge::bank::features::FeatureExtractor;
 use maeday_edge::bank::memory::{Features, MemoryBank};
-use maeday_edge::detect::engine::{select_cpu_kernels, CpuKernels};
+use maeday_edge::detect::engine::{keep_freed_buffers, select_cpu_kernels, CpuKernels};
 use maeday_edge::model::bundled::default_extractor_dir;
 
 const DIM: usize = 152;
@@ -81,6 +82,10 @@ fn knn(c: &mut Criterion) {
 fn extractor(c: &mut Criterion) {
     let dir = default_extractor_dir();
     let ex = FeatureExtractor::open(&dir).unwrap();
+    // The same graph with tract's own convolution, pooling and resize ops.
+    std::env::set_var("MAEDAY_TRACT_CNN_OPS", "tract");
+    let theirs = FeatureExtractor::open(&dir).unwrap();
+    std::env::remove_var("MAEDAY_TRACT_CNN_OPS");
     let image: Vec<f32> = (0..3 * 224 * 224)
         .map(|i| (i % 251) as f32 / 251.0)
         .collect();
@@ -90,6 +95,13 @@ fn extractor(c: &mut Criterion) {
         group.bench_function(format!("{}-t{t}", tract_label()), |b| {
             b.iter(|| {
                 multithread::multithread_tract_scope(pool.clone(), || ex.features(&image).unwrap())
+            })
+        });
+        group.bench_function(format!("{}-tract-ops-t{t}", tract_label()), |b| {
+            b.iter(|| {
+                multithread::multithread_tract_scope(pool.clone(), || {
+                    theirs.features(&image).unwrap()
+                })
             })
         });
         #[cfg(feature = "ort")]
@@ -157,6 +169,88 @@ fn summary() {
             (Some(a), None) => println!("extractor x{t}: {} {a:.2} ms", tract_label()),
             _ => {}
         }
+        let own = mean_ms(&dir, &format!("extractor/{}-tract-ops-t{t}", tract_label()));
+        if let (Some(a), Some(own)) = (a, own) {
+            println!(
+                "  with tract's own conv/pool/resize ops: {own:.2} ms (ours / tract's {:.2})",
+                a / own
+            );
+        }
+    }
+}
+
+/// The extractor in tract (with our ops, and with tract's own) and in ONNX Runtime taking
+/// turns window by window, same graph and threads (`MAEDAY_BENCH_ROUNDS` rounds, default
+/// 31; 0 skips): medians, and the medians of each round's ratios to ONNX Runtime with their
+/// spread. Taking turns cancels most of the load that other processes put on a shared
+/// machine, which criterion's blocks of one engine do not.
+#[cfg(feature = "ort")]
+fn interleaved() {
+    use std::time::Instant;
+    let rounds: usize = std::env::var("MAEDAY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(31);
+    if rounds == 0 {
+        return;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0f64, f64::max);
+        format!("[{lo:.2}-{hi:.2}]")
+    };
+    println!("\n== extractor taking turns, {rounds} rounds: medians; ratios to onnxruntime, median [min-max] ==");
+    let dir = default_extractor_dir();
+    let ours = FeatureExtractor::open(&dir).unwrap();
+    std::env::set_var("MAEDAY_TRACT_CNN_OPS", "tract");
+    let theirs = FeatureExtractor::open(&dir).unwrap();
+    std::env::remove_var("MAEDAY_TRACT_CNN_OPS");
+    let image: Vec<f32> = (0..3 * 224 * 224)
+        .map(|i| (i % 251) as f32 / 251.0)
+        .collect();
+    for t in [1usize, 2] {
+        let pool = multithread::Executor::multithread(t);
+        let graph = dir.join("efficientnet-lite0-patches.onnx");
+        let mut ort = maeday_edge::detect::engine::OrtGraph::open(&graph, &[1, 3, 224, 224], t)
+            .expect("ONNX Runtime (set ORT_DYLIB_PATH)");
+        let mut out = Vec::new();
+        let timed = |ex: &FeatureExtractor| {
+            let t0 = Instant::now();
+            multithread::multithread_tract_scope(pool.clone(), || ex.features(&image).unwrap());
+            t0.elapsed().as_secs_f64() * 1e3
+        };
+        // One warm-up run of each.
+        timed(&ours);
+        timed(&theirs);
+        ort.run(&image, &mut out).unwrap();
+        let mut ms = [Vec::new(), Vec::new(), Vec::new()];
+        let mut ratios = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            let (a, b) = (timed(&ours), timed(&theirs));
+            let t0 = Instant::now();
+            ort.run(&image, &mut out).unwrap();
+            let c = t0.elapsed().as_secs_f64() * 1e3;
+            for (v, x) in ms.iter_mut().zip([a, b, c]) {
+                v.push(x);
+            }
+            ratios[0].push(a / c);
+            ratios[1].push(b / c);
+        }
+        let [a, b, c] = ms.each_mut().map(&median);
+        let [ra, rb] = ratios.each_mut().map(|v| (spread(v), median(v)));
+        println!(
+            "extractor x{t}: {} {a:.2} ms (tract/ort {:.2} {}), with tract's own ops {b:.2} ms \
+             ({:.2} {}), onnxruntime {c:.2} ms",
+            tract_label(),
+            ra.1,
+            ra.0,
+            rb.1,
+            rb.0
+        );
     }
 }
 
@@ -167,8 +261,13 @@ fn main() {
         .measurement_time(Duration::from_secs(4))
         .configure_from_args();
     tract_label();
+    // As in the daemon, whose engine does this before the bank's extractor plans (the
+    // default `model.keep_freed_buffers`); it applies to ONNX Runtime too (same process).
+    println!("heap: {}", keep_freed_buffers());
     knn(&mut c);
     extractor(&mut c);
     c.final_summary();
     summary();
+    #[cfg(feature = "ort")]
+    interleaved();
 }

@@ -128,12 +128,17 @@ impl FeatureExtractor {
             .with_input_fact(0, f32::fact([1, 3, s, s]).into())?
             .into_typed()?
             .into_decluttered()?;
-        let n = [
-            use_direct_conv(&mut typed)?,
-            use_box_sum(&mut typed)?,
-            use_resample(&mut typed)?,
-        ];
-        log::debug!("the extractor's convolutions, box sums, resizes run as ours: {n:?}");
+        // Our ops for what tract runs slowly here (see `detect::engine::direct_conv`).
+        // `MAEDAY_TRACT_CNN_OPS=tract` keeps tract's own: a switch for side-by-side
+        // benchmarks (`benches/bank.rs`), not a setting.
+        if std::env::var_os("MAEDAY_TRACT_CNN_OPS").is_none_or(|v| v != "tract") {
+            let n = [
+                use_direct_conv(&mut typed)?,
+                use_box_sum(&mut typed)?,
+                use_resample(&mut typed)?,
+            ];
+            log::debug!("the extractor's convolutions, box sums, resizes run as ours: {n:?}");
+        }
         let plan = typed
             .into_optimized()
             .context("optimisation failed")?

@@ -33,6 +33,7 @@ pub use self::api::{
 };
 pub use self::box_sum::use_box_sum;
 pub use self::direct_conv::use_direct_conv;
+pub use self::heap::{keep_freed_buffers, HeapTuning};
 pub use self::kernels::{CpuKernels, Family, KernelChoice};
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;

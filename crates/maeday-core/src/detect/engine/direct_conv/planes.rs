@@ -50,36 +50,38 @@ pub struct Filters<'a> {
     pub clamp: Option<(f32, f32)>,
 }
 
-/// Convolve `input` (`[batch, inputs, rows, cols]`) into `out` (`[batch, outputs, output
-/// rows, output columns]`). The caller checks the sizes ([`Window::output`], the channels
-/// divide into the groups, one kernel per output and input of its group); wrong sizes
-/// panic.
+/// Convolve `input` (`[batch, inputs, rows, cols]`) into output planes `first..` of
+/// `[batch, outputs, output rows, output columns]`: `out` holds whole planes from plane
+/// `first` on (all of them from 0, or a share for one thread). The caller checks the sizes
+/// ([`Window::output`], the channels divide into the groups, one kernel per output and
+/// input of its group); wrong sizes panic.
 pub fn convolve(
     input: &[f32],
     inputs: usize,
     hw: [usize; 2],
     window: Window,
     f: &Filters,
+    first: usize,
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         if simd::fast_on_this_cpu() {
             // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { convolve_avx2(input, inputs, hw, window, f, out) };
+            unsafe { convolve_avx2(input, inputs, hw, window, f, first, out) };
             return;
         }
     }
     #[cfg(target_arch = "aarch64")]
     {
         // SAFETY: NEON is part of the aarch64 baseline.
-        unsafe { convolve_with::<simd::Neon>(input, inputs, hw, window, f, out) };
+        unsafe { convolve_with::<simd::Neon>(input, inputs, hw, window, f, first, out) };
         return;
     }
     #[allow(unreachable_code)]
     // SAFETY: plain Rust arithmetic.
     unsafe {
-        convolve_with::<simd::Portable>(input, inputs, hw, window, f, out)
+        convolve_with::<simd::Portable>(input, inputs, hw, window, f, first, out)
     }
 }
 
@@ -91,9 +93,10 @@ unsafe fn convolve_avx2(
     hw: [usize; 2],
     window: Window,
     f: &Filters,
+    first: usize,
     out: &mut [f32],
 ) {
-    convolve_with::<simd::Avx2>(input, inputs, hw, window, f, out)
+    convolve_with::<simd::Avx2>(input, inputs, hw, window, f, first, out)
 }
 
 /// The scratch of a group's input planes: per plane, `stride` column phases of `rows`
@@ -220,6 +223,7 @@ unsafe fn convolve_with<V: Vector>(
     hw: [usize; 2],
     window: Window,
     f: &Filters,
+    first: usize,
     out: &mut [f32],
 ) {
     let (outputs, groups) = (f.bias.len(), f.groups);
@@ -229,28 +233,33 @@ unsafe fn convolve_with<V: Vector>(
     let taps = per_in * window.kernel[0] * window.kernel[1];
     let o = window.output(hw).expect("a kernel that fits");
     let (in_len, out_len) = (hw[0] * hw[1], o[0] * o[1]);
-    assert!(f.taps.len() == outputs * taps && in_len > 0);
+    assert!(f.taps.len() == outputs * taps && in_len > 0 && out_len > 0);
     assert!(input.len().is_multiple_of(in_len * inputs));
     let batch = input.len() / (in_len * inputs);
-    assert_eq!(out.len(), batch * outputs * out_len);
+    assert!(out.len().is_multiple_of(out_len));
+    assert!(first + out.len() / out_len <= batch * outputs);
     let mut scratch = Scratch::new(o, window, per_in);
     let offsets = scratch.offsets(window, per_in);
-    for (b, g) in (0..batch).flat_map(|b| (0..groups).map(move |g| (b, g))) {
-        for q in 0..per_in {
-            let c = b * inputs + g * per_in + q;
-            scratch.fill::<V>(q, &input[c * in_len..][..in_len], hw, window);
+    // The (batch, group) whose input planes the scratch holds.
+    let mut filled = None;
+    for (p, dst) in (first..).zip(out.chunks_exact_mut(out_len)) {
+        let (b, oc) = (p / outputs, p % outputs);
+        let g = oc / per_out;
+        if filled != Some((b, g)) {
+            for q in 0..per_in {
+                let c = b * inputs + g * per_in + q;
+                scratch.fill::<V>(q, &input[c * in_len..][..in_len], hw, window);
+            }
+            filled = Some((b, g));
         }
-        for oc in g * per_out..(g + 1) * per_out {
-            let run = Run {
-                offsets: &offsets,
-                taps: &f.taps[oc * taps..][..taps],
-                bias: f.bias[oc],
-                clamp: f.clamp,
-                row_step: window.stride[0] * scratch.width,
-            };
-            let dst = &mut out[(b * outputs + oc) * out_len..][..out_len];
-            output_plane::<V>(&scratch, &run, o, dst);
-        }
+        let run = Run {
+            offsets: &offsets,
+            taps: &f.taps[oc * taps..][..taps],
+            bias: f.bias[oc],
+            clamp: f.clamp,
+            row_step: window.stride[0] * scratch.width,
+        };
+        output_plane::<V>(&scratch, &run, o, dst);
     }
 }
 
@@ -438,7 +447,7 @@ mod tests {
                     };
                     let want = naive(&input, inputs, hw, w, &f);
                     let mut got = vec![f32::NAN; batch * outputs * o[0] * o[1]];
-                    convolve(&input, inputs, hw, w, &f, &mut got);
+                    convolve(&input, inputs, hw, w, &f, 0, &mut got);
                     let e = worst(&got, &want);
                     let case = format!("{w:?} on {hw:?}, {inputs} -> {outputs} / {groups}");
                     assert!(e < 1e-4, "{case}, clamp {clamp:?}: {e}");
@@ -446,10 +455,18 @@ mod tests {
                     let mut portable = vec![f32::NAN; got.len()];
                     // SAFETY: plain Rust arithmetic.
                     unsafe {
-                        convolve_with::<simd::Portable>(&input, inputs, hw, w, &f, &mut portable)
+                        convolve_with::<simd::Portable>(&input, inputs, hw, w, &f, 0, &mut portable)
                     };
                     let e = worst(&portable, &want);
                     assert!(e < 1e-4, "portable, {case}: {e}");
+                    // Split into shares of planes (as threads run it): the same floats.
+                    let plane = o[0] * o[1];
+                    let mut shares = vec![f32::NAN; got.len()];
+                    let split = (got.len() / plane / 3).max(1) * plane;
+                    for (i, share) in shares.chunks_mut(split).enumerate() {
+                        convolve(&input, inputs, hw, w, &f, i * split / plane, share);
+                    }
+                    assert_eq!(shares, got, "shares, {case}");
                 }
             }
         }

@@ -92,7 +92,20 @@ fn the_extractor_runs_our_ops_with_the_same_features() {
         .map(|v| v + 0.5)
         .collect();
     let input = Tensor::from_shape(&[1, 3, 224, 224], &pixels).unwrap();
+    // Our ops in a 2-thread tract scope (each takes a share of the output planes).
+    let pool = tract_linalg::multithread::Executor::multithread(2);
+    let plan = ours.clone().into_runnable().unwrap();
+    let threaded = tract_linalg::multithread::multithread_tract_scope(pool, || {
+        plan.run(tvec!(input.clone().into_tvalue())).unwrap()[0]
+            .clone()
+            .into_tensor()
+    });
     let (want, got) = (run(theirs, &input), run(ours, &input));
+    assert_eq!(
+        threaded.to_plain_array_view::<f32>().unwrap(),
+        got.to_plain_array_view::<f32>().unwrap(),
+        "2 threads"
+    );
     let (want, got) = (
         want.to_plain_array_view::<f32>().unwrap(),
         got.to_plain_array_view::<f32>().unwrap(),
