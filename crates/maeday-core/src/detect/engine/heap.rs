@@ -127,13 +127,19 @@ mod tests {
             }
             std::hint::black_box(&v);
         };
-        touch();
-        let before = minor_faults();
-        touch();
-        let faults = minor_faults() - before;
+        // Other tests run in threads that may share this thread's arena and take the freed
+        // chunk in between (seen under qemu); one clean reuse in five tries shows the
+        // setting works. With glibc's defaults every try maps fresh pages.
+        let mut fewest = i64::MAX;
+        for _ in 0..5 {
+            touch();
+            let before = minor_faults();
+            touch();
+            fewest = fewest.min(minor_faults() - before);
+        }
         assert!(
-            faults < 1000,
-            "a reused 24 MiB buffer cost {faults} page faults (6,144 pages if fresh)"
+            fewest < 1000,
+            "a reused 24 MiB buffer cost {fewest} page faults (6,144 pages if fresh)"
         );
     }
 
