@@ -108,9 +108,18 @@ mod tests {
     /// After tuning, a freed 24 MiB buffer stays in the heap, so allocating it again touches
     /// no fresh pages; glibc's default serves it from a fresh mmap each time (checked through
     /// the kernel's count of this thread's minor page faults, which the second allocation
-    /// must not raise by the buffer's 6,000 pages).
+    /// must not raise by the buffer's 6,144 pages).
+    ///
+    /// It needs a process of its own, so it is ignored in the suite and run alone by
+    /// `.ci/run` and `cross/qemu-test.sh` (`cargo test -p maeday-core --lib -- --ignored
+    /// heap::`): among other tests glibc's state is not its own. Their frees raise its
+    /// dynamic mmap threshold for the whole process (then a buffer is reused without the
+    /// setting too), and their threads leave arena heaps (64 MiB at most each) that this
+    /// test's thread may reuse, too full for 24 MiB (then it is mapped with the setting too:
+    /// seen in CI under qemu).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
+    #[ignore = "needs a process of its own: cargo test -p maeday-core --lib -- --ignored heap::"]
     fn freed_buffers_are_reused_without_page_faults() {
         assert!(matches!(keep_freed_buffers(), HeapTuning::Kept { .. }));
         assert_eq!(
@@ -127,19 +136,13 @@ mod tests {
             }
             std::hint::black_box(&v);
         };
-        // Other tests run in threads that may share this thread's arena and take the freed
-        // chunk in between (seen under qemu); one clean reuse in five tries shows the
-        // setting works. With glibc's defaults every try maps fresh pages.
-        let mut fewest = i64::MAX;
-        for _ in 0..5 {
-            touch();
-            let before = minor_faults();
-            touch();
-            fewest = fewest.min(minor_faults() - before);
-        }
+        touch();
+        let before = minor_faults();
+        touch();
+        let faults = minor_faults() - before;
         assert!(
-            fewest < 1000,
-            "a reused 24 MiB buffer cost {fewest} page faults (6,144 pages if fresh)"
+            faults < 1000,
+            "a reused 24 MiB buffer cost {faults} page faults (6,144 pages if fresh)"
         );
     }
 
