@@ -77,18 +77,24 @@ fn knn(c: &mut Criterion) {
     group.finish();
 }
 
-/// The extractor graph in tract (as served: the feature rows included) and in ONNX Runtime
-/// (feature `ort`), same graph, same threads, at 1 and 2 threads.
-fn extractor(c: &mut Criterion) {
+/// The shipped extractor's folder, the extractor as served (our ops) and with tract's own
+/// convolution, pooling and resize ops, and one 224 window to run them on.
+fn extractors() -> (PathBuf, FeatureExtractor, FeatureExtractor, Vec<f32>) {
     let dir = default_extractor_dir();
-    let ex = FeatureExtractor::open(&dir).unwrap();
-    // The same graph with tract's own convolution, pooling and resize ops.
+    let ours = FeatureExtractor::open(&dir).unwrap();
     std::env::set_var("MAEDAY_TRACT_CNN_OPS", "tract");
     let theirs = FeatureExtractor::open(&dir).unwrap();
     std::env::remove_var("MAEDAY_TRACT_CNN_OPS");
-    let image: Vec<f32> = (0..3 * 224 * 224)
+    let image = (0..3 * 224 * 224)
         .map(|i| (i % 251) as f32 / 251.0)
         .collect();
+    (dir, ours, theirs, image)
+}
+
+/// The extractor graph in tract (as served: the feature rows included) and in ONNX Runtime
+/// (feature `ort`), same graph, same threads, at 1 and 2 threads.
+fn extractor(c: &mut Criterion) {
+    let (dir, ex, theirs, image) = extractors();
     let mut group = c.benchmark_group("extractor");
     for t in [1usize, 2] {
         let pool = multithread::Executor::multithread(t);
@@ -204,14 +210,7 @@ fn interleaved() {
         format!("[{lo:.2}-{hi:.2}]")
     };
     println!("\n== extractor taking turns, {rounds} rounds: medians; ratios to onnxruntime, median [min-max] ==");
-    let dir = default_extractor_dir();
-    let ours = FeatureExtractor::open(&dir).unwrap();
-    std::env::set_var("MAEDAY_TRACT_CNN_OPS", "tract");
-    let theirs = FeatureExtractor::open(&dir).unwrap();
-    std::env::remove_var("MAEDAY_TRACT_CNN_OPS");
-    let image: Vec<f32> = (0..3 * 224 * 224)
-        .map(|i| (i % 251) as f32 / 251.0)
-        .collect();
+    let (dir, ours, theirs, image) = extractors();
     for t in [1usize, 2] {
         let pool = multithread::Executor::multithread(t);
         let graph = dir.join("efficientnet-lite0-patches.onnx");

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use crate::bank::memory::Features;
-use crate::detect::engine::{use_box_sum, use_direct_conv, use_resample};
+use crate::detect::engine::use_cnn_ops;
 
 /// `extractor.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -132,11 +132,7 @@ impl FeatureExtractor {
         // `MAEDAY_TRACT_CNN_OPS=tract` keeps tract's own: a switch for side-by-side
         // benchmarks (`benches/bank.rs`), not a setting.
         if std::env::var_os("MAEDAY_TRACT_CNN_OPS").is_none_or(|v| v != "tract") {
-            let n = [
-                use_direct_conv(&mut typed)?,
-                use_box_sum(&mut typed)?,
-                use_resample(&mut typed)?,
-            ];
+            let n = use_cnn_ops(&mut typed)?;
             log::debug!("the extractor's convolutions, box sums, resizes run as ours: {n:?}");
         }
         let plan = typed

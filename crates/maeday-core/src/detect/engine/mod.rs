@@ -31,16 +31,24 @@ pub use self::api::{
     native_f16, Backend, Engine, EngineKind, EngineOptions, GpuSettings, OrtSettings, Precision,
     Provider,
 };
-pub use self::box_sum::use_box_sum;
-pub use self::direct_conv::use_direct_conv;
 pub use self::heap::{keep_freed_buffers, HeapTuning};
 pub use self::kernels::{CpuKernels, Family, KernelChoice};
 #[cfg(feature = "ort")]
 pub use self::onnxruntime::OrtEngine;
 #[cfg(feature = "ort")]
 pub use self::ort_graph::OrtGraph;
-pub use self::resize::use_resample;
 pub use self::tract::{plan_op_counts, TractEngine};
+
+/// Our ops for the CNN pieces tract runs slowly ([`direct_conv`], [`box_sum`], [`resize`]),
+/// swapped into a decluttered model before tract optimises it; returns how many
+/// convolutions, box sums and resizes became ours.
+pub fn use_cnn_ops(model: &mut tract_core::internal::TypedModel) -> Result<[usize; 3]> {
+    Ok([
+        direct_conv::use_direct_conv(model)?,
+        box_sum::use_box_sum(model)?,
+        resize::use_resample(model)?,
+    ])
+}
 
 /// Choose tract's matmul kernel family for this process (see [`kernels`]); engines call it
 /// on load, a caller may call it earlier (e.g. before a memory bank's extractor plans).

@@ -36,11 +36,7 @@ fn extractor(rewrite: bool) -> (TypedModel, [usize; 3]) {
         .unwrap();
     let mut n = [0; 3];
     if rewrite {
-        n = [
-            use_direct_conv(&mut typed).unwrap(),
-            super::super::box_sum::use_box_sum(&mut typed).unwrap(),
-            super::super::resize::use_resample(&mut typed).unwrap(),
-        ];
+        n = super::super::use_cnn_ops(&mut typed).unwrap();
     }
     (typed.into_optimized().unwrap(), n)
 }
@@ -165,24 +161,23 @@ fn only_private_clamps_and_small_convolutions_are_taken() {
         m.select_output_outlets(&outs).unwrap();
         m
     };
+    let the_op = |m: &TypedModel| {
+        m.nodes()
+            .iter()
+            .find_map(|n| n.op_as::<DirectConv>())
+            .cloned()
+    };
     let mut depthwise = build(4, false);
     assert_eq!(use_direct_conv(&mut depthwise).unwrap(), 1);
-    let op = depthwise
-        .nodes()
-        .iter()
-        .find_map(|n| n.op_as::<DirectConv>())
-        .unwrap();
-    assert_eq!(op.clamp, Some((0.0, f32::INFINITY)));
+    assert_eq!(
+        the_op(&depthwise).unwrap().clamp,
+        Some((0.0, f32::INFINITY))
+    );
     assert_eq!(ops(&depthwise, "Max"), 0);
     // The convolution's own output is read by the graph too: the clamp stays outside.
     let mut shared = build(4, true);
     assert_eq!(use_direct_conv(&mut shared).unwrap(), 1);
-    let op = shared
-        .nodes()
-        .iter()
-        .find_map(|n| n.op_as::<DirectConv>())
-        .unwrap();
-    assert_eq!(op.clamp, None);
+    assert_eq!(the_op(&shared).unwrap().clamp, None);
     let mut dense = build(1, false);
     assert_eq!(use_direct_conv(&mut dense).unwrap(), 0);
     let theirs = build(2, false);
