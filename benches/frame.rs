@@ -3,6 +3,7 @@
 //!   all threads, N = 8 and 32, with the share of the FMA peak each reaches; on the shipped
 //!   graph and (`MAEDAY_BENCH_PLAIN_MODEL`) the same weights without the export rewrites;
 //!   `flash`: the shipped graph with tract's own flash attention instead of ours;
+//!   `matmul`: the shipped graph with tract's own matmuls instead of our linear layers;
 //! - tract's kernel family is one per process (`MAEDAY_BENCH_CPU_KERNELS`, default `auto`):
 //!   `benches/run.sh` runs one pass with tract's own choice and one with `auto`;
 //! - the two output kinds (reconstruction + Rust scoring vs anomaly map in the graph);
@@ -46,9 +47,14 @@ fn recon_model() -> Model {
 /// The graphs compared: the shipped one, and the same weights exported without the exact
 /// speed rewrites (`MAEDAY_BENCH_PLAIN_MODEL`, `export --plain`) or with every rewrite but
 /// the fused `Attention` nodes (`MAEDAY_BENCH_UNFUSED_MODEL`, `export --unfused-attention`);
-/// and `flash`, the shipped graph run with tract's flash-attention op (see [`tract_engine`]).
+/// and `flash` and `matmul`, the shipped graph run with tract's flash-attention op or its
+/// matmuls (see [`tract_engine`]).
 fn graphs() -> Vec<(&'static str, Model)> {
-    let mut g = vec![("default", recon_model()), ("flash", recon_model())];
+    let mut g = vec![
+        ("default", recon_model()),
+        ("flash", recon_model()),
+        ("matmul", recon_model()),
+    ];
     for (name, var) in [
         ("plain", "MAEDAY_BENCH_PLAIN_MODEL"),
         ("unfused", "MAEDAY_BENCH_UNFUSED_MODEL"),
@@ -99,15 +105,20 @@ fn tract_label() -> &'static str {
 }
 
 /// The tract engine for graph `g`: for `flash`, planned with tract's own flash-attention
-/// op (`MAEDAY_TRACT_FLASH_ATTENTION=1` while it plans), else with ours.
+/// op (`MAEDAY_TRACT_FLASH_ATTENTION=1` while it plans), for `matmul` with tract's own
+/// matmuls (`MAEDAY_TRACT_LINEAR=tract`), else with ours.
 fn tract_engine(g: &str, model: &Model, s: &MaskSchedule, opts: &EngineOptions) -> TractEngine {
-    let flash = g == "flash";
-    if flash {
-        std::env::set_var("MAEDAY_TRACT_FLASH_ATTENTION", "1");
+    let switch = match g {
+        "flash" => Some(("MAEDAY_TRACT_FLASH_ATTENTION", "1")),
+        "matmul" => Some(("MAEDAY_TRACT_LINEAR", "tract")),
+        _ => None,
+    };
+    if let Some((var, value)) = switch {
+        std::env::set_var(var, value);
     }
     let engine = TractEngine::new(model, s, opts).unwrap();
-    if flash {
-        std::env::remove_var("MAEDAY_TRACT_FLASH_ATTENTION");
+    if let Some((var, _)) = switch {
+        std::env::remove_var(var);
     }
     engine
 }
@@ -157,9 +168,10 @@ fn engines(c: &mut Criterion) {
                     |b| b.iter(|| tract.run(&image, &mut out).unwrap()),
                 );
                 drop(tract);
-                // `flash` is the shipped graph: ONNX Runtime runs it under `default`.
+                // `flash` and `matmul` are the shipped graph: ONNX Runtime runs it under
+                // `default`.
                 #[cfg(feature = "ort")]
-                if g != "flash" {
+                if g != "flash" && g != "matmul" {
                     let mut ort = maeday_edge::detect::engine::OrtEngine::new(
                         &model,
                         &s,

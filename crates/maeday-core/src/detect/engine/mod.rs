@@ -13,6 +13,7 @@ mod direct_conv;
 mod graph;
 mod heap;
 mod kernels;
+mod linear;
 #[cfg(feature = "ort")]
 mod onnxruntime;
 #[cfg(feature = "ort")]
@@ -20,6 +21,7 @@ mod ort_graph;
 mod permute;
 mod resize;
 mod row_norm;
+mod shares;
 mod simd;
 mod tract;
 #[cfg(any(feature = "tract-cuda", feature = "tract-cuda-12"))]

@@ -140,17 +140,21 @@ fn plan(graph: &Graph, masks: usize) -> Result<Plan> {
     typed.into_runnable()
 }
 
-/// tract's optimised model with our attention op in place of its flash attention (see
+/// tract's optimised model with our linear layers in place of its matmuls where they run
+/// fast (see [`super::linear`]; `MAEDAY_TRACT_LINEAR=tract` keeps tract's, a benchmark
+/// switch), our attention op in place of its flash attention (see
 /// [`super::attention`]), our row normalisation in place of its `RmsNorm` and the mean
 /// subtraction before it (see [`super::row_norm`]), and one copy for each pair of axis
 /// moves (see [`super::permute`]). `MAEDAY_TRACT_FLASH_ATTENTION=1` keeps tract's own
 /// attention: a switch for side-by-side benchmarks (`benches/before-after.sh`), not a
 /// setting.
 fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
-    let mut typed = graph
-        .typed(masks)?
-        .into_optimized()
-        .context("optimisation failed")?;
+    let mut typed = graph.typed(masks)?.into_decluttered()?;
+    if std::env::var_os("MAEDAY_TRACT_LINEAR").is_none_or(|v| v != "tract") {
+        let n = super::linear::use_linear(&mut typed)?;
+        log::debug!("{n} linear layers now run as ours");
+    }
+    let mut typed = typed.into_optimized().context("optimisation failed")?;
     if std::env::var_os("MAEDAY_TRACT_FLASH_ATTENTION").is_none_or(|v| v != "1") {
         let n = super::attention::use_head_attention(&mut typed)?;
         log::debug!("{n} flash-attention nodes now run as our head attention");

@@ -26,10 +26,10 @@ use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_core::ops::konst::Const;
 use tract_core::ops::math::{Max, Min};
 use tract_core::ops::nn::DataFormat;
-use tract_linalg::multithread::{current_tract_executor, Executor};
 
 pub use self::planes::Window;
 use self::planes::{convolve, Filters};
+use super::shares::in_shares;
 
 /// Taps per output (inputs per group x kernel size) up to which a convolution that is not
 /// depthwise runs as ours: the extractor's stem has 27. A matmul wins for more.
@@ -134,27 +134,6 @@ impl EvalOp for DirectConv {
         }
         Ok(tvec!(out.into_tvalue()))
     }
-}
-
-/// Run `work(first plane, planes)` over `out`'s planes (`plane` floats each): in one go, or,
-/// inside a multithreaded tract scope (`multithread_tract_scope`), in one contiguous share
-/// per thread of its pool. Each share is computed exactly as it would be alone.
-fn in_shares(out: &mut [f32], plane: usize, work: impl Fn(usize, &mut [f32]) + Sync) {
-    let planes = out.len() / plane.max(1);
-    if let Executor::MultiThread(pool) = current_tract_executor() {
-        let threads = pool.current_num_threads().min(planes);
-        if threads > 1 {
-            let per = planes.div_ceil(threads);
-            let work = &work;
-            pool.scope(|s| {
-                for (i, share) in out.chunks_mut(per * plane).enumerate() {
-                    s.spawn(move |_| work(i * per, share));
-                }
-            });
-            return;
-        }
-    }
-    work(0, out)
 }
 
 /// Replace every convolution [`DirectConv`] can run (f32, channels first, 2-D, no
