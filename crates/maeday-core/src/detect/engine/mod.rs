@@ -21,6 +21,7 @@ mod ort_graph;
 mod permute;
 mod resize;
 mod row_norm;
+mod scatter;
 mod shares;
 mod simd;
 mod tract;

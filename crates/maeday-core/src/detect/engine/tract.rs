@@ -145,7 +145,8 @@ fn plan(graph: &Graph, masks: usize) -> Result<Plan> {
 /// switch), our attention op in place of its flash attention (see
 /// [`super::attention`]), our row normalisation in place of its `RmsNorm` and the mean
 /// subtraction before it (see [`super::row_norm`]), and one copy for each pair of axis
-/// moves (see [`super::permute`]). `MAEDAY_TRACT_FLASH_ATTENTION=1` keeps tract's own
+/// moves (see [`super::permute`]), and our scatter (see [`super::scatter`]).
+/// `MAEDAY_TRACT_FLASH_ATTENTION=1` keeps tract's own
 /// attention: a switch for side-by-side benchmarks (`benches/before-after.sh`), not a
 /// setting.
 fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
@@ -163,6 +164,8 @@ fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
     log::debug!("{n} RmsNorm nodes now run as our row normalisation");
     let n = super::permute::fuse_moves(&mut typed)?;
     log::debug!("{n} pairs of axis moves now run as one permutation");
+    let n = super::scatter::use_scatter(&mut typed)?;
+    log::debug!("{n} scatters now run as ours");
     Ok(typed)
 }
 
