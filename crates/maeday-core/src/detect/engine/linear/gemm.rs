@@ -59,31 +59,83 @@ pub enum Then {
     Gelu,
 }
 
-/// `c[i] = a[i] w + bias` for the `rows` rows of `a` (`[rows, k]`) into `c` (`[rows, n]`),
+/// Where the rows of the product's left operand lie in `a`: `a` is `[groups, heads,
+/// per_group, k]`, and row `g * per_group + m` is `a[g, 0, m, ..]`, then `a[g, 1, m, ..]`, ...
+/// (an attention's heads before its output projection). A plain `[rows, k]` matrix is one
+/// head with one row per group ([`Rows::plain`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rows {
+    pub heads: usize,
+    pub per_group: usize,
+    /// Values per head.
+    pub k: usize,
+}
+
+impl Rows {
+    pub fn plain(k: usize) -> Rows {
+        Rows {
+            heads: 1,
+            per_group: 1,
+            k,
+        }
+    }
+
+    /// Rows in `len` values of `a`.
+    pub fn count(&self, len: usize) -> usize {
+        len / (self.heads * self.k).max(1)
+    }
+
+    /// Where row `r` starts (its first head).
+    fn start(&self, r: usize) -> usize {
+        let (g, m) = (r / self.per_group, r % self.per_group);
+        (g * self.heads * self.per_group + m) * self.k
+    }
+}
+
+/// `c[i] = a[i] w + bias` for rows `first..` of `a` (as many as `c`, `[rows, n]`, holds),
 /// then `then`, on this CPU's fastest [`simd::Vector`].
-pub fn gemm(a: &[f32], w: &Packed, bias: &[f32], then: Then, c: &mut [f32]) {
+pub fn gemm(
+    a: &[f32],
+    rows: Rows,
+    first: usize,
+    w: &Packed,
+    bias: &[f32],
+    then: Then,
+    c: &mut [f32],
+) {
+    check(a, rows, first, w, bias, c);
+    #[cfg(target_arch = "x86_64")]
+    if simd::fast_on_this_cpu() {
+        // SAFETY: the CPU has AVX2 and FMA; the lengths are checked above.
+        return unsafe { gemm_avx2(a, rows, first, w, bias, then, c) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is part of the aarch64 baseline; the lengths are checked above.
+    return unsafe { gemm_with::<simd::Neon>(a, rows, first, w, bias, then, c) };
+    #[allow(unreachable_code)]
+    // SAFETY: plain arrays; the lengths are checked above.
+    unsafe {
+        gemm_with::<simd::Portable>(a, rows, first, w, bias, then, c)
+    }
+}
+
+/// The sizes [`gemm`] relies on.
+fn check(a: &[f32], rows: Rows, first: usize, w: &Packed, bias: &[f32], c: &[f32]) {
     let (k, n) = (w.k, w.n);
-    let rows = a.len() / k.max(1);
+    let all = rows.count(a.len());
+    let ours = c.len() / n.max(1);
     assert!(
-        a.len() == rows * k && c.len() == rows * n && bias.len() == n,
-        "gemm: a {} values, c {}, bias {}, for k = {k}, n = {n}",
+        rows.heads * rows.k == k
+            && a.len() == all * k
+            && all.is_multiple_of(rows.per_group.max(1))
+            && c.len() == ours * n
+            && first + ours <= all
+            && bias.len() == n,
+        "gemm: a {} values as {rows:?}, rows {first}.. into c {}, bias {}, for k = {k}, n = {n}",
         a.len(),
         c.len(),
         bias.len()
     );
-    #[cfg(target_arch = "x86_64")]
-    if simd::fast_on_this_cpu() {
-        // SAFETY: the CPU has AVX2 and FMA; the lengths are checked above.
-        return unsafe { gemm_avx2(a, w, bias, then, c) };
-    }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: NEON is part of the aarch64 baseline; the lengths are checked above.
-    return unsafe { gemm_with::<simd::Neon>(a, w, bias, then, c) };
-    #[allow(unreachable_code)]
-    // SAFETY: plain arrays; the lengths are checked above.
-    unsafe {
-        gemm_with::<simd::Portable>(a, w, bias, then, c)
-    }
 }
 
 /// [`gemm`] on the lanes `V` (tests compare every lane type).
@@ -93,48 +145,64 @@ pub fn gemm(a: &[f32], w: &Packed, bias: &[f32], then: Then, c: &mut [f32]) {
 #[cfg(test)]
 pub unsafe fn gemm_on<V: simd::Vector>(
     a: &[f32],
+    rows: Rows,
     w: &Packed,
     bias: &[f32],
     then: Then,
     c: &mut [f32],
 ) {
-    let rows = a.len() / w.k.max(1);
-    assert!(a.len() == rows * w.k && c.len() == rows * w.n && bias.len() == w.n);
-    gemm_with::<V>(a, w, bias, then, c)
+    check(a, rows, 0, w, bias, c);
+    gemm_with::<V>(a, rows, 0, w, bias, then, c)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_avx2(a: &[f32], w: &Packed, bias: &[f32], then: Then, c: &mut [f32]) {
-    gemm_with::<simd::Avx2>(a, w, bias, then, c)
-}
-
-/// # Safety
-/// `a` is `[rows, k]`, `c` `[rows, n]`, `bias` `[n]`; the CPU runs `V`'s instructions.
-#[inline(always)]
-unsafe fn gemm_with<V: simd::Vector>(
+unsafe fn gemm_avx2(
     a: &[f32],
+    rows: Rows,
+    first: usize,
     w: &Packed,
     bias: &[f32],
     then: Then,
     c: &mut [f32],
 ) {
-    let (k, n) = (w.k, w.n);
-    let rows = c.len() / n.max(1);
-    for first in (0..rows).step_by(BLOCK_ROWS) {
-        let block = BLOCK_ROWS.min(rows - first);
+    gemm_with::<simd::Avx2>(a, rows, first, w, bias, then, c)
+}
+
+/// # Safety
+/// As [`check`]ed; the CPU runs `V`'s instructions.
+#[inline(always)]
+unsafe fn gemm_with<V: simd::Vector>(
+    a: &[f32],
+    rows: Rows,
+    first: usize,
+    w: &Packed,
+    bias: &[f32],
+    then: Then,
+    c: &mut [f32],
+) {
+    let n = w.n;
+    let count = c.len() / n.max(1);
+    for start in (0..count).step_by(BLOCK_ROWS) {
+        let block = BLOCK_ROWS.min(count - start);
         let mut panel = w.values.as_ptr();
         for (j, width) in panels(n) {
-            for i in (first..first + block).step_by(R) {
+            for i in (start..start + block).step_by(R) {
+                let r = R.min(start + block - i);
+                let mut from = [a.as_ptr(); R];
+                for (m, from) in from.iter_mut().enumerate().take(r) {
+                    *from = a.as_ptr().add(rows.start(first + i + m));
+                }
                 let tile = Tile {
-                    a: a.as_ptr().add(i * k),
-                    k,
+                    a: from,
+                    heads: rows.heads,
+                    head_stride: rows.per_group * rows.k,
+                    k: rows.k,
                     w: panel,
                     c: c.as_mut_ptr().add(i * n + j),
                     n,
                     bias: bias.as_ptr().add(j),
                 };
-                let r = R.min(first + block - i);
                 match (r, width == P) {
                     (6, true) => tile.run::<V, 6, 2>(),
                     (5, true) => tile.run::<V, 5, 2>(),
@@ -150,20 +218,23 @@ unsafe fn gemm_with<V: simd::Vector>(
                     (_, false) => tile.run::<V, 1, 1>(),
                 }
             }
-            panel = panel.add(k * width);
+            panel = panel.add(w.k * width);
         }
         if then == Then::Gelu {
             // The block's rows, still in L2.
-            gelu_rows(&mut c[first * n..(first + block) * n]);
+            gelu_rows(&mut c[start * n..(start + block) * n]);
         }
     }
 }
 
-/// One tile: `M` rows of `a` from `a` (row stride `k`) times a panel of `N` vectors from
-/// `w` (`[k][N * W]`), plus `bias`, into `c` (row stride `n`).
+/// One tile: `M` rows of `a` from the pointers `a` (each row `heads` runs of `k` values,
+/// `head_stride` apart) times a panel of `N` vectors from `w` (`[heads * k][N * W]`), plus
+/// `bias`, into `c` (row stride `n`).
 #[derive(Clone, Copy)]
 struct Tile {
-    a: *const f32,
+    a: [*const f32; R],
+    heads: usize,
+    head_stride: usize,
     k: usize,
     w: *const f32,
     c: *mut f32,
@@ -183,19 +254,24 @@ impl Tile {
                 acc[m][v] = V::load(self.bias.add(v * W));
             }
         }
-        let (mut ap, mut wp) = (self.a, self.w);
-        for _ in 0..self.k {
-            let y0 = V::load(wp);
-            let y1 = if N > 1 { V::load(wp.add(W)) } else { y0 };
+        let mut wp = self.w;
+        for h in 0..self.heads {
+            let mut a = [self.a[0]; M];
             for m in 0..M {
-                let x = V::splat(*ap.add(m * self.k));
-                acc[m][0] = acc[m][0].mul_add(x, y0);
-                if N > 1 {
-                    acc[m][1] = acc[m][1].mul_add(x, y1);
-                }
+                a[m] = self.a[m].add(h * self.head_stride);
             }
-            ap = ap.add(1);
-            wp = wp.add(N * W);
+            for kk in 0..self.k {
+                let y0 = V::load(wp);
+                let y1 = if N > 1 { V::load(wp.add(W)) } else { y0 };
+                for m in 0..M {
+                    let x = V::splat(*a[m].add(kk));
+                    acc[m][0] = acc[m][0].mul_add(x, y0);
+                    if N > 1 {
+                        acc[m][1] = acc[m][1].mul_add(x, y1);
+                    }
+                }
+                wp = wp.add(N * W);
+            }
         }
         for m in 0..M {
             for v in 0..N {
@@ -245,108 +321,5 @@ fn gelu_in_place(xs: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Deterministic values in [-scale, scale).
-    fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
-
-    /// `erf` to 1e-8: its Taylor series for |x| < 3, and beyond, 1 minus the asymptotic
-    /// series of `erfc` (four terms).
-    fn erf64(x: f64) -> f64 {
-        if x.abs() >= 3.0 {
-            let (t, z) = (x.abs(), 1.0 / (2.0 * x * x));
-            let series = 1.0 - z + 3.0 * z * z - 15.0 * z * z * z;
-            let erfc = (-t * t).exp() / (t * std::f64::consts::PI.sqrt()) * series;
-            return (1.0 - erfc).copysign(x);
-        }
-        // erf x = 2/sqrt(pi) sum (-1)^n x^(2n+1) / (n! (2n+1))
-        let (mut term, mut sum) = (x, x);
-        for n in 1..200 {
-            term *= -x * x / n as f64;
-            sum += term / (2 * n + 1) as f64;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    }
-
-    fn definition(a: &[f32], w: &[f32], bias: &[f32], k: usize, n: usize, then: Then) -> Vec<f64> {
-        let rows = a.len() / k;
-        let mut c = vec![0f64; rows * n];
-        for i in 0..rows {
-            for j in 0..n {
-                let mut s = bias[j] as f64;
-                for q in 0..k {
-                    s += a[i * k + q] as f64 * w[q * n + j] as f64;
-                }
-                if then == Then::Gelu {
-                    s = s * 0.5 * (1.0 + erf64(s / 2f64.sqrt()));
-                }
-                c[i * n + j] = s;
-            }
-        }
-        c
-    }
-
-    fn check(run: impl Fn(&[f32], &Packed, &[f32], Then, &mut [f32]), lanes: &str) {
-        // The graph's shapes (rows cut short), and tails: rows not a multiple of 6 or of
-        // the block, a last panel of 8 columns, k = 1.
-        for (rows, k, n) in [
-            (100, 192, 768),
-            (61, 768, 192),
-            (97, 128, 512),
-            (13, 7, 24),
-            (5, 1, 8),
-            (200, 16, 40),
-        ] {
-            let a = noise(rows * k, 1, 1.0);
-            let w = noise(k * n, 2, 2.0 / (k as f32).sqrt());
-            let bias = noise(n, 3, 0.5);
-            let packed = Packed::new(&w, k, n);
-            for then in [Then::Nothing, Then::Gelu] {
-                let mut c = vec![f32::NAN; rows * n];
-                run(&a, &packed, &bias, then, &mut c);
-                let want = definition(&a, &w, &bias, k, n, then);
-                let worst = c
-                    .iter()
-                    .zip(&want)
-                    .map(|(&g, w)| (g as f64 - w).abs())
-                    .fold(0f64, f64::max);
-                assert!(worst < 2e-5, "{lanes} {rows}x{k}x{n} {then:?}: {worst}");
-            }
-        }
-    }
-
-    #[test]
-    fn tiles_match_the_definition_on_every_lane_type() {
-        check(
-            |a, w, b, t, c| unsafe { gemm_on::<simd::Portable>(a, w, b, t, c) },
-            "portable",
-        );
-        check(gemm, "this CPU's");
-    }
-
-    #[test]
-    fn gelu_matches_erf_to_its_formula_error() {
-        let xs: Vec<f32> = (-800..=800).map(|i| i as f32 / 100.0).collect();
-        let mut got = xs.clone();
-        gelu_in_place(&mut got);
-        for (&x, &g) in xs.iter().zip(&got) {
-            let x64 = x as f64;
-            let want = x64 * 0.5 * (1.0 + erf64(x64 / 2f64.sqrt()));
-            assert!(
-                (g as f64 - want).abs() < 3e-6 * (1.0 + x64.abs()),
-                "{x}: {g} vs {want}"
-            );
-        }
-    }
-}
+#[path = "gemm_tests.rs"]
+mod tests;

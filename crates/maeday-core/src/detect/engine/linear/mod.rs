@@ -23,13 +23,16 @@ use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::math::Add;
 use tract_core::ops::nn::GeluExact;
 
-pub use self::gemm::{Packed, Then};
+pub use self::gemm::{Packed, Rows, Then};
 
 use super::shares::in_shares;
 
-/// `y = x W + b` over the last axis of `x` (f32), then `then`.
+/// `y = x W + b` over the last axis of `x` (f32), then `then`. With `heads > 1`, `x` is an
+/// attention's output `[batch, heads, tokens, k]` and `W` is `[heads * k, n]`: `y[b, t] =
+/// sum over h of x[b, h, t] W[h]` (`abmk,bkn->amn`, the output projection).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Linear {
+    pub heads: usize,
     pub weights: Arc<Packed>,
     /// `[n]`.
     pub bias: Arc<Vec<f32>>,
@@ -40,7 +43,18 @@ impl Eq for Linear {}
 
 impl Linear {
     fn output_shape(&self, input: &[usize]) -> TractResult<TVec<usize>> {
-        let k = self.weights.k;
+        let k = self.weights.k / self.heads.max(1);
+        if self.heads > 1 {
+            let [b, h, t, kk] = input else {
+                bail!("a projection of {} heads got {input:?}", self.heads)
+            };
+            ensure!(
+                *h == self.heads && *kk == k,
+                "a projection of {} heads of {k} got {input:?}",
+                self.heads
+            );
+            return Ok(tvec![*b, *t, self.weights.n]);
+        }
         ensure!(
             input.last() == Some(&k),
             "a linear layer over {k} values got {input:?}"
@@ -48,6 +62,18 @@ impl Linear {
         let mut out: TVec<usize> = input.into();
         *out.last_mut().unwrap() = self.weights.n;
         Ok(out)
+    }
+
+    /// How `gemm` reads the rows of an input of `shape` (checked by `output_shape`).
+    fn rows(&self, shape: &[usize]) -> Rows {
+        match shape {
+            [_, heads, tokens, k] if self.heads > 1 => Rows {
+                heads: *heads,
+                per_group: *tokens,
+                k: *k,
+            },
+            _ => Rows::plain(self.weights.k),
+        }
     }
 }
 
@@ -58,8 +84,8 @@ impl Op for Linear {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} -> {}, then {:?}",
-            self.weights.k, self.weights.n, self.then
+            "{} -> {} ({} heads), then {:?}",
+            self.weights.k, self.weights.n, self.heads, self.then
         )])
     }
 
@@ -90,10 +116,9 @@ impl EvalOp for Linear {
             let from = input.try_as_plain_ram()?;
             let mut to = out.try_as_plain_ram_mut()?;
             let (x, y) = (from.as_slice::<f32>()?, to.as_slice_mut::<f32>()?);
-            let (k, n) = (self.weights.k, self.weights.n);
-            in_shares(y, n, |first, rows| {
-                let x = &x[first * k..first * k + rows.len() / n * k];
-                gemm::gemm(x, &self.weights, &self.bias, self.then, rows)
+            let rows = self.rows(input.shape());
+            in_shares(y, self.weights.n, |first, share| {
+                gemm::gemm(x, rows, first, &self.weights, &self.bias, self.then, share)
             });
         }
         Ok(tvec!(out.into_tvalue()))
@@ -113,10 +138,11 @@ pub fn use_linear(model: &mut TypedModel) -> TractResult<usize> {
             found.push((node.id, w));
         }
     }
-    for (id, (w, k, n)) in &found {
+    for (id, (w, heads, k, n)) in &found {
         let (last, bias, then) = taken_in_after(model, *id, *n)?;
         let op = Linear {
-            weights: Arc::new(Packed::new(w, *k, *n)),
+            heads: *heads,
+            weights: Arc::new(Packed::new(w, heads * k, *n)),
             bias: Arc::new(bias),
             then,
         };
@@ -130,13 +156,12 @@ pub fn use_linear(model: &mut TypedModel) -> TractResult<usize> {
     Ok(found.len())
 }
 
-/// Node `node`'s `[k, n]` weights (row-major), `k` and `n`, if it is an f32 `EinSum` of an
-/// activation's last axis with a constant matrix, every other axis passed through in order
-/// (`amk,kn->amn`), and `n` a multiple of 8.
-fn weights_of(
-    model: &TypedModel,
-    node: &TypedNode,
-) -> TractResult<Option<(Vec<f32>, usize, usize)>> {
+/// Node `node`'s weights as `[heads * k, n]` (row-major), `heads`, `k` and `n`, if it is an
+/// f32 `EinSum` with a constant that [`Linear`] runs, `n` a multiple of 8: an activation's
+/// last axis times a `[k, n]` matrix, every other axis passed through in order
+/// (`amk,kn->amn`, `heads` 1), or an attention's heads `[a, heads, m, k]` times `[heads, k,
+/// n]` (`abmk,bkn->amn`).
+fn weights_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Weights>> {
     let Some(einsum) = node.op_as::<EinSum>() else {
         return Ok(None);
     };
@@ -148,42 +173,60 @@ fn weights_of(
         model.outlet_fact(node.inputs[1])?,
     );
     let f32_ = f32::datum_type();
-    let Some(konst) = w
-        .konst
-        .as_ref()
-        .filter(|k| k.datum_type() == f32_ && k.rank() == 2)
-    else {
+    let Some(konst) = w.konst.as_ref().filter(|k| k.datum_type() == f32_) else {
         return Ok(None);
     };
     let r = x.rank();
-    if x.datum_type != f32_
-        || einsum.operating_dt != f32_
-        || r == 0
-        || x.shape.as_concrete().is_none()
-    {
+    let fits = x.datum_type == f32_ && einsum.operating_dt == f32_ && r > 0;
+    if !fits || x.shape.as_concrete().is_none() {
         return Ok(None);
     }
-    let mut kinds = [0; 3];
-    for axis in einsum.axes.iter_all_axes() {
-        let (i0, i1, o) = (
-            &axis.inputs[0][..],
-            &axis.inputs[1][..],
-            &axis.outputs[0][..],
-        );
-        let kind = match (i0, i1, o) {
-            (&[a], &[0], &[]) if a == r - 1 => 0,
-            (&[], &[1], &[b]) if b == r - 1 => 1,
-            (&[a], &[], &[b]) if a == b && a < r - 1 => 2,
-            _ => return Ok(None),
-        };
-        kinds[kind] += 1;
-    }
-    let (k, n) = (konst.shape()[0], konst.shape()[1]);
-    if kinds != [1, 1, r - 1] || n % 8 != 0 || k == 0 {
+    // Each axis by where it appears: (input 0, input 1, output).
+    let axes: Vec<(&[usize], &[usize], &[usize])> = einsum
+        .axes
+        .iter_all_axes()
+        .map(|a| (&a.inputs[0][..], &a.inputs[1][..], &a.outputs[0][..]))
+        .collect();
+    let heads = match konst.rank() {
+        2 if axes.len() == r + 1 && axes.iter().all(|&a| plain_axis(a, r)) => 1,
+        3 if r == 4 && axes.len() == 5 && axes.iter().all(|&a| head_axis(a)) => konst.shape()[0],
+        _ => return Ok(None),
+    };
+    let [k, n] = [
+        konst.shape()[konst.rank() - 2],
+        konst.shape()[konst.rank() - 1],
+    ];
+    if n % 8 != 0 || k == 0 {
         return Ok(None);
     }
     let plain = konst.try_as_plain_ram()?;
-    Ok(Some((plain.as_slice::<f32>()?.to_vec(), k, n)))
+    Ok(Some((plain.as_slice::<f32>()?.to_vec(), heads, k, n)))
+}
+
+/// Weights, heads, k, n.
+type Weights = (Vec<f32>, usize, usize, usize);
+
+/// An axis of `amk,kn->amn` (rank `r` activation): the contracted one, the output's, or a
+/// passed-through one.
+fn plain_axis((x, w, y): (&[usize], &[usize], &[usize]), r: usize) -> bool {
+    match (x, w, y) {
+        (&[a], &[0], &[]) => a == r - 1,
+        (&[], &[1], &[b]) => b == r - 1,
+        (&[a], &[], &[b]) => a == b && a < r - 1,
+        _ => false,
+    }
+}
+
+/// An axis of `abmk,bkn->amn`.
+fn head_axis(axis: (&[usize], &[usize], &[usize])) -> bool {
+    matches!(
+        axis,
+        (&[0], &[], &[0])
+            | (&[1], &[0], &[])
+            | (&[2], &[], &[1])
+            | (&[3], &[1], &[])
+            | (&[], &[2], &[2])
+    )
 }
 
 /// After linear node `id` (`n` outputs): an `Add` of a constant broadcast along the last

@@ -159,3 +159,38 @@ fn a_bias_read_elsewhere_stays_outside() {
         assert!(worst < 1e-5, "{worst}");
     }
 }
+
+/// An attention's output projection, `[batch, heads, tokens, k]` times `[heads, k, n]`
+/// (`abmk,bkn->amn`), with its bias.
+#[test]
+fn an_output_projection_over_heads_becomes_ours() {
+    let shape = [2, 3, 13, 8];
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact(shape)).unwrap();
+    let w = Tensor::from_shape(&[3, 8, 16], &noise(3 * 8 * 16, 1, 0.5)).unwrap();
+    let w = m.add_const("w", w).unwrap();
+    let b = Tensor::from_shape(&[1, 1, 16], &noise(16, 2, 0.5)).unwrap();
+    let b = m.add_const("b", b).unwrap();
+    let einsum = EinSum::new("abmk,bkn->amn".parse().unwrap(), f32::datum_type());
+    let y = m.wire_node("proj", einsum, &[x, w]).unwrap();
+    let y = m
+        .wire_node("bias", tract_core::ops::math::add(), &[y[0], b])
+        .unwrap();
+    m.select_output_outlets(&y).unwrap();
+    let mut m = m.into_decluttered().unwrap();
+    let x = Tensor::from_shape(&shape, &noise(shape.iter().product(), 9, 2.0)).unwrap();
+    let want = run(m.clone(), &x, 1);
+    if use_linear(&mut m).unwrap() == 0 {
+        return; // not x86-64 with AVX2: see the first test
+    }
+    assert_eq!(count(&m, "MaedayLinear"), 1);
+    assert_eq!(count(&m, "EinSum") + count(&m, "Add"), 0);
+    let got = run(m, &x, 1);
+    let (g, w) = (floats(&got[0]), floats(&want[0]));
+    let worst = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "{worst}");
+}
