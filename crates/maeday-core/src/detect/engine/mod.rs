@@ -44,10 +44,11 @@ pub use self::tract::{plan_op_counts, TractEngine};
 
 /// Our ops for the CNN pieces tract runs slowly ([`direct_conv`], [`box_sum`], [`resize`]),
 /// swapped into a decluttered model before tract optimises it; returns how many
-/// convolutions, box sums and resizes became ours.
+/// convolutions (1x1 ones included: [`direct_conv::use_pointwise`]), box sums and resizes
+/// became ours.
 pub fn use_cnn_ops(model: &mut tract_core::internal::TypedModel) -> Result<[usize; 3]> {
     Ok([
-        direct_conv::use_direct_conv(model)?,
+        direct_conv::use_direct_conv(model)? + direct_conv::use_pointwise(model)?,
         box_sum::use_box_sum(model)?,
         resize::use_resample(model)?,
     ])

@@ -55,8 +55,9 @@ fn run(model: TypedModel, input: &Tensor) -> Tensor {
     out[0].clone().into_tensor()
 }
 
-/// EfficientNet-Lite0's stem and every depthwise layer, each with its ReLU6, become one op,
-/// its two 3x3 means and its upsampling ours too; the features stay those of tract's plan.
+/// EfficientNet-Lite0's stem, every depthwise layer and (on x86-64 with AVX2) every 1x1
+/// layer, each with its bias and ReLU6, become one op, its two 3x3 means and its upsampling
+/// ours too; the features stay those of tract's plan.
 #[test]
 fn the_extractor_runs_our_ops_with_the_same_features() {
     let (theirs, _) = extractor(false);
@@ -64,7 +65,17 @@ fn the_extractor_runs_our_ops_with_the_same_features() {
     // On aarch64 tract declutters all depthwise layers but the first to channels-last (it
     // has a kernel for that layout there); those stay tract's.
     let depthwise = if cfg!(target_arch = "x86_64") { 11 } else { 1 };
-    assert_eq!(n, [1 + depthwise, 2, 1]);
+    // Its 21 1x1 convolutions run on our linear layer's tiles where those run.
+    let pointwise = if super::super::linear::ours_here() {
+        21
+    } else {
+        0
+    };
+    assert_eq!(n, [1 + depthwise + pointwise, 2, 1]);
+    assert_eq!(ops(&ours, "MaedayPointwise"), pointwise);
+    if pointwise > 0 {
+        assert_eq!(ops(&ours, "OptMatMul") + ops(&ours, "OptMatMulPack"), 0);
+    }
     assert_eq!(ops(&ours, "OptSumPool") + ops(&ours, "Resize"), 0);
     assert_eq!(ops(&theirs, "DepthWiseConv"), 11);
     assert_eq!(ops(&ours, "DepthWiseConv"), 11 - depthwise);
@@ -73,7 +84,8 @@ fn the_extractor_runs_our_ops_with_the_same_features() {
     assert_eq!(ops(&ours, "LazyIm2col") + ops(&ours, "Pad"), 0);
     // The ReLU6 after each is taken in: no max or min reads a convolution's output (tract's
     // form of them differs by architecture: a chain of both, or one op each).
-    for node in ours.nodes().iter().filter(|n| n.op_is::<DirectConv>()) {
+    let convolutions = |n: &&TypedNode| n.op_is::<DirectConv>() || n.op_is::<Pointwise>();
+    for node in ours.nodes().iter().filter(convolutions) {
         for next in ours.outlet_successors(OutletId::new(node.id, 0)) {
             let name = ours.node(next.node).op().name();
             assert!(

@@ -12,9 +12,9 @@
 use super::super::simd::{self, W};
 
 /// Rows of a register tile.
-const R: usize = 6;
+pub(super) const R: usize = 6;
 /// Columns of a full panel (two vectors).
-const P: usize = 2 * W;
+pub(super) const P: usize = 2 * W;
 /// Rows of `a` per block: every panel runs over one block while the block sits in L2
 /// (measured on the 2-core Zen 4 for k = 128..768: 96 rows best or level).
 const BLOCK_ROWS: usize = 16 * R;
@@ -202,21 +202,9 @@ unsafe fn gemm_with<V: simd::Vector>(
                     c: c.as_mut_ptr().add(i * n + j),
                     n,
                     bias: bias.as_ptr().add(j),
+                    bias_per_row: false,
                 };
-                match (r, width == P) {
-                    (6, true) => tile.run::<V, 6, 2>(),
-                    (5, true) => tile.run::<V, 5, 2>(),
-                    (4, true) => tile.run::<V, 4, 2>(),
-                    (3, true) => tile.run::<V, 3, 2>(),
-                    (2, true) => tile.run::<V, 2, 2>(),
-                    (_, true) => tile.run::<V, 1, 2>(),
-                    (6, false) => tile.run::<V, 6, 1>(),
-                    (5, false) => tile.run::<V, 5, 1>(),
-                    (4, false) => tile.run::<V, 4, 1>(),
-                    (3, false) => tile.run::<V, 3, 1>(),
-                    (2, false) => tile.run::<V, 2, 1>(),
-                    (_, false) => tile.run::<V, 1, 1>(),
-                }
+                tile.run::<V>(r, width == P);
             }
             panel = panel.add(w.k * width);
         }
@@ -227,31 +215,59 @@ unsafe fn gemm_with<V: simd::Vector>(
     }
 }
 
-/// One tile: `M` rows of `a` from the pointers `a` (each row `heads` runs of `k` values,
-/// `head_stride` apart) times a panel of `N` vectors from `w` (`[heads * k][N * W]`), plus
-/// `bias`, into `c` (row stride `n`).
+/// One tile: up to [`R`] rows of `a` from the pointers `a` (each row `heads` runs of `k`
+/// values, `head_stride` apart) times a panel of one or two vectors from `w` (`[heads *
+/// k][width]`), plus `bias` (one value per column, or per row with `bias_per_row`), into `c`
+/// (row stride `n`).
 #[derive(Clone, Copy)]
-struct Tile {
-    a: [*const f32; R],
-    heads: usize,
-    head_stride: usize,
-    k: usize,
-    w: *const f32,
-    c: *mut f32,
-    n: usize,
-    bias: *const f32,
+pub(super) struct Tile {
+    pub a: [*const f32; R],
+    pub heads: usize,
+    pub head_stride: usize,
+    pub k: usize,
+    pub w: *const f32,
+    pub c: *mut f32,
+    pub n: usize,
+    pub bias: *const f32,
+    pub bias_per_row: bool,
 }
 
 impl Tile {
+    /// The tile's first `rows` rows (at most [`R`]), and a panel of two vectors if `full`,
+    /// else one.
+    ///
     /// # Safety
-    /// The tile's rows and columns lie inside `a`, the panel, `c` and `bias`.
+    /// The tile's rows and columns lie inside `a`, the panel, `c` and `bias`; the CPU runs
+    /// `V`'s instructions.
+    #[inline(always)]
+    pub unsafe fn run<V: simd::Vector>(self, rows: usize, full: bool) {
+        match (rows, full) {
+            (6, true) => self.tile::<V, 6, 2>(),
+            (5, true) => self.tile::<V, 5, 2>(),
+            (4, true) => self.tile::<V, 4, 2>(),
+            (3, true) => self.tile::<V, 3, 2>(),
+            (2, true) => self.tile::<V, 2, 2>(),
+            (_, true) => self.tile::<V, 1, 2>(),
+            (6, false) => self.tile::<V, 6, 1>(),
+            (5, false) => self.tile::<V, 5, 1>(),
+            (4, false) => self.tile::<V, 4, 1>(),
+            (3, false) => self.tile::<V, 3, 1>(),
+            (2, false) => self.tile::<V, 2, 1>(),
+            (_, false) => self.tile::<V, 1, 1>(),
+        }
+    }
+
     #[inline(always)]
     #[allow(clippy::needless_range_loop)] // as measured: 96-110 GFLOP/s on the Zen 4
-    unsafe fn run<V: simd::Vector, const M: usize, const N: usize>(self) {
+    unsafe fn tile<V: simd::Vector, const M: usize, const N: usize>(self) {
         let mut acc = [[V::zero(); N]; M];
         for m in 0..M {
             for v in 0..N {
-                acc[m][v] = V::load(self.bias.add(v * W));
+                acc[m][v] = if self.bias_per_row {
+                    V::splat(*self.bias.add(m))
+                } else {
+                    V::load(self.bias.add(v * W))
+                };
             }
         }
         let mut wp = self.w;

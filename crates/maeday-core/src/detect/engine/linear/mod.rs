@@ -13,6 +13,7 @@
 //! not measured against ours on hardware).
 
 mod gemm;
+mod pointwise;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use tract_core::ops::math::Add;
 use tract_core::ops::nn::GeluExact;
 
 pub use self::gemm::{Packed, Rows, Then};
+pub use self::pointwise::pointwise;
 
 use super::shares::in_shares;
 
@@ -125,11 +127,17 @@ impl EvalOp for Linear {
     }
 }
 
+/// Whether our tiles replace tract's matmuls on this CPU: x86-64 with AVX2 and FMA. (On
+/// aarch64 tract's own kernels stay: ours were not measured against them on hardware.)
+pub fn ours_here() -> bool {
+    cfg!(target_arch = "x86_64") && super::simd::fast_on_this_cpu()
+}
+
 /// Replace every linear layer [`Linear`] can run (see the module's text) with it, taking in
 /// the bias and the GELU after it; returns how many. Call it on a decluttered model, before
 /// `into_optimized`. Does nothing where this build would not run our tiles fast.
 pub fn use_linear(model: &mut TypedModel) -> TractResult<usize> {
-    if !cfg!(target_arch = "x86_64") || !super::simd::fast_on_this_cpu() {
+    if !ours_here() {
         return Ok(0);
     }
     let mut found = Vec::new();
