@@ -151,7 +151,7 @@ fn plan(graph: &Graph, masks: usize) -> Result<Plan> {
 /// setting.
 fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
     let mut typed = graph.typed(masks)?.into_decluttered()?;
-    if std::env::var_os("MAEDAY_TRACT_LINEAR").is_none_or(|v| v != "tract") {
+    if !super::linear::tracts_asked() {
         let n = super::linear::use_linear(&mut typed)?;
         log::debug!("{n} linear layers now run as ours");
     }

@@ -104,9 +104,10 @@ impl EvalOp for Pointwise {
 
 /// Replace every 1x1 convolution that tract decluttered into an `EinSum` (see the module's
 /// text) with [`Pointwise`], taking in the bias `Add` and a clamp by constants after it;
-/// returns how many. Where our linear layer does not run ([`linear::ours_here`]), none.
+/// returns how many. Where our linear layer does not run ([`linear::ours_here`]), or where
+/// tract's matmuls are asked for ([`linear::tracts_asked`]), none.
 pub fn use_pointwise(model: &mut TypedModel) -> TractResult<usize> {
-    if !linear::ours_here() {
+    if !linear::ours_here() || linear::tracts_asked() {
         return Ok(0);
     }
     let mut found = Vec::new();

@@ -133,6 +133,13 @@ pub fn ours_here() -> bool {
     cfg!(target_arch = "x86_64") && super::simd::fast_on_this_cpu()
 }
 
+/// `MAEDAY_TRACT_LINEAR=tract`: keep tract's matmuls for linear layers and 1x1 convolutions
+/// (a switch for side-by-side benchmarks, `benches/frame.rs` and `benches/bank.rs`, not a
+/// setting).
+pub fn tracts_asked() -> bool {
+    std::env::var_os("MAEDAY_TRACT_LINEAR").is_some_and(|v| v == "tract")
+}
+
 /// Replace every linear layer [`Linear`] can run (see the module's text) with it, taking in
 /// the bias and the GELU after it; returns how many. Call it on a decluttered model, before
 /// `into_optimized`. Does nothing where this build would not run our tiles fast.
