@@ -4,8 +4,8 @@
 //!
 //! The weights are the tiles' rows (broadcast from where they lie); the pixels are their
 //! columns, 16 at a time: each panel of 16 pixel columns of `x` is copied once into a
-//! contiguous `[inputs][16]` scratch (zero-padded at the plane's end), which every 6-row tile
-//! of output channels then reads from L1.
+//! contiguous `[inputs][16]` scratch (zero-padded at the plane's end). Six output planes are
+//! then computed at a time, panel after panel, so that each is written from start to end.
 
 use super::super::simd;
 use super::gemm::{Tile, P, R};
@@ -78,22 +78,26 @@ unsafe fn pointwise_with<V: simd::Vector>(
 ) {
     let inputs = x.len() / pixels;
     let outputs = out.len() / pixels;
-    let mut panel = vec![0f32; inputs * P];
-    // Where a tile of the plane's last, narrower panel goes before its valid columns are
-    // copied out.
-    let mut last = [0f32; R * P];
-    for j in (0..pixels).step_by(P) {
-        let width = P.min(pixels - j);
+    // Every panel of 16 pixel columns, `[inputs][16]` each, zero-padded at the plane's end.
+    let mut panels = vec![0f32; pixels.div_ceil(P) * inputs * P];
+    for (p, panel) in panels.chunks_exact_mut(inputs * P).enumerate() {
+        let (j, width) = (p * P, P.min(pixels - p * P));
         for (c, row) in panel.chunks_exact_mut(P).enumerate() {
             row[..width].copy_from_slice(&x[c * pixels + j..c * pixels + j + width]);
-            row[width..].fill(0.0);
         }
-        for o in (0..outputs).step_by(R) {
-            let rows = R.min(outputs - o);
-            let mut a = [w.as_ptr(); R];
-            for (m, a) in a.iter_mut().enumerate().take(rows) {
-                *a = w.as_ptr().add((first + o + m) * inputs);
-            }
+    }
+    // Where a tile of the last, narrower panel goes before its valid columns are copied out.
+    let mut last = [0f32; R * P];
+    // Six output planes at a time, each written from its start to its end (sequential
+    // stores: writing 16 columns of every plane in turn cost more than the arithmetic).
+    for o in (0..outputs).step_by(R) {
+        let rows = R.min(outputs - o);
+        let mut a = [w.as_ptr(); R];
+        for (m, a) in a.iter_mut().enumerate().take(rows) {
+            *a = w.as_ptr().add((first + o + m) * inputs);
+        }
+        for (p, panel) in panels.chunks_exact(inputs * P).enumerate() {
+            let (j, width) = (p * P, P.min(pixels - p * P));
             let (c, n) = if width == P {
                 (out.as_mut_ptr().add(o * pixels + j), pixels)
             } else {
@@ -119,20 +123,18 @@ unsafe fn pointwise_with<V: simd::Vector>(
             }
         }
         if let Some((low, high)) = clamp {
-            clamp_columns(out, pixels, j, width, low, high);
+            clamp_all(&mut out[o * pixels..(o + rows) * pixels], low, high);
         }
     }
 }
 
-/// Clamp columns `j..j + width` of every plane of `out`. Never inlined, like the GELU: its
-/// constants must not take the tiles' registers.
+/// Clamp every value of `out`. Never inlined, like the GELU: its constants must not take the
+/// tiles' registers.
 #[inline(never)]
-fn clamp_columns(out: &mut [f32], pixels: usize, j: usize, width: usize, low: f32, high: f32) {
+fn clamp_all(out: &mut [f32], low: f32, high: f32) {
     simd::vectorised(|| {
-        for plane in out.chunks_exact_mut(pixels) {
-            for v in &mut plane[j..j + width] {
-                *v = v.max(low).min(high);
-            }
+        for v in out {
+            *v = v.max(low).min(high);
         }
     })
 }
