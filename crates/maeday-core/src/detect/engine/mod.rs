@@ -20,10 +20,13 @@ mod onnxruntime;
 mod ort_graph;
 mod permute;
 mod resize;
+mod rewrite;
 mod row_norm;
 mod scatter;
 mod shares;
 mod simd;
+#[cfg(test)]
+mod test_values;
 mod tract;
 #[cfg(any(feature = "tract-cuda", feature = "tract-cuda-12"))]
 mod tract_cuda;

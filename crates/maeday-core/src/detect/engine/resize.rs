@@ -16,6 +16,7 @@ use tract_core::internal::*;
 use tract_core::ops::nn::resize::AxisPlan;
 use tract_core::ops::nn::Resize;
 
+use super::rewrite::swap_in;
 use super::simd;
 
 /// Resampling of the last two axes of `[.., H, W]` (f32) by tract's plans for each.
@@ -147,11 +148,7 @@ pub fn use_resample(model: &mut TypedModel) -> TractResult<usize> {
         }
     }
     for (id, op) in &found {
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, model.node(*id).inputs[0])?;
-        let out = patch.wire_node(model.node(*id).name.clone(), op.clone(), &[tap])?;
-        patch.shunt_outside(model, OutletId::new(*id, 0), out[0])?;
-        patch.apply(model)?;
+        swap_in(model, *id, *id, op.clone())?;
     }
     model.compact()?;
     Ok(found.len())

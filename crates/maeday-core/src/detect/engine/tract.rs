@@ -151,10 +151,8 @@ fn plan(graph: &Graph, masks: usize) -> Result<Plan> {
 /// setting.
 fn optimised(graph: &Graph, masks: usize) -> Result<TypedModel> {
     let mut typed = graph.typed(masks)?.into_decluttered()?;
-    if !super::linear::tracts_asked() {
-        let n = super::linear::use_linear(&mut typed)?;
-        log::debug!("{n} linear layers now run as ours");
-    }
+    let n = super::linear::use_linear(&mut typed)?;
+    log::debug!("{n} linear layers now run as ours");
     let mut typed = typed.into_optimized().context("optimisation failed")?;
     if std::env::var_os("MAEDAY_TRACT_FLASH_ATTENTION").is_none_or(|v| v != "1") {
         let n = super::attention::use_head_attention(&mut typed)?;

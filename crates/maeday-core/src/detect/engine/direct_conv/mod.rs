@@ -16,7 +16,6 @@
 //! every f32 convolution over channels-first data that is depthwise (one group per input
 //! channel) or has at most [`MAX_DENSE_TAPS`] taps per output.
 
-mod neighbours;
 mod planes;
 mod pointwise;
 
@@ -26,12 +25,12 @@ use tract_core::internal::*;
 use tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_core::ops::nn::DataFormat;
 
-use self::neighbours::{clamp_after, constant};
 pub use self::planes::Window;
 use self::planes::{convolve, Filters};
 pub use self::pointwise::use_pointwise;
 #[cfg(test)]
 use self::pointwise::Pointwise;
+use super::rewrite::{clamp_after, constant, swap_in};
 use super::shares::in_shares;
 
 /// Taps per output (inputs per group x kernel size) up to which a convolution that is not
@@ -152,15 +151,11 @@ pub fn use_direct_conv(model: &mut TypedModel) -> TractResult<usize> {
     }
     for (id, op) in &found {
         let (last, clamp) = clamp_after(model, *id)?;
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, model.node(*id).inputs[0])?;
         let op = DirectConv {
             clamp,
             ..op.clone()
         };
-        let out = patch.wire_node(model.node(*id).name.clone(), op, &[tap])?;
-        patch.shunt_outside(model, OutletId::new(last, 0), out[0])?;
-        patch.apply(model)?;
+        swap_in(model, *id, last, op)?;
     }
     model.compact()?;
     Ok(found.len())

@@ -362,7 +362,7 @@ unsafe fn tile<V: Vector, const RY: usize, const RX: usize>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::noise;
+    use super::super::super::test_values::noise;
     use super::*;
 
     /// The definition, in f64, one output at a time.

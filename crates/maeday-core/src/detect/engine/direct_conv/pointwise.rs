@@ -15,8 +15,8 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::Add;
 
 use super::super::linear;
+use super::super::rewrite::{clamp_after, constant, only_reader, swap_in};
 use super::super::shares::in_shares;
-use super::neighbours::{clamp_after, constant};
 
 /// `out[o, p] = clamp(sum over c of w[o, c] x[c, p] + bias[o])` for an input holding
 /// `[inputs, pixels]` (f32) and an output of `shape` holding `[outputs, pixels]`.
@@ -127,11 +127,7 @@ pub fn use_pointwise(model: &mut TypedModel) -> TractResult<usize> {
             clamp,
             shape,
         };
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, model.node(*id).inputs[0])?;
-        let out = patch.wire_node(model.node(*id).name.clone(), op, &[tap])?;
-        patch.shunt_outside(model, OutletId::new(last, 0), out[0])?;
-        patch.apply(model)?;
+        swap_in(model, *id, last, op)?;
     }
     model.compact()?;
     Ok(found.len())
@@ -201,13 +197,10 @@ fn bias_after(
     shape: &[usize],
     axis: usize,
 ) -> TractResult<(usize, Vec<f32>)> {
-    let outlet = OutletId::new(id, 0);
-    let next = model.outlet_successors(outlet);
     let none = Ok((id, vec![0f32; shape[axis]]));
-    if next.len() != 1 || model.output_outlets()?.contains(&outlet) {
+    let Some(add) = only_reader(model, id)? else {
         return none;
-    }
-    let add = model.node(next[0].node);
+    };
     let is_add = add.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<Add>());
     let Some(&other) = add.inputs.iter().find(|i| i.node != id) else {
         return none;

@@ -1,19 +1,7 @@
 //! [`super`]'s tiles and GELU against f64 definitions.
 
+use super::super::super::test_values::noise;
 use super::*;
-
-/// Deterministic values in [-scale, scale).
-fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 /// `erf` to 1e-8: its Taylor series for |x| < 3, and beyond, 1 minus the asymptotic
 /// series of `erfc` (four terms).

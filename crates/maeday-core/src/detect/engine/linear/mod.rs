@@ -27,6 +27,7 @@ use tract_core::ops::nn::GeluExact;
 pub use self::gemm::{Packed, Rows, Then};
 pub use self::pointwise::pointwise;
 
+use super::rewrite::{only_reader, swap_in};
 use super::shares::in_shares;
 
 /// `y = x W + b` over the last axis of `x` (f32), then `then`. With `heads > 1`, `x` is an
@@ -142,9 +143,10 @@ pub fn tracts_asked() -> bool {
 
 /// Replace every linear layer [`Linear`] can run (see the module's text) with it, taking in
 /// the bias and the GELU after it; returns how many. Call it on a decluttered model, before
-/// `into_optimized`. Does nothing where this build would not run our tiles fast.
+/// `into_optimized`. Does nothing where this build would not run our tiles fast, or where
+/// tract's matmuls are asked for ([`tracts_asked`]).
 pub fn use_linear(model: &mut TypedModel) -> TractResult<usize> {
-    if !ours_here() {
+    if !ours_here() || tracts_asked() {
         return Ok(0);
     }
     let mut found = Vec::new();
@@ -161,11 +163,7 @@ pub fn use_linear(model: &mut TypedModel) -> TractResult<usize> {
             bias: Arc::new(bias),
             then,
         };
-        let mut patch = TypedModelPatch::default();
-        let tap = patch.tap_model(model, model.node(*id).inputs[0])?;
-        let out = patch.wire_node(model.node(*id).name.clone(), op, &[tap])?;
-        patch.shunt_outside(model, OutletId::new(last, 0), out[0])?;
-        patch.apply(model)?;
+        swap_in(model, *id, last, op)?;
     }
     model.compact()?;
     Ok(found.len())
@@ -248,15 +246,9 @@ fn head_axis(axis: (&[usize], &[usize], &[usize])) -> bool {
 /// axis (the bias), then a `GeluExact`, each read by nothing else; returns the last node
 /// taken in, the bias (zeros if none) and what follows the product.
 fn taken_in_after(model: &TypedModel, id: usize, n: usize) -> TractResult<(usize, Vec<f32>, Then)> {
-    let outputs = model.output_outlets()?;
-    let only_successor = |node: usize| {
-        let outlet = OutletId::new(node, 0);
-        let next = model.outlet_successors(outlet);
-        (next.len() == 1 && !outputs.contains(&outlet)).then(|| model.node(next[0].node))
-    };
     let (mut last, mut bias) = (id, vec![0f32; n]);
     let own = model.outlet_fact(OutletId::new(id, 0))?.shape.clone();
-    if let Some(add) = only_successor(id) {
+    if let Some(add) = only_reader(model, id)? {
         let is_add = add.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<Add>());
         let other = add.inputs.iter().find(|i| i.node != id);
         let values = other.and_then(|&o| model.outlet_fact(o).ok()?.konst.clone());
@@ -271,7 +263,7 @@ fn taken_in_after(model: &TypedModel, id: usize, n: usize) -> TractResult<(usize
         }
     }
     let mut then = Then::Nothing;
-    if let Some(gelu) = only_successor(last) {
+    if let Some(gelu) = only_reader(model, last)? {
         let is_gelu = gelu
             .op_as::<ElementWiseOp>()
             .is_some_and(|e| e.0.is::<GeluExact>() && e.1.is_none());

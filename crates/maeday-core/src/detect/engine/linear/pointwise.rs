@@ -141,19 +141,8 @@ fn clamp_all(out: &mut [f32], low: f32, high: f32) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::test_values::noise;
     use super::*;
-
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Against the f64 definition: the extractor's sizes (cut down) and tails (outputs not
     /// a multiple of 6, pixels not a multiple of 16), with and without the clamp, whole and
@@ -162,9 +151,9 @@ mod tests {
     fn pointwise_matches_the_definition() {
         for (inputs, outputs, pixels) in [(32, 16, 196), (16, 96, 784), (7, 13, 37), (40, 5, 16)] {
             let (w, x, bias) = (
-                noise(outputs * inputs, 1),
-                noise(inputs * pixels, 2),
-                noise(outputs, 3),
+                noise(outputs * inputs, 1, 1.0),
+                noise(inputs * pixels, 2, 1.0),
+                noise(outputs, 3, 1.0),
             );
             for clamp in [None, Some((0.0, 0.5))] {
                 let want: Vec<f64> = (0..outputs * pixels)

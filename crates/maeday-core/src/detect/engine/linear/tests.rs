@@ -4,20 +4,8 @@
 use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
+use super::super::test_values::noise;
 use super::*;
-
-/// Deterministic values in [-scale, scale).
-fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 const X: [usize; 3] = [2, 37, 24];
 
@@ -73,6 +61,15 @@ fn floats(t: &TValue) -> Vec<f32> {
         .collect()
 }
 
+/// Every value within 1e-5 of tract's.
+fn assert_close(got: &TValue, want: &TValue) {
+    let (g, w) = (floats(got), floats(want));
+    assert_eq!(g.len(), w.len());
+    let worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs());
+    let worst = worst.fold(0f32, f32::max);
+    assert!(worst < 1e-5, "{worst}");
+}
+
 fn count(model: &TypedModel, name: &str) -> usize {
     model
         .nodes()
@@ -100,13 +97,7 @@ fn linear_layers_become_ours_with_tracts_results() {
     assert_eq!(count(&ours, "Add"), 0);
     let got = run(ours.clone(), &x, 1);
     for (g, w) in got.iter().zip(&want) {
-        let (g, w) = (floats(g), floats(w));
-        let worst = g
-            .iter()
-            .zip(w)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-5, "{worst}");
+        assert_close(g, w);
     }
     // Shared among a pool's threads: the same floats as one thread.
     let shared = run(ours, &x, 3);
@@ -150,13 +141,7 @@ fn a_bias_read_elsewhere_stays_outside() {
     assert_eq!(count(&m, "GeluExact"), 1);
     let got = run(m, &x, 1);
     for (g, w) in got.iter().zip(&want) {
-        let (g, w) = (floats(g), floats(w));
-        let worst = g
-            .iter()
-            .zip(w)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-5, "{worst}");
+        assert_close(g, w);
     }
 }
 
@@ -186,11 +171,5 @@ fn an_output_projection_over_heads_becomes_ours() {
     assert_eq!(count(&m, "MaedayLinear"), 1);
     assert_eq!(count(&m, "EinSum") + count(&m, "Add"), 0);
     let got = run(m, &x, 1);
-    let (g, w) = (floats(&got[0]), floats(&want[0]));
-    let worst = g
-        .iter()
-        .zip(&w)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(worst < 1e-5, "{worst}");
+    assert_close(&got[0], &want[0]);
 }
